@@ -1,0 +1,1 @@
+"""The zoo's YAML configs, installed as the package data `llmzoo.configs`."""

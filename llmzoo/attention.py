@@ -1,0 +1,272 @@
+"""Attention: multi-head / grouped-query / multi-query, Multi-head Latent Attention, and masks.
+
+Masks are expressed over token slots: query slot i may see key slot j when j ≤ i (causal), or j
+lies in the bidirectional prefix (prefix-LM), and i - j < window (sliding window), and j is not
+padding. `Context` builds each distinct mask once per forward and shares it across layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from .norms import RMSNormSpec
+from .positions import apply_rope
+from .registry import Component, ComponentSpec, build, register
+
+# ------------------------------------------------------------------------------------ masks
+
+
+def attention_mask(
+    q_index: Tensor,
+    k_index: Tensor,
+    key_padding: Tensor | None = None,
+    prefix_len: Tensor | None = None,
+    window: int | None = None,
+) -> Tensor:
+    """Boolean mask (B or 1, 1, T, S), True where query slot i may attend to key slot j.
+
+    q_index (T,), k_index (S,): slot numbers; key_padding (B, S): True for real tokens;
+    prefix_len (B,): keys before it are visible to every query (GLM's bidirectional context);
+    window: a query sees at most `window` keys back, itself included (Mistral, GPT-Neo local layers)."""
+    i, j = q_index[:, None], k_index[None, :]
+    allowed = (j <= i)[None]  # (1, T, S)
+    if window is not None:
+        allowed = allowed & (i - j < window)[None]
+    if prefix_len is not None:
+        allowed = allowed | (j[None] < prefix_len[:, None, None])
+    if key_padding is not None:
+        allowed = allowed & key_padding[:, None, :].bool()
+    # a row that sees nothing (a padding query) attends everywhere: finite garbage, never NaN
+    allowed = allowed | ~allowed.any(-1, keepdim=True)
+    return allowed[:, None]
+
+
+@dataclass
+class Context:
+    """What every layer needs about the current batch, built once per forward by the model."""
+
+    positions: Tensor  # (B, T) position ids of the queries
+    q_index: Tensor  # (T,) slot of each query (offset by the cache length)
+    k_index: Tensor  # (S,) slots of all keys
+    rope: tuple[Tensor, Tensor] | None = None  # cos, sin: (B, T, R)
+    rope_layout: str = "halves"
+    bias: Tensor | None = None  # additive position bias (B, H, T, S)
+    key_padding: Tensor | None = None  # (B, S) True for real tokens
+    prefix_len: Tensor | None = None  # (B,)
+    cache: Any = None
+    _masks: dict = field(default_factory=dict)
+
+    def rope_apply(self, x: Tensor) -> Tensor:
+        return apply_rope(x, *self.rope, self.rope_layout)
+
+    def mask(self, window: int | None) -> Tensor | None:
+        """SDPA attn_mask for a layer with this window; None means plain causal (is_causal)."""
+        T, S = len(self.q_index), len(self.k_index)
+        plain = self.key_padding is None and self.prefix_len is None and self.bias is None
+        if plain and T == S and (window is None or window >= S):
+            return None
+        if window not in self._masks:
+            allowed = attention_mask(self.q_index, self.k_index, self.key_padding, self.prefix_len, window)
+            if self.bias is None:
+                self._masks[window] = allowed
+            else:
+                self._masks[window] = self.bias.masked_fill(~allowed, float("-inf"))
+        return self._masks[window]
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """softmax(q kᵀ · scale + mask) v with GQA head sharing; q (B, H, T, D), k/v (B, KV, S, D)."""
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+    )
+
+
+# ---------------------------------------------------------------------- MHA / GQA / MQA
+
+
+class AttentionSpec(ComponentSpec):
+    """mha: n_kv_heads = n_heads; gqa: 1 < n_kv_heads < n_heads; mqa: n_kv_heads = 1."""
+
+    type: Literal["mha", "gqa", "mqa"] = "mha"
+    n_heads: int = Field(gt=0)
+    n_kv_heads: int | None = Field(None, gt=0, description="defaults to n_heads (mha) or 1 (mqa)")
+    head_dim: int = Field(gt=0)
+    qkv_bias: bool = False
+    o_bias: bool = False
+    window: int | None = Field(None, gt=0, description="sliding window: keys visible, self included")
+    prefix_lm: bool = Field(False, description="tokens before prefix_len attend bidirectionally")
+    softmax_scale: float | None = Field(None, gt=0, description="default 1/sqrt(head_dim); T5 uses 1")
+    clip_qkv: float | None = Field(None, gt=0, description="clamp q, k, v to ±clip (MPT)")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "AttentionSpec":
+        kv = self.n_kv_heads
+        if kv is None:
+            self.n_kv_heads = kv = 1 if self.type == "mqa" else self.n_heads
+        if self.n_heads % kv:
+            raise ValueError(f"n_heads ({self.n_heads}) is not divisible by n_kv_heads ({kv})")
+        expected = {"mha": kv == self.n_heads, "mqa": kv == 1, "gqa": 1 < kv < self.n_heads}
+        if not expected[self.type]:
+            raise ValueError(f"type {self.type!r} does not fit n_kv_heads={kv} with n_heads={self.n_heads}")
+        return self
+
+    @property
+    def rotary_head_dim(self) -> int:
+        return self.head_dim
+
+    @property
+    def kv_cache_dims(self) -> int:
+        """Elements cached per token per layer (K and V)."""
+        return 2 * self.n_kv_heads * self.head_dim
+
+    def n_params(self, d_model: int) -> int:
+        q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        weights = d_model * (q + 2 * kv) + q * d_model
+        return weights + (q + 2 * kv if self.qkv_bias else 0) + (d_model if self.o_bias else 0)
+
+
+class Attention(nn.Module):
+    """Scaled dot-product attention (Vaswani et al., arXiv:1706.03762, eq. 1) with shared KV heads.
+
+    n_kv_heads: GQA (Ainslie et al., arXiv:2305.13245) / MQA (Shazeer, arXiv:1911.02150).
+    window, prefix_lm, clip_qkv, softmax_scale: see AttentionSpec."""
+
+    def __init__(self, spec: AttentionSpec, d_model: int, layer: int = 0, scale_mult: float = 1.0):
+        super().__init__()
+        self.spec, self.layer = spec, layer
+        self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
+        self.q = nn.Linear(d_model, self.n_heads * self.head_dim, bias=spec.qkv_bias)
+        self.k = nn.Linear(d_model, self.n_kv * self.head_dim, bias=spec.qkv_bias)
+        self.v = nn.Linear(d_model, self.n_kv * self.head_dim, bias=spec.qkv_bias)
+        self.o = nn.Linear(self.n_heads * self.head_dim, d_model, bias=spec.o_bias)
+        base = spec.softmax_scale if spec.softmax_scale is not None else self.head_dim**-0.5
+        self.scale = base * scale_mult
+        self.window = spec.window
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:  # (B, T, D)
+        B, T, _ = x.shape
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.spec.clip_qkv is not None:
+            c = self.spec.clip_qkv
+            q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, KV, T, Dh)
+        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        if ctx.rope is not None:
+            q, k = ctx.rope_apply(q), ctx.rope_apply(k)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer, k, v)
+        y = sdpa(q, k, v, ctx.mask(self.window), self.scale)  # (B, H, T, Dh)
+        return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+for _name in ("mha", "gqa", "mqa"):
+    register("attention", _name, AttentionSpec)(Attention)
+
+
+# --------------------------------------------------------------------------------- MLA
+
+
+class MLASpec(ComponentSpec):
+    """Multi-head Latent Attention (DeepSeek-V2, arXiv:2405.04434, §2.1)."""
+
+    type: Literal["mla"] = "mla"
+    n_heads: int = Field(gt=0)
+    q_lora_rank: int | None = Field(None, gt=0, description="None: full-rank query (V2-Lite)")
+    kv_lora_rank: int = Field(gt=0)
+    qk_nope_head_dim: int = Field(gt=0)
+    qk_rope_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0)
+    latent_norm: Component("norm") = Field(default_factory=lambda: RMSNormSpec(eps=1e-6))  # type: ignore[valid-type]
+    bias: bool = False
+    window: int | None = Field(None, gt=0)
+    prefix_lm: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "MLASpec":
+        if self.qk_rope_head_dim % 2:
+            raise ValueError(f"qk_rope_head_dim ({self.qk_rope_head_dim}) must be even for rotary pairs")
+        return self
+
+    @property
+    def rotary_head_dim(self) -> int:
+        return self.qk_rope_head_dim
+
+    @property
+    def kv_cache_dims(self) -> int:
+        """The absorbed cache: compressed latent + shared rope key per token per layer."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    def n_params(self, d_model: int) -> int:
+        h, qk = self.n_heads, self.qk_nope_head_dim + self.qk_rope_head_dim
+        b = 1 if self.bias else 0
+        if self.q_lora_rank is None:
+            q = d_model * h * qk + b * h * qk
+        else:
+            r = self.q_lora_rank
+            q = d_model * r + b * r + self.latent_norm.n_params(r) + r * h * qk + b * h * qk
+        kv_a = d_model * (self.kv_lora_rank + self.qk_rope_head_dim) + b * (self.kv_lora_rank + self.qk_rope_head_dim)
+        kv_norm = self.latent_norm.n_params(self.kv_lora_rank)
+        kv_b = self.kv_lora_rank * h * (self.qk_nope_head_dim + self.v_head_dim) + b * h * (
+            self.qk_nope_head_dim + self.v_head_dim
+        )
+        o = h * self.v_head_dim * d_model + b * d_model
+        return q + kv_a + kv_norm + kv_b + o
+
+
+@register("attention", "mla", MLASpec)
+class MLAttention(nn.Module):
+    """MLA: queries from a low-rank latent, keys/values decompressed from one shared latent c_kv.
+
+    k_i = [W_UK c_kv ; RoPE(W_KR x)] with the rope key shared across heads (eq. 14-19).
+    q_lora_rank: None gives a full-rank query projection. Softmax scale 1/sqrt(nope + rope) times
+    the rotary scaling's temperature (YaRN mscale_all_dim)."""
+
+    def __init__(self, spec: MLASpec, d_model: int, layer: int = 0, scale_mult: float = 1.0):
+        super().__init__()
+        self.spec, self.layer = spec, layer
+        h, qk = spec.n_heads, spec.qk_nope_head_dim + spec.qk_rope_head_dim
+        self.n_heads, self.qk_dim = h, qk
+        if spec.q_lora_rank is None:
+            self.q = nn.Linear(d_model, h * qk, bias=spec.bias)
+        else:
+            self.q_a = nn.Linear(d_model, spec.q_lora_rank, bias=spec.bias)
+            self.q_norm = build("norm", spec.latent_norm, spec.q_lora_rank)
+            self.q_b = nn.Linear(spec.q_lora_rank, h * qk, bias=spec.bias)
+        self.kv_a = nn.Linear(d_model, spec.kv_lora_rank + spec.qk_rope_head_dim, bias=spec.bias)
+        self.kv_norm = build("norm", spec.latent_norm, spec.kv_lora_rank)
+        self.kv_b = nn.Linear(spec.kv_lora_rank, h * (spec.qk_nope_head_dim + spec.v_head_dim), bias=spec.bias)
+        self.o = nn.Linear(h * spec.v_head_dim, d_model, bias=spec.bias)
+        self.scale = qk**-0.5 * scale_mult
+        self.window = spec.window
+
+    def query(self, x: Tensor) -> Tensor:
+        if self.spec.q_lora_rank is None:
+            return self.q(x)
+        return self.q_b(self.q_norm(self.q_a(x)))
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        s = self.spec
+        B, T, _ = x.shape
+        q = self.query(x).view(B, T, self.n_heads, self.qk_dim).transpose(1, 2)  # (B, H, T, nope+rope)
+        q_nope, q_pe = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
+        c_kv, k_pe = self.kv_a(x).split([s.kv_lora_rank, s.qk_rope_head_dim], dim=-1)
+        k_pe = k_pe[:, None]  # (B, 1, T, rope): one rotary key shared by all heads
+        if ctx.rope is not None:
+            q_pe, k_pe = ctx.rope_apply(q_pe), ctx.rope_apply(k_pe)
+        kv = self.kv_b(self.kv_norm(c_kv)).view(B, T, self.n_heads, -1).transpose(1, 2)
+        k_nope, v = kv.split([s.qk_nope_head_dim, s.v_head_dim], dim=-1)  # (B, H, T, ·)
+        q = torch.cat([q_nope, q_pe], dim=-1)
+        k = torch.cat([k_nope, k_pe.expand(-1, self.n_heads, -1, -1)], dim=-1)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer, k, v)
+        y = sdpa(q, k, v, ctx.mask(self.window), self.scale)  # (B, H, T, v_head_dim)
+        return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * s.v_head_dim))

@@ -1,0 +1,75 @@
+"""config → nn.Module: build on meta, then materialise and initialise on the requested device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .model import CausalLM
+from .norms import LayerNorm, RMSNorm
+from .zoo import get_config
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype {dtype!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
+    return value
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, std: float = 0.02) -> None:
+    """GPT-2 style init: N(0, std) matrices and embeddings, zero biases, unit norms;
+    DeepNorm's β (block.init_beta) scales value, output and FFN weights (arXiv:2203.00555, Fig. 2)."""
+    for module in model.modules():
+        if isinstance(module, (LayerNorm, RMSNorm)):
+            module.reset_parameters()
+            continue
+        for name, p in module.named_parameters(recurse=False):
+            if name.endswith("bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, std)
+        for _, b in module.named_buffers(recurse=False):
+            b.zero_()
+    for block, spec in zip(getattr(model, "blocks", []), model.config.blocks):
+        if spec.init_beta != 1.0:
+            scaled = [getattr(block.attn, n) for n in ("v", "o") if hasattr(block.attn, n)]
+            for m in [*scaled, *block.mlp.modules()]:
+                for name, p in m.named_parameters(recurse=False):
+                    if not name.endswith("bias"):
+                        p.mul_(spec.init_beta)
+
+
+def build(
+    source: str | Path | dict | ModelConfig,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    scale: str | None = None,
+    seed: int | None = 0,
+) -> CausalLM:
+    """Build a model from a zoo name, YAML path, mapping or ModelConfig.
+
+    device="meta" allocates nothing; scale="tiny" builds the scaled-down config instead; weights are
+    initialised from `seed` (None keeps the global RNG state)."""
+    config = get_config(source)
+    if scale is not None:
+        from .scaling import scale_down
+
+        config = scale_down(config, preset=scale)
+    with torch.device("meta"):
+        model = CausalLM(config)
+    if str(device) != "meta":
+        model = model.to_empty(device=device)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            init_weights(model)
+    dtype = resolve_dtype(dtype)
+    return model.to(dtype) if dtype is not None else model

@@ -1,0 +1,200 @@
+"""The architecture schema: one `ModelConfig` describes a published model completely.
+
+Every choice a paper makes is a field; components read their own spec (see registry.py).
+Per-layer differences (DeepSeek's dense first layers, GPT-3's banded layers) are `overrides`:
+partial block specs deep-merged onto `block` for the layers they select.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from . import attention, mlp, moe, norms, positions  # noqa: F401  (register the built-in components)
+from .registry import Component, Spec
+
+NormField = Component("norm")
+PositionField = Component("position")
+AttentionField = Component("attention")
+MLPField = Component("mlp")
+
+
+class Reference(Spec):
+    paper: str | None = None
+    hf_repo: str | None = None
+    url: str | None = None
+
+
+class EmbeddingSpec(Spec):
+    scale: Literal["none", "sqrt_d_model"] | float = Field(
+        "none", description="multiply token embeddings (Gemma: sqrt_d_model)"
+    )
+    norm: NormField | None = Field(None, description="norm right after the embedding (BLOOM)")  # type: ignore[valid-type]
+    d_embed: int | None = Field(None, gt=0, description="embedding width if != d_model (OPT-350m project_in/out)")
+
+
+class HeadSpec(Spec):
+    tied: bool = Field(description="output projection shares the token embedding matrix")
+    bias: bool = False
+    normalize: bool = Field(False, description="L2-normalise each vocab row before the product (Baichuan-2 NormHead)")
+
+
+class BlockSpec(Spec):
+    """One transformer layer.
+
+    placement: pre  x + F(N(x));  post  N(x + F(x))·;  sandwich  x + N'(F(N(x)));
+               deepnorm  α·N(x) + F(N(x)) (GLM-130B's DeepNorm, arXiv:2203.00555 with the normed residual).
+    parallel:  shared_norm  x + Attn(N(x)) + MLP(N(x)) (GPT-J, PaLM, Falcon-7B);
+               two_norms  x + Attn(N1(x)) + MLP(N2(x)) (GPT-NeoX, Falcon-40B)."""
+
+    placement: Literal["pre", "post", "sandwich", "deepnorm"] = "pre"
+    parallel: Literal["none", "shared_norm", "two_norms"] = "none"
+    alpha: float = Field(1.0, gt=0, description="residual scale α (DeepNorm: (2N)^½ for GLM-130B)")
+    init_beta: float = Field(1.0, gt=0, description="DeepNorm β: init scale of value, output and FFN weights")
+    norm: NormField  # type: ignore[valid-type]
+    attention: AttentionField  # type: ignore[valid-type]
+    mlp: MLPField  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _check(self) -> "BlockSpec":
+        if self.parallel != "none" and self.placement != "pre":
+            raise ValueError(f"parallel: {self.parallel!r} needs placement 'pre', not {self.placement!r}")
+        if self.alpha != 1.0 and self.placement not in ("post", "deepnorm"):
+            raise ValueError(f"alpha: a residual scale needs placement 'post' or 'deepnorm', not {self.placement!r}")
+        return self
+
+
+class LayerOverride(Spec):
+    layers: str | list[int] = Field(description="python slice over layer indices ('1::2', '0:3') or a list")
+    block: dict[str, Any] = Field(description="partial block spec deep-merged onto the base block")
+
+    def select(self, n_layers: int) -> list[int]:
+        if isinstance(self.layers, list):
+            bad = [i for i in self.layers if not 0 <= i < n_layers]
+            if bad:
+                raise ValueError(f"layers {bad} out of range for n_layers={n_layers}")
+            return list(self.layers)
+        parts = self.layers.split(":")
+        if len(parts) not in (2, 3) or not all(p.strip().lstrip("-").isdigit() or not p.strip() for p in parts):
+            raise ValueError(f"layers {self.layers!r} is not a slice such as '1::2' or '0:3'")
+        return list(range(n_layers))[slice(*(int(p) if p.strip() else None for p in parts))]
+
+
+def deep_merge(base: dict, patch: dict) -> dict:
+    """Merge patch into base; a sub-mapping that names a different `type` replaces the whole entry."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("type", old.get("type")) == old.get("type"):
+            out[key] = deep_merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class ModelConfig(Spec):
+    name: str
+    family: str
+    reference: Reference = Field(default_factory=Reference)
+    published_params: float | None = Field(None, gt=0, description="headline size from the paper / model card")
+    published_active_params: float | None = Field(None, gt=0, description="activated per token (MoE)")
+    notes: str | None = None
+    vocab_size: int = Field(gt=0)
+    d_model: int = Field(gt=0)
+    n_layers: int = Field(gt=0)
+    max_seq_len: int = Field(gt=0)
+    position: PositionField  # type: ignore[valid-type]
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    block: BlockSpec
+    overrides: list[LayerOverride] = Field(default_factory=list)
+    final_norm: NormField | None  # type: ignore[valid-type]
+    head: HeadSpec
+
+    _blocks: list[BlockSpec] = PrivateAttr(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v):
+            raise ValueError(f"name {v!r} must be a non-empty word")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "ModelConfig":
+        base = self.block.model_dump()
+        blocks = [self.block] * self.n_layers
+        for k, ov in enumerate(self.overrides):
+            try:
+                layers = ov.select(self.n_layers)
+                merged = BlockSpec.model_validate(deep_merge(base, ov.block))
+            except (ValueError, ValidationError) as e:
+                raise ValueError(f"overrides[{k}]: {e}") from None
+            for i in layers:
+                blocks[i] = merged
+        self._blocks = blocks
+        pos = self.position
+        if pos.type == "rope":
+            for i, b in enumerate(blocks):
+                r = int(b.attention.rotary_head_dim * pos.fraction)
+                if r % 2 or r == 0:
+                    raise ValueError(
+                        f"position.fraction: {pos.fraction} × head dim {b.attention.rotary_head_dim} gives "
+                        f"{r} rotary dims in layer {i}; it must be even and > 0"
+                    )
+        if pos.type in ("alibi", "relative") and any(b.attention.type == "mla" for b in blocks):
+            raise ValueError(f"position.type: {pos.type!r} is not defined for MLA attention")
+        if self.head.tied and self.head.normalize:
+            raise ValueError("head.normalize needs an untied head (its own weight)")
+        return self
+
+    @property
+    def blocks(self) -> list[BlockSpec]:
+        """The resolved block spec of each layer (overrides applied)."""
+        return self._blocks
+
+    @property
+    def d_embed(self) -> int:
+        return self.embedding.d_embed or self.d_model
+
+    @property
+    def n_heads(self) -> int:
+        return self.block.attention.n_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        if self.position.type != "rope":
+            return 0
+        return int(self.block.attention.rotary_head_dim * self.position.fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, width=110)
+
+
+def load_config(source: str | Path | dict | ModelConfig) -> ModelConfig:
+    """A ModelConfig from a YAML path, a mapping or a ModelConfig; errors name the file."""
+    if isinstance(source, ModelConfig):
+        return source
+    if isinstance(source, dict):
+        return ModelConfig.model_validate(source)
+    path = Path(source)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+class ConfigError(ValueError):
+    """A config file that does not validate; the message names the file and field."""

@@ -1,0 +1,78 @@
+"""Feed-forward layers: the dense two-layer MLP and the gated linear unit family (SwiGLU, GeGLU)."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from .registry import ComponentSpec, register
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,  # exact erf form (Hendrycks & Gimpel, arXiv:1606.08415)
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2, BLOOM, Gemma
+    "silu": F.silu,  # SwiGLU's Swish_1 (Shazeer, arXiv:2002.05202)
+}
+
+
+def activation(name: str) -> Callable[[Tensor], Tensor]:
+    if name not in ACTIVATIONS:
+        raise KeyError(f"activation {name!r} is not one of {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]
+
+
+Activation = Literal["relu", "gelu", "gelu_tanh", "silu"]
+
+
+class MLPSpec(ComponentSpec):
+    type: Literal["mlp"] = "mlp"
+    d_ff: int = Field(gt=0)
+    activation: Activation = "gelu"
+    bias: bool = False
+
+    def n_params(self, d_model: int) -> int:
+        return 2 * d_model * self.d_ff + (self.d_ff + d_model if self.bias else 0)
+
+
+class GLUSpec(ComponentSpec):
+    type: Literal["glu"] = "glu"
+    d_ff: int = Field(gt=0)
+    activation: Activation = "silu"
+    bias: bool = False
+
+    def n_params(self, d_model: int) -> int:
+        return 3 * d_model * self.d_ff + (2 * self.d_ff + d_model if self.bias else 0)
+
+
+@register("mlp", "mlp", MLPSpec)
+class MLP(nn.Module):
+    """Position-wise FFN (Vaswani et al., eq. 2): down(act(up(x)))."""
+
+    def __init__(self, spec: MLPSpec, d_model: int, layer: int = 0):
+        super().__init__()
+        self.up = nn.Linear(d_model, spec.d_ff, bias=spec.bias)
+        self.down = nn.Linear(spec.d_ff, d_model, bias=spec.bias)
+        self.act = activation(spec.activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+@register("mlp", "glu", GLUSpec)
+class GLU(nn.Module):
+    """Gated linear unit FFN (Shazeer, arXiv:2002.05202, eq. 5-6): down(act(gate(x)) ⊙ up(x)).
+
+    activation: silu gives SwiGLU (LLaMA, PaLM), gelu / gelu_tanh give GeGLU (GLM-130B, Gemma)."""
+
+    def __init__(self, spec: GLUSpec, d_model: int, layer: int = 0):
+        super().__init__()
+        self.gate = nn.Linear(d_model, spec.d_ff, bias=spec.bias)
+        self.up = nn.Linear(d_model, spec.d_ff, bias=spec.bias)
+        self.down = nn.Linear(spec.d_ff, d_model, bias=spec.bias)
+        self.act = activation(spec.activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))

@@ -1,0 +1,112 @@
+"""The causal language model: embedding → blocks → final norm → head."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import Context
+from .block import Block
+from .config import ModelConfig
+from .registry import build
+
+
+class CausalLM(nn.Module):
+    """A decoder-only LM assembled from a ModelConfig.
+
+    forward(input_ids (B, T), attention_mask (B, S) with 1 for real tokens, position_ids (B, T),
+    prefix_len (B,) for prefix-LM layers, cache) -> logits (B, T, vocab)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_embed)
+        self.embed_in = nn.Linear(c.d_embed, c.d_model, bias=False) if c.d_embed != c.d_model else nn.Identity()
+        self.positions = build(
+            "position", c.position, d_model=c.d_model, n_heads=c.n_heads, rotary_dim=c.rotary_dim
+        )
+        self.embed_norm = build("norm", c.embedding.norm, c.d_model) if c.embedding.norm else nn.Identity()
+        scale_mult = self.positions.softmax_scale_mult
+        self.blocks = nn.ModuleList(Block(spec, c.d_model, i, scale_mult) for i, spec in enumerate(c.blocks))
+        self.final_norm = build("norm", c.final_norm, c.d_model) if c.final_norm else nn.Identity()
+        self.embed_out = nn.Linear(c.d_model, c.d_embed, bias=False) if c.d_embed != c.d_model else nn.Identity()
+        self.head = None if c.head.tied else nn.Linear(c.d_embed, c.vocab_size, bias=c.head.bias)
+        if c.head.tied and c.head.bias:
+            self.head_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        s = c.embedding.scale
+        self.embed_scale = math.sqrt(c.d_model) if s == "sqrt_d_model" else 1.0 if s == "none" else float(s)
+        self.rope_layout = getattr(c.position, "layout", "halves")
+        self.prefix_lm = any(b.attention.prefix_lm for b in c.blocks)
+
+    def context(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        prefix_len: Tensor | None = None,
+        cache: object | None = None,
+    ) -> Context:
+        """Positions, rotary tables, biases and mask inputs shared by every layer of one forward."""
+        B, T = input_ids.shape
+        dev = input_ids.device
+        offset = cache.length if cache is not None else 0
+        S = offset + T
+        if attention_mask is not None and attention_mask.shape != (B, S):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, S)}")
+        if prefix_len is not None and not self.prefix_lm:
+            raise ValueError(f"prefix_len given, but no attention layer of {self.config.name} is prefix_lm")
+        if attention_mask is not None:
+            key_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # padding-aware positions
+        else:
+            key_pos = torch.arange(S, device=dev).expand(B, S)
+        if position_ids is None:
+            position_ids = key_pos[:, offset:]
+        ctx = Context(
+            positions=position_ids,
+            q_index=torch.arange(offset, S, device=dev),
+            k_index=torch.arange(S, device=dev),
+            rope=self.positions.rotary(position_ids),
+            rope_layout=self.rope_layout,
+            bias=self.positions.bias(position_ids, key_pos),
+            key_padding=attention_mask.bool() if attention_mask is not None else None,
+            prefix_len=prefix_len,
+            cache=cache,
+        )
+        return ctx
+
+    def embed_tokens(self, input_ids: Tensor, positions: Tensor) -> Tensor:
+        x = self.embed(input_ids)
+        if self.embed_scale != 1.0:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)  # rounded to x's dtype, as Gemma does
+        x = self.embed_in(x)
+        pos = self.positions.embed(positions)
+        if pos is not None:
+            x = x + pos.to(x.dtype)
+        return self.embed_norm(x)
+
+    def logits(self, x: Tensor) -> Tensor:
+        x = self.embed_out(self.final_norm(x))
+        if self.head is None:
+            return F.linear(x, self.embed.weight, getattr(self, "head_bias", None))
+        if self.config.head.normalize:
+            return F.linear(x, F.normalize(self.head.weight, dim=-1), self.head.bias)
+        return self.head(x)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        prefix_len: Tensor | None = None,
+        cache: object | None = None,
+    ) -> Tensor:
+        ctx = self.context(input_ids, attention_mask, position_ids, prefix_len, cache)
+        x = self.embed_tokens(input_ids, ctx.positions)
+        for block in self.blocks:
+            x = block(x, ctx)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        return self.logits(x)

@@ -1,0 +1,159 @@
+"""Mixture of experts: routers (softmax / sigmoid, group-limited) and fine-grained + shared experts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from .mlp import GLU, Activation, GLUSpec, activation
+from .registry import ComponentSpec, register
+
+
+class MoESpec(ComponentSpec):
+    """Routed GLU experts plus always-on shared experts (DeepSeekMoE, arXiv:2401.06066)."""
+
+    type: Literal["moe"] = "moe"
+    n_experts: int = Field(gt=0)
+    top_k: int = Field(gt=0)
+    d_expert: int = Field(gt=0, description="inner size of one routed expert")
+    activation: Activation = "silu"
+    n_shared_experts: int = Field(0, ge=0, description="fused into one GLU of n_shared × d_expert")
+    score: Literal["softmax", "sigmoid"] = "softmax"
+    n_groups: int = Field(1, gt=0, description="device groups for group-limited routing")
+    topk_groups: int = Field(1, gt=0, description="groups a token may route into")
+    group_score: Literal["max", "top2_sum"] = "max"
+    norm_topk: bool = Field(False, description="renormalise the chosen weights to sum to 1")
+    routed_scale: float = Field(1.0, gt=0, description="multiplies the routed output (V2/V3)")
+    score_bias: bool = Field(False, description="V3 aux-loss-free bias, used for selection only")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MoESpec":
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k ({self.top_k}) exceeds n_experts ({self.n_experts})")
+        if self.n_experts % self.n_groups:
+            raise ValueError(f"n_experts ({self.n_experts}) is not divisible by n_groups ({self.n_groups})")
+        if self.topk_groups > self.n_groups:
+            raise ValueError(f"topk_groups ({self.topk_groups}) exceeds n_groups ({self.n_groups})")
+        if self.topk_groups * self.n_experts // self.n_groups < self.top_k:
+            raise ValueError(f"topk_groups ({self.topk_groups}) leave fewer than top_k experts to choose from")
+        return self
+
+    @property
+    def shared_spec(self) -> GLUSpec | None:
+        if not self.n_shared_experts:
+            return None
+        return GLUSpec(d_ff=self.n_shared_experts * self.d_expert, activation=self.activation)
+
+    def n_params(self, d_model: int) -> int:
+        return self.params_by_part(d_model)["total"]
+
+    def params_by_part(self, d_model: int) -> dict[str, int]:
+        expert = 3 * d_model * self.d_expert
+        shared = self.shared_spec.n_params(d_model) if self.shared_spec else 0
+        router = d_model * self.n_experts
+        return {
+            "router": router,
+            "experts": self.n_experts * expert,
+            "shared": shared,
+            "total": router + self.n_experts * expert + shared,
+            "active": router + self.top_k * expert + shared,
+        }
+
+
+class Router(nn.Module):
+    """Chooses top_k experts per token and their weights.
+
+    V2 (arXiv:2405.04434, §2.2): softmax scores, groups ranked by their best score.
+    V3 (arXiv:2412.19437, §2.1.2): sigmoid scores; a bias added for selection only; groups ranked
+    by the sum of their two best scores; chosen weights normalised, then × routed_scale."""
+
+    def __init__(self, spec: MoESpec, d_model: int):
+        super().__init__()
+        self.spec = spec
+        self.weight = nn.Parameter(torch.empty(spec.n_experts, d_model))
+        nn.init.normal_(self.weight, std=0.02)
+        if spec.score_bias:
+            self.register_buffer("score_bias", torch.zeros(spec.n_experts))
+        else:
+            self.score_bias = None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # x (N, D) -> weights, experts: (N, k)
+        s = self.spec
+        logits = F.linear(x.float(), self.weight.float())  # (N, E)
+        scores = logits.softmax(-1) if s.score == "softmax" else logits.sigmoid()
+        choice = scores if self.score_bias is None else scores + self.score_bias.float()
+        if s.n_groups > 1:
+            grouped = choice.view(len(x), s.n_groups, -1)  # (N, G, E/G)
+            if s.group_score == "max":
+                group_rank = grouped.amax(-1)
+            else:
+                group_rank = grouped.topk(2, dim=-1).values.sum(-1)
+            keep = torch.zeros_like(group_rank, dtype=torch.bool)
+            keep.scatter_(1, group_rank.topk(s.topk_groups, dim=-1).indices, True)
+            choice = grouped.masked_fill(~keep[..., None], float("-inf")).flatten(1)
+        experts = choice.topk(s.top_k, dim=-1).indices
+        weights = scores.gather(1, experts)
+        if s.norm_topk:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return weights * s.routed_scale, experts
+
+
+class Experts(nn.Module):
+    """n_experts GLU FFNs with stacked weights (E, ·, ·), so a grouped GEMM or expert-parallel
+    split addresses them as one tensor."""
+
+    def __init__(self, spec: MoESpec, d_model: int):
+        super().__init__()
+        e, f = spec.n_experts, spec.d_expert
+        self.gate = nn.Parameter(torch.empty(e, f, d_model))
+        self.up = nn.Parameter(torch.empty(e, f, d_model))
+        self.down = nn.Parameter(torch.empty(e, d_model, f))
+        for w in (self.gate, self.up, self.down):
+            nn.init.normal_(w, std=0.02)
+        self.act = activation(spec.activation)
+
+    def expert(self, i: int, x: Tensor) -> Tensor:
+        return F.linear(self.act(F.linear(x, self.gate[i])) * F.linear(x, self.up[i]), self.down[i])
+
+    def forward(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
+        """x (N, D); weights, experts (N, k). Tokens are sorted by expert so each expert runs once."""
+        flat = experts.flatten()  # (N·k,)
+        order = flat.argsort(stable=True)
+        token = order // experts.shape[1]
+        counts = torch.bincount(flat, minlength=self.gate.shape[0]).tolist()
+        out = torch.zeros_like(x)
+        start = 0
+        for i, n in enumerate(counts):
+            if n:
+                rows = token[start : start + n]
+                y = self.expert(i, x[rows]) * weights.flatten()[order[start : start + n], None].to(x.dtype)
+                out.index_add_(0, rows, y)
+                start += n
+        return out
+
+
+@register("mlp", "moe", MoESpec)
+class MoE(nn.Module):
+    """y = Σ_shared FFN(x) + Σ_{i ∈ topk} g_i · FFN_i(x)  (DeepSeekMoE eq. 3-5; Mixtral without shared).
+
+    After each forward `load` holds the number of tokens routed to each expert (for balance losses)."""
+
+    def __init__(self, spec: MoESpec, d_model: int, layer: int = 0):
+        super().__init__()
+        self.router = Router(spec, d_model)
+        self.experts = Experts(spec, d_model)
+        self.shared = GLU(spec.shared_spec, d_model) if spec.shared_spec else None
+        self.load: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, D)
+        flat = x.reshape(-1, x.shape[-1])
+        weights, experts = self.router(flat)
+        self.load = torch.bincount(experts.flatten(), minlength=self.experts.gate.shape[0]).detach()
+        y = self.experts(flat, weights, experts)
+        if self.shared is not None:
+            y = y + self.shared(flat)
+        return y.view_as(x)

@@ -1,0 +1,72 @@
+"""Normalisation layers. Placement (pre / post / sandwich / DeepNorm) lives in `block.py`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from .registry import ComponentSpec, register
+
+
+class LayerNormSpec(ComponentSpec):
+    type: Literal["layernorm"] = "layernorm"
+    eps: float = Field(1e-5, gt=0)
+    bias: bool = True
+
+    def n_params(self, dim: int) -> int:
+        return dim * (2 if self.bias else 1)
+
+
+class RMSNormSpec(ComponentSpec):
+    type: Literal["rmsnorm"] = "rmsnorm"
+    eps: float = Field(1e-6, gt=0)
+    unit_offset: bool = False
+
+    def n_params(self, dim: int) -> int:
+        return dim
+
+
+@register("norm", "layernorm", LayerNormSpec)
+class LayerNorm(nn.Module):
+    """LayerNorm (Ba et al., arXiv:1607.06450): y = (x - mean) / sqrt(var + eps) * g + b.
+
+    bias: False drops b (MPT, PaLM-style no-bias models)."""
+
+    def __init__(self, spec: LayerNormSpec, dim: int):
+        super().__init__()
+        self.eps = spec.eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if spec.bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+@register("norm", "rmsnorm", RMSNormSpec)
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich, arXiv:1910.07467): y = x / sqrt(mean(x²) + eps) * g.
+
+    unit_offset: scale by (1 + g), for checkpoints that store g - 1 (Gemma)."""
+
+    def __init__(self, spec: RMSNormSpec, dim: int):
+        super().__init__()
+        self.eps = spec.eps
+        self.offset = 1.0 if spec.unit_offset else 0.0
+        self.weight = nn.Parameter(torch.full((dim,), 1.0 - self.offset))
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., D)
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (self.offset + self.weight.float())).type_as(x)
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.weight, 1.0 - self.offset)

@@ -1,0 +1,340 @@
+"""Position encodings: learned, sinusoidal, RoPE (with its scalings), ALiBi, T5 relative buckets.
+
+One position module per model. It may contribute in three places, each optional:
+`embed(pos)` adds to the token embeddings, `rotary(pos)` gives the cos/sin that attention applies
+to queries and keys, `bias(q_pos, k_pos)` gives an additive per-head score bias.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from .registry import ComponentSpec, Spec, register
+
+# ----------------------------------------------------------------------------------- specs
+
+
+class NoPositionSpec(ComponentSpec):
+    type: Literal["none"] = "none"
+
+    def n_params(self, d_model: int, n_heads: int) -> int:
+        return 0
+
+
+class LearnedPositionSpec(ComponentSpec):
+    type: Literal["learned"] = "learned"
+    max_positions: int = Field(gt=0)
+    offset: int = Field(0, ge=0, description="rows before position 0 (OPT stores 2)")
+
+    def n_params(self, d_model: int, n_heads: int) -> int:
+        return (self.max_positions + self.offset) * d_model
+
+
+class SinusoidalPositionSpec(ComponentSpec):
+    type: Literal["sinusoidal"] = "sinusoidal"
+    base: float = 10000.0
+    layout: Literal["interleaved", "concat"] = "interleaved"
+
+    def n_params(self, d_model: int, n_heads: int) -> int:
+        return 0
+
+
+class LinearScaling(Spec):
+    """Position interpolation (Chen et al., arXiv:2306.15595): positions / factor."""
+
+    type: Literal["linear"] = "linear"
+    factor: float = Field(gt=0)
+
+
+class DynamicNTKScaling(Spec):
+    """Dynamic NTK-aware scaling: the base grows once the sequence passes the trained length."""
+
+    type: Literal["dynamic"] = "dynamic"
+    factor: float = Field(gt=0)
+    original_max_positions: int = Field(gt=0)
+
+
+class YarnScaling(Spec):
+    """YaRN (Peng et al., arXiv:2309.00071) as DeepSeek-V2/V3 configure it."""
+
+    type: Literal["yarn"] = "yarn"
+    factor: float = Field(gt=0)
+    original_max_positions: int = Field(gt=0)
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    attention_factor: float | None = Field(None, description="cos/sin multiplier; derived if unset")
+    truncate: bool = True
+
+
+class Llama3Scaling(Spec):
+    """Llama-3.1 frequency-dependent interpolation (arXiv:2407.21783, §3.3)."""
+
+    type: Literal["llama3"] = "llama3"
+    factor: float = Field(gt=0)
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = Field(gt=0)
+
+
+RopeScaling = Annotated[
+    Union[LinearScaling, DynamicNTKScaling, YarnScaling, Llama3Scaling], Field(discriminator="type")
+]
+
+
+class RopeSpec(ComponentSpec):
+    type: Literal["rope"] = "rope"
+    theta: float = Field(10000.0, gt=0)
+    fraction: float = Field(1.0, gt=0, le=1, description="share of head_dim rotated (Pythia 0.25)")
+    layout: Literal["halves", "interleaved"] = "halves"
+    scaling: RopeScaling | None = None
+    table_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="precision of inv_freq, angles and cos/sin (GLM-130B: float16)"
+    )
+
+    def n_params(self, d_model: int, n_heads: int) -> int:
+        return 0
+
+
+class AlibiSpec(ComponentSpec):
+    type: Literal["alibi"] = "alibi"
+    max_bias: float = Field(8.0, gt=0, description="slopes 2^(-max_bias·h/n) (Press et al.)")
+
+    def n_params(self, d_model: int, n_heads: int) -> int:
+        return 0
+
+
+class RelativeBucketSpec(ComponentSpec):
+    type: Literal["relative"] = "relative"
+    num_buckets: int = Field(32, gt=1)
+    max_distance: int = Field(128, gt=1)
+    bidirectional: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "RelativeBucketSpec":
+        exact = self.num_buckets // (4 if self.bidirectional else 2)
+        if self.max_distance <= exact:
+            raise ValueError(f"max_distance {self.max_distance} must exceed the exact range {exact}")
+        return self
+
+    def n_params(self, d_model: int, n_heads: int) -> int:
+        return self.num_buckets * n_heads
+
+
+# --------------------------------------------------------------------------------- modules
+
+
+class PositionEncoding(nn.Module):
+    """Base: contributes nothing. Subclasses override the hooks they use."""
+
+    softmax_scale_mult: float = 1.0
+
+    def embed(self, positions: Tensor) -> Tensor | None:  # (B, T) -> (B, T, D)
+        return None
+
+    def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:  # (B, T) -> 2 × (B, T, R)
+        return None
+
+    def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:  # -> (B, H, T, S)
+        return None
+
+
+@register("position", "none", NoPositionSpec)
+class NoPosition(PositionEncoding):
+    """No position information (the causal mask alone orders tokens)."""
+
+    def __init__(self, spec: NoPositionSpec, *, d_model: int, n_heads: int, rotary_dim: int):
+        super().__init__()
+
+
+@register("position", "learned", LearnedPositionSpec)
+class LearnedPosition(PositionEncoding):
+    """Learned absolute positions (GPT, arXiv:2005.14165); row = position + offset."""
+
+    def __init__(self, spec: LearnedPositionSpec, *, d_model: int, n_heads: int, rotary_dim: int):
+        super().__init__()
+        self.offset = spec.offset
+        self.weight = nn.Parameter(torch.empty(spec.max_positions + spec.offset, d_model))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def embed(self, positions: Tensor) -> Tensor:
+        return nn.functional.embedding(positions + self.offset, self.weight)
+
+
+def sinusoid_table(positions: Tensor, dim: int, base: float, layout: str) -> Tensor:
+    """Vaswani et al. (arXiv:1706.03762, §3.5): PE(p, 2i) = sin(p / base^(2i/d)), PE(p, 2i+1) = cos."""
+    inv = base ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    angles = positions.float()[..., None] * inv  # (B, T, D/2)
+    if layout == "concat":
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+@register("position", "sinusoidal", SinusoidalPositionSpec)
+class SinusoidalPosition(PositionEncoding):
+    """Fixed sinusoidal positions added to the embeddings."""
+
+    def __init__(self, spec: SinusoidalPositionSpec, *, d_model: int, n_heads: int, rotary_dim: int):
+        super().__init__()
+        self.spec, self.d_model = spec, d_model
+
+    def embed(self, positions: Tensor) -> Tensor:
+        return sinusoid_table(positions, self.d_model, self.spec.base, self.spec.layout)
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature term 0.1·m·ln(s) + 1 (arXiv:2309.00071, eq. 22)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def rope_inv_freq(spec: RopeSpec, dim: int) -> tuple[Tensor, float]:
+    """Inverse frequencies θ_i = theta^(-2i/dim) after the configured scaling, and the cos/sin factor."""
+    inv = 1.0 / spec.theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    s = spec.scaling
+    if s is None or isinstance(s, DynamicNTKScaling):  # dynamic depends on the length: see RoPE.rotary
+        return inv, 1.0
+    if isinstance(s, LinearScaling):
+        return inv / s.factor, 1.0
+    if isinstance(s, Llama3Scaling):
+        wavelen = 2 * math.pi / inv
+        low_wavelen = s.original_max_positions / s.low_freq_factor
+        high_wavelen = s.original_max_positions / s.high_freq_factor
+        smooth = (s.original_max_positions / wavelen - s.low_freq_factor) / (
+            s.high_freq_factor - s.low_freq_factor
+        )
+        scaled = torch.where(wavelen > low_wavelen, inv / s.factor, inv)
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, (1 - smooth) * inv / s.factor + smooth * inv, scaled), 1.0
+    # YaRN: interpolate low frequencies, keep high ones, ramp between (eq. 18-20)
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(s.original_max_positions / (rotations * 2 * math.pi)) / (2 * math.log(spec.theta))
+
+    low, high = correction_dim(s.beta_fast), correction_dim(s.beta_slow)
+    if s.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / max(high - low, 1e-3)).clamp(0, 1)
+    inv = inv / s.factor * ramp + inv * (1 - ramp)
+    if s.attention_factor is not None:
+        return inv, s.attention_factor
+    if s.mscale and s.mscale_all_dim:
+        return inv, yarn_mscale(s.factor, s.mscale) / yarn_mscale(s.factor, s.mscale_all_dim)
+    return inv, yarn_mscale(s.factor)
+
+
+@register("position", "rope", RopeSpec)
+class RoPE(PositionEncoding):
+    """Rotary embeddings (Su et al., arXiv:2104.09864): rotate pairs of q/k dims by p·θ_i.
+
+    fraction: only the first fraction·head_dim dims rotate (GPT-NeoX/Pythia).
+    layout: 'halves' pairs dim i with i + R/2 (GPT-NeoX, LLaMA-HF); 'interleaved' pairs 2i, 2i+1.
+    scaling: linear / dynamic NTK / YaRN / Llama-3 context extension.
+    table_dtype: float16 reproduces checkpoints trained with a half-precision table (GLM-130B)."""
+
+    def __init__(self, spec: RopeSpec, *, d_model: int, n_heads: int, rotary_dim: int):
+        super().__init__()
+        self.spec, self.dim = spec, rotary_dim
+        inv, self.cos_sin_scale = rope_inv_freq(spec, rotary_dim)
+        self._inv_freq = inv  # plain attribute: no state-dict entry, never on the meta device
+        s = spec.scaling
+        if isinstance(s, YarnScaling) and s.mscale_all_dim:
+            self.softmax_scale_mult = yarn_mscale(s.factor, s.mscale_all_dim) ** 2
+
+    def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        inv = self._inv_freq.to(positions.device)
+        s = self.spec.scaling
+        if isinstance(s, DynamicNTKScaling):
+            seq_len = max(int(positions.max()) + 1, s.original_max_positions)
+            base = self.spec.theta * (s.factor * seq_len / s.original_max_positions - (s.factor - 1)) ** (
+                self.dim / (self.dim - 2)
+            )
+            ar = torch.arange(0, self.dim, 2, device=positions.device, dtype=torch.float32)
+            inv = 1.0 / base ** (ar / self.dim)
+        if self.spec.table_dtype == "float16":
+            angles = positions.half()[..., None] * inv.half()  # (B, T, R/2), rounded like the original
+        else:
+            angles = positions.float()[..., None] * inv
+        if self.spec.layout == "halves":
+            angles = torch.cat([angles, angles], dim=-1)
+        else:
+            angles = angles.repeat_interleave(2, dim=-1)
+        return angles.cos() * self.cos_sin_scale, angles.sin() * self.cos_sin_scale
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, layout: str = "halves") -> Tensor:
+    """Rotate the first R dims of x (B, H, T, Dh) by the angles behind cos/sin (B, T, R)."""
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    if layout == "halves":
+        x1, x2 = rot.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+    else:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        rotated = torch.stack([-x2, x1], dim=-1).flatten(-2)
+    out = rot * cos + rotated * sin
+    return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
+
+
+def alibi_slopes(n_heads: int, max_bias: float = 8.0) -> Tensor:
+    """ALiBi head slopes (Press et al., arXiv:2108.12409, §3): m_h = 2^(-max_bias·h/n).
+
+    For n not a power of two: the slopes of the closest lower power of two 2^k, then every other
+    slope of 2^(k+1) heads, as in the paper's reference code."""
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-max_bias * (h + 1) / n) for h in range(n)]
+
+    k = 2 ** math.floor(math.log2(n_heads))
+    slopes = geometric(k) + geometric(2 * k)[0::2][: n_heads - k]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+@register("position", "alibi", AlibiSpec)
+class ALiBi(PositionEncoding):
+    """ALiBi: score(i, j) += m_h · (j - i); no position parameters."""
+
+    def __init__(self, spec: AlibiSpec, *, d_model: int, n_heads: int, rotary_dim: int):
+        super().__init__()
+        self._slopes = alibi_slopes(n_heads, spec.max_bias)
+
+    def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        distance = (k_pos[:, None, :] - q_pos[:, :, None]).float()  # (B, T, S)
+        return self._slopes.to(q_pos.device)[None, :, None, None] * distance[:, None]
+
+
+def relative_bucket(rel: Tensor, num_buckets: int, max_distance: int, bidirectional: bool) -> Tensor:
+    """T5 buckets (Raffel et al., arXiv:1910.10683, §2.1): exact for small |j-i|, log-spaced to max_distance."""
+    bucket = torch.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (rel > 0).long() * num_buckets
+        rel = rel.abs()
+    else:
+        rel = (-rel).clamp(min=0)
+    exact = num_buckets // 2
+    log_part = exact + (
+        torch.log(rel.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+    ).long()
+    return bucket + torch.where(rel < exact, rel, log_part.clamp(max=num_buckets - 1))
+
+
+@register("position", "relative", RelativeBucketSpec)
+class RelativeBucketBias(PositionEncoding):
+    """T5 relative position bias: a learned scalar per (bucket(j - i), head), shared by all layers."""
+
+    def __init__(self, spec: RelativeBucketSpec, *, d_model: int, n_heads: int, rotary_dim: int):
+        super().__init__()
+        self.spec = spec
+        self.weight = nn.Parameter(torch.empty(spec.num_buckets, n_heads))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        rel = k_pos[:, None, :] - q_pos[:, :, None]  # (B, T, S)
+        b = relative_bucket(rel, self.spec.num_buckets, self.spec.max_distance, self.spec.bidirectional)
+        return nn.functional.embedding(b, self.weight).permute(0, 3, 1, 2)  # (B, H, T, S)
