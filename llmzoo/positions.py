@@ -195,7 +195,8 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
 
 def rope_inv_freq(spec: RopeSpec, dim: int) -> tuple[Tensor, float]:
     """Inverse frequencies θ_i = theta^(-2i/dim) after the configured scaling, and the cos/sin factor."""
-    inv = 1.0 / spec.theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    # explicit cpu: the model may be built under a meta device context, these are not parameters
+    inv = 1.0 / spec.theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") / dim)
     s = spec.scaling
     if s is None or isinstance(s, DynamicNTKScaling):  # dynamic depends on the length: see RoPE.rotary
         return inv, 1.0
@@ -219,7 +220,7 @@ def rope_inv_freq(spec: RopeSpec, dim: int) -> tuple[Tensor, float]:
     if s.truncate:
         low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, dim - 1)
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / max(high - low, 1e-3)).clamp(0, 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / max(high - low, 1e-3)).clamp(0, 1)
     inv = inv / s.factor * ramp + inv * (1 - ramp)
     if s.attention_factor is not None:
         return inv, s.attention_factor
@@ -292,7 +293,7 @@ def alibi_slopes(n_heads: int, max_bias: float = 8.0) -> Tensor:
 
     k = 2 ** math.floor(math.log2(n_heads))
     slopes = geometric(k) + geometric(2 * k)[0::2][: n_heads - k]
-    return torch.tensor(slopes, dtype=torch.float32)
+    return torch.tensor(slopes, dtype=torch.float32, device="cpu")
 
 
 @register("position", "alibi", AlibiSpec)
