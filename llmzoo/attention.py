@@ -186,7 +186,7 @@ class MLASpec(ComponentSpec):
     qk_rope_head_dim: int = Field(gt=0)
     v_head_dim: int = Field(gt=0)
     latent_norm: Component("norm") = Field(default_factory=lambda: RMSNormSpec(eps=1e-6))  # type: ignore[valid-type]
-    bias: bool = False
+    bias: bool = Field(False, description="biases on q_a, kv_a and o (HF attention_bias); q, q_b, kv_b have none")
     window: int | None = Field(None, gt=0)
     prefix_lm: bool = False
 
@@ -207,17 +207,15 @@ class MLASpec(ComponentSpec):
 
     def n_params(self, d_model: int) -> int:
         h, qk = self.n_heads, self.qk_nope_head_dim + self.qk_rope_head_dim
-        b = 1 if self.bias else 0
+        b = 1 if self.bias else 0  # biases on the projections out of d_model and on o (HF attention_bias)
         if self.q_lora_rank is None:
-            q = d_model * h * qk + b * h * qk
+            q = d_model * h * qk
         else:
             r = self.q_lora_rank
-            q = d_model * r + b * r + self.latent_norm.n_params(r) + r * h * qk + b * h * qk
-        kv_a = d_model * (self.kv_lora_rank + self.qk_rope_head_dim) + b * (self.kv_lora_rank + self.qk_rope_head_dim)
+            q = d_model * r + b * r + self.latent_norm.n_params(r) + r * h * qk
+        kv_a = (d_model + b) * (self.kv_lora_rank + self.qk_rope_head_dim)
         kv_norm = self.latent_norm.n_params(self.kv_lora_rank)
-        kv_b = self.kv_lora_rank * h * (self.qk_nope_head_dim + self.v_head_dim) + b * h * (
-            self.qk_nope_head_dim + self.v_head_dim
-        )
+        kv_b = self.kv_lora_rank * h * (self.qk_nope_head_dim + self.v_head_dim)
         o = h * self.v_head_dim * d_model + b * d_model
         return q + kv_a + kv_norm + kv_b + o
 
@@ -236,14 +234,15 @@ class MLAttention(nn.Module):
         h, qk = spec.n_heads, spec.qk_nope_head_dim + spec.qk_rope_head_dim
         self.n_heads, self.qk_dim = h, qk
         if spec.q_lora_rank is None:
-            self.q = nn.Linear(d_model, h * qk, bias=spec.bias)
+            self.q = nn.Linear(d_model, h * qk, bias=False)  # HF DeepSeek: q_proj never has a bias
         else:
             self.q_a = nn.Linear(d_model, spec.q_lora_rank, bias=spec.bias)
             self.q_norm = build("norm", spec.latent_norm, spec.q_lora_rank)
-            self.q_b = nn.Linear(spec.q_lora_rank, h * qk, bias=spec.bias)
+            self.q_b = nn.Linear(spec.q_lora_rank, h * qk, bias=False)
         self.kv_a = nn.Linear(d_model, spec.kv_lora_rank + spec.qk_rope_head_dim, bias=spec.bias)
         self.kv_norm = build("norm", spec.latent_norm, spec.kv_lora_rank)
-        self.kv_b = nn.Linear(spec.kv_lora_rank, h * (spec.qk_nope_head_dim + spec.v_head_dim), bias=spec.bias)
+        # no bias: the absorbed path folds kv_b into the query and the output (see `absorbed`)
+        self.kv_b = nn.Linear(spec.kv_lora_rank, h * (spec.qk_nope_head_dim + spec.v_head_dim), bias=False)
         self.o = nn.Linear(h * spec.v_head_dim, d_model, bias=spec.bias)
         self.scale = qk**-0.5 * scale_mult
         self.window = spec.window
@@ -270,3 +269,40 @@ class MLAttention(nn.Module):
             k, v = ctx.cache.update(self.layer, k, v)
         y = sdpa(q, k, v, ctx.mask(self.window), self.scale)  # (B, H, T, v_head_dim)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * s.v_head_dim))
+
+    def compress(self, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
+        """What the absorbed cache holds per token: normed latent c_kv (B, 1, T, kv_lora_rank) and the
+        rotated shared key k_pe (B, 1, T, qk_rope_head_dim), as one-head tensors so any (B, H, S, D)
+        KV cache stores them unchanged."""
+        c_kv, k_pe = self.kv_a(x).split([self.spec.kv_lora_rank, self.spec.qk_rope_head_dim], dim=-1)
+        c_kv, k_pe = self.kv_norm(c_kv)[:, None], k_pe[:, None]
+        if ctx.rope is not None:
+            k_pe = ctx.rope_apply(k_pe)
+        return c_kv, k_pe
+
+    def absorbed(self, x: Tensor, ctx: Context, latent: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """MLA with W_UK folded into the query and W_UV into the output (DeepSeek-V2 §2.1.2): attention
+        runs over the latent itself, so a cache stores kv_lora_rank + qk_rope_head_dim per token and layer.
+
+        q_nope·k_nope = (W_UKᵀ q_nope)·c_kv, and Σ p·v = W_UV (Σ p·c_kv); same result as `forward`.
+        latent: (c_kv, k_pe) of every key slot (cached + current, as `compress` gives them); when None
+        it is computed from x and, if ctx.cache is set, appended to the cache via cache.update."""
+        s = self.spec
+        B, T, _ = x.shape
+        q = self.query(x).view(B, T, self.n_heads, self.qk_dim).transpose(1, 2)  # (B, H, T, nope+rope)
+        q_nope, q_pe = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
+        if ctx.rope is not None:
+            q_pe = ctx.rope_apply(q_pe)
+        if latent is None:
+            latent = self.compress(x, ctx)
+            if ctx.cache is not None:
+                latent = ctx.cache.update(self.layer, *latent)
+        c_kv, k_pe = latent  # (B, 1, S, r), (B, 1, S, rope)
+        w = self.kv_b.weight.view(self.n_heads, s.qk_nope_head_dim + s.v_head_dim, s.kv_lora_rank)
+        w_uk, w_uv = w.split([s.qk_nope_head_dim, s.v_head_dim], dim=1)  # (H, nope, r), (H, v, r)
+        q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)  # (B, H, T, r)
+        y_lat = sdpa(  # one shared "head" of keys [c_kv ; k_pe] and values c_kv
+            torch.cat([q_lat, q_pe], dim=-1), torch.cat([c_kv, k_pe], dim=-1), c_kv, ctx.mask(self.window), self.scale
+        )  # (B, H, T, r)
+        y = torch.einsum("bhtr,hvr->bthv", y_lat, w_uv)  # (B, T, H, v_head_dim)
+        return self.o(y.reshape(B, T, self.n_heads * s.v_head_dim))

@@ -1,0 +1,119 @@
+"""Multi-head Latent Attention: the absorbed path equals the naive one, and its cache is the latent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llmzoo
+from llmzoo.attention import MLAttention
+
+
+def mla_config(q_lora_rank: int | None, n_layers: int = 2, yarn: bool = True) -> dict:
+    scaling = {"type": "yarn", "factor": 4.0, "original_max_positions": 16, "mscale": 0.707,
+               "mscale_all_dim": 0.707}
+    return {
+        "name": "tiny-mla", "family": "test", "vocab_size": 61, "d_model": 32, "n_layers": n_layers,
+        "max_seq_len": 64,
+        "position": {"type": "rope", "theta": 10000.0, "layout": "interleaved",
+                     "scaling": scaling if yarn else None},
+        "block": {
+            "norm": {"type": "rmsnorm", "eps": 1e-6},
+            "attention": {"type": "mla", "n_heads": 4, "q_lora_rank": q_lora_rank, "kv_lora_rank": 12,
+                          "qk_nope_head_dim": 8, "qk_rope_head_dim": 6, "v_head_dim": 10, "bias": True},
+            "mlp": {"type": "glu", "d_ff": 48},
+        },
+        "final_norm": {"type": "rmsnorm", "eps": 1e-6},
+        "head": {"tied": False},
+    }
+
+
+def loud(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Re-draw every tensor loudly: norms 1±0.3, biases non-zero, matrices ~ 1/sqrt(fan_in)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "norm" in name:
+                p.copy_(1 + 0.3 * (2 * torch.rand(p.shape, generator=g) - 1))
+            elif p.ndim == 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+    return model
+
+
+class LatentCache:
+    """Minimal (layer → concatenated K, V) cache, the protocol attention modules use."""
+
+    def __init__(self):
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.length = 0
+
+    def update(self, layer, k, v):
+        if layer in self.store:
+            k = torch.cat([self.store[layer][0], k], dim=2)
+            v = torch.cat([self.store[layer][1], v], dim=2)
+        self.store[layer] = (k, v)
+        return k, v
+
+    def advance(self, n):
+        self.length += n
+
+
+IDS = torch.tensor([[3, 17, 42, 8, 55, 1, 9, 30, 12, 7], [5, 44, 2, 19, 60, 33, 0, 0, 0, 0]])
+MASK = (torch.arange(10)[None] < torch.tensor([[10], [6]])).long()
+
+
+@pytest.mark.parametrize("q_lora_rank", [16, None], ids=["q_lora", "q_full"])
+def test_absorbed_equals_naive_per_layer(q_lora_rank):
+    model = loud(llmzoo.build(mla_config(q_lora_rank)))
+    ctx = model.context(IDS, MASK)
+    x = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(1))
+    for block in model.blocks:
+        assert isinstance(block.attn, MLAttention)
+        naive, absorbed = block.attn(x, ctx), block.attn.absorbed(x, ctx)
+        real = MASK.bool()
+        assert (naive - absorbed)[real].abs().max() <= 1e-5
+        assert naive[real].abs().max() > 0.1  # not vacuous
+
+
+def use_absorbed(model):
+    for block in model.blocks:
+        block.attn.forward = block.attn.absorbed  # instance attribute: __call__ dispatches to it
+
+
+@pytest.mark.parametrize("q_lora_rank", [16, None], ids=["q_lora", "q_full"])
+def test_absorbed_cache_holds_latent_only(q_lora_rank):
+    cfg = mla_config(q_lora_rank, n_layers=3)
+    model = loud(llmzoo.build(cfg))
+    full = model(IDS, MASK)
+    use_absorbed(model)
+    cache = LatentCache()
+    prefill = model(IDS[:, :7], MASK[:, :7], cache=cache)
+    step = model(IDS[:, 7:], MASK, cache=cache)  # decode the last 3 tokens against the latent cache
+    got = torch.cat([prefill, step], dim=1)
+    real = MASK.bool()
+    assert (got - full)[real].abs().max() <= 1e-5
+    a = cfg["block"]["attention"]
+    per_token = sum(k[0, :, 0].numel() + v[0, :, 0].numel() for k, v in cache.store.values())
+    assert per_token == (a["kv_lora_rank"] + a["qk_rope_head_dim"]) * cfg["n_layers"]
+    assert per_token == sum(b.attention.kv_cache_dims for b in llmzoo.get_config(cfg).blocks)
+    assert all(k.shape[2] == 10 for k, _ in cache.store.values())
+
+
+def test_absorbed_accepts_given_latents():
+    """The decode step of a generation helper: latents of earlier tokens passed in explicitly."""
+    model = loud(llmzoo.build(mla_config(16)))
+    attn = model.blocks[0].attn
+    x = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(2))
+    ids = torch.zeros(1, 6, dtype=torch.long)
+    naive = attn(x, model.context(ids))
+    past = attn.compress(x[:, :5], model.context(ids[:, :5]))
+    cache = LatentCache()
+    cache.update(0, *past)
+    cache.advance(5)
+    ctx = model.context(ids[:, 5:], cache=cache)
+    now = attn.compress(x[:, 5:], ctx)
+    latent = tuple(torch.cat([p, n], dim=2) for p, n in zip(past, now))
+    last = attn.absorbed(x[:, 5:], ctx, latent)
+    assert (last - naive[:, 5:]).abs().max() <= 1e-5
