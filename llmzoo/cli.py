@@ -1,0 +1,154 @@
+"""`llmzoo` command line: list, show, params, tiny, parity, verify, generate.
+
+Each verb is a function `cmd_<verb>(args) -> int` plus an entry in `VERBS`; `main` wires argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from torch import nn
+
+
+def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    """Plain aligned text table (numbers right-aligned)."""
+    cells = [[str(h) for h in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    numeric = [all(_is_number(r[i]) for r in cells[1:]) and len(cells) > 1 for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s.replace(",", "").rstrip("%BMK"))
+        return True
+    except ValueError:
+        return s in ("-", "")
+
+
+def human(n: float | None) -> str:
+    """1.23B / 456.7M / 12.3K."""
+    if n is None:
+        return "-"
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .zoo import config_path, list_models
+
+    rows = [(name, config_path(name).parent.name) for name in list_models(args.family)]
+    print(format_table(rows, ["name", "family"]))
+    return 0
+
+
+def module_tree(model: nn.Module, depth: int = 2) -> list[tuple[str, int]]:
+    """(qualified name, parameter count) down to `depth`; repeated blocks show only the first."""
+    rows: list[tuple[str, int]] = []
+
+    def walk(prefix: str, module: nn.Module, level: int) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.Identity):
+                continue
+            qual = f"{prefix}.{name}" if prefix else name
+            count = sum(p.numel() for p in child.parameters())
+            if isinstance(module, nn.ModuleList) and name != "0":
+                continue
+            label = f"{qual} (×{len(module)})" if isinstance(module, nn.ModuleList) else qual
+            rows.append(("  " * level + label, count))
+            if level + 1 < depth or isinstance(child, nn.ModuleList):
+                walk(qual, child, level + 1)
+
+    walk("", model, 0)
+    return rows
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .builder import build
+    from .zoo import get_config
+
+    config = get_config(args.name)
+    print(config.to_yaml())
+    model = build(config, device="meta")
+    print(format_table([(n, f"{c:,}") for n, c in module_tree(model, args.depth)], ["module", "params"]))
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from .params import count_params, kv_cache_bytes
+    from .zoo import get_config, list_models
+
+    rows = []
+    for name in args.names or list_models():
+        c = get_config(name)
+        n = count_params(c)
+        delta = f"{100 * (n.total / c.published_params - 1):+.1f}%" if c.published_params else "-"
+        kv = kv_cache_bytes(c, seq_len=1, batch=1, dtype="bfloat16")
+        rows.append((name, human(c.published_params), human(n.total), delta,
+                     human(c.published_active_params), human(n.active), f"{kv / 1024:.1f}"))
+    print(format_table(rows, ["name", "published", "computed", "Δ", "pub. active", "active", "KV KiB/token"]))
+    return 0
+
+
+def cmd_tiny(args: argparse.Namespace) -> int:
+    from .scaling import scale_down
+
+    config = scale_down(args.name, preset=args.preset)
+    if args.out is None:
+        print(config.to_yaml(), end="")
+        return 0
+    from .builder import build
+    from .hf import save_pretrained
+
+    save_pretrained(build(config, seed=args.seed), args.out)
+    print(f"wrote {config.name} to {args.out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmzoo", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("list", help="zoo entries")
+    s.add_argument("--family", default=None)
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("show", help="resolved config and a per-module parameter tree")
+    s.add_argument("name")
+    s.add_argument("--depth", type=int, default=3)
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("params", help="published vs computed parameter counts")
+    s.add_argument("names", nargs="*")
+    s.set_defaults(func=cmd_params)
+
+    s = sub.add_parser("tiny", help="the scaled-down config as YAML, or a tiny random HF checkpoint with --out")
+    s.add_argument("name")
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--out", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_tiny)
+
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"llmzoo {args.verb}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Analytic sizes: parameter counts (total and activated per token) and KV-cache bytes, no instantiation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import ModelConfig
+from .zoo import get_config
+
+
+@dataclass
+class ParamCount:
+    """Parameter count by part. `active` counts what one token uses (MoE: top_k routed experts)."""
+
+    parts: dict[str, int] = field(default_factory=dict)
+    active: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def add(self, part: str, n: int, active: bool = True) -> None:
+        self.parts[part] = self.parts.get(part, 0) + n
+        if active:
+            self.active += n
+
+
+def count_params(source: str | dict | ModelConfig) -> ParamCount:
+    """Count parameters from the config alone; equals sum(p.numel()) of the built model.
+
+    Parts: embedding (tokens, project in/out), positions, attention, mlp (dense FFNs and shared
+    experts), moe_router, moe_experts (routed; only top_k of them active), norms, head."""
+    c = get_config(source) if not isinstance(source, ModelConfig) else source
+    n = ParamCount()
+    d, e = c.d_model, c.d_embed
+    n.add("embedding", c.vocab_size * e + (2 * e * d if e != d else 0))
+    n.add("positions", c.position.n_params(d, c.n_heads))
+    if c.embedding.norm is not None:
+        n.add("norms", c.embedding.norm.n_params(d))
+    for b in c.blocks:
+        n.add("attention", b.attention.n_params(d))
+        if b.mlp.type == "moe":
+            p = b.mlp.params_by_part(d)
+            n.add("moe_router", p["router"])
+            n.add("mlp", p["shared"])
+            n.add("moe_experts", p["experts"], active=False)
+            n.active += p["active"] - p["router"] - p["shared"]  # the top_k routed experts
+        else:
+            n.add("mlp", b.mlp.n_params(d))
+        norms = {"sandwich": 4}.get(b.placement, 1 if b.parallel == "shared_norm" else 2)
+        n.add("norms", norms * b.norm.n_params(d))
+    if c.final_norm is not None:
+        n.add("norms", c.final_norm.n_params(d))
+    if not c.head.tied:
+        n.add("head", c.vocab_size * e + (c.vocab_size if c.head.bias else 0))
+    elif c.head.bias:
+        n.add("head", c.vocab_size)
+    return n
+
+
+def kv_cache_bytes(
+    source: str | dict | ModelConfig, seq_len: int, batch: int = 1, dtype: str | torch.dtype = "bfloat16"
+) -> int:
+    """Bytes of the KV cache for `batch` sequences of `seq_len` tokens.
+
+    Per layer: attention.kv_cache_dims elements per cached token (2·n_kv_heads·head_dim; MLA caches
+    kv_lora_rank + qk_rope_head_dim), with sliding-window layers holding at most `window` tokens."""
+    from .builder import resolve_dtype
+
+    c = get_config(source) if not isinstance(source, ModelConfig) else source
+    itemsize = torch.empty((), dtype=resolve_dtype(dtype)).element_size()
+    total = 0
+    for b in c.blocks:
+        a = b.attention
+        tokens = min(seq_len, a.window) if a.window else seq_len
+        total += a.kv_cache_dims * tokens
+    return total * batch * itemsize
