@@ -22,6 +22,7 @@ class MoESpec(ComponentSpec):
     d_expert: int = Field(gt=0, description="inner size of one routed expert")
     activation: Activation = "silu"
     n_shared_experts: int = Field(0, ge=0, description="fused into one GLU of n_shared × d_expert")
+    shared_bias: bool = Field(False, description="biases in the shared experts (HF DeepSeek-V2 mlp_bias)")
     score: Literal["softmax", "sigmoid"] = "softmax"
     n_groups: int = Field(1, gt=0, description="device groups for group-limited routing")
     topk_groups: int = Field(1, gt=0, description="groups a token may route into")
@@ -46,7 +47,7 @@ class MoESpec(ComponentSpec):
     def shared_spec(self) -> GLUSpec | None:
         if not self.n_shared_experts:
             return None
-        return GLUSpec(d_ff=self.n_shared_experts * self.d_expert, activation=self.activation)
+        return GLUSpec(d_ff=self.n_shared_experts * self.d_expert, activation=self.activation, bias=self.shared_bias)
 
     def n_params(self, d_model: int) -> int:
         return self.params_by_part(d_model)["total"]
@@ -81,7 +82,8 @@ class Router(nn.Module):
         else:
             self.score_bias = None
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # x (N, D) -> weights, experts: (N, k)
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (N, D) -> weights (N, k) in float32, experts (N, k), scores (N, E) before any bias or mask."""
         s = self.spec
         logits = F.linear(x.float(), self.weight.float())  # (N, E)
         scores = logits.softmax(-1) if s.score == "softmax" else logits.sigmoid()
@@ -99,7 +101,7 @@ class Router(nn.Module):
         weights = scores.gather(1, experts)
         if s.norm_topk:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-        return weights * s.routed_scale, experts
+        return weights * s.routed_scale, experts, scores
 
 
 class Experts(nn.Module):
@@ -140,7 +142,9 @@ class Experts(nn.Module):
 class MoE(nn.Module):
     """y = Σ_shared FFN(x) + Σ_{i ∈ topk} g_i · FFN_i(x)  (DeepSeekMoE eq. 3-5; Mixtral without shared).
 
-    After each forward `load` holds the number of tokens routed to each expert (for balance losses)."""
+    After each forward, for balance losses and monitoring: `load` (E,) the number of (token, slot)
+    assignments per expert, detached; `mean_score` (E,) the router score averaged over tokens, with
+    gradient (the P_i of the expert-level balance loss, DeepSeek-V2 eq. 12-13; load/(N·k) gives f_i)."""
 
     def __init__(self, spec: MoESpec, d_model: int, layer: int = 0):
         super().__init__()
@@ -148,11 +152,13 @@ class MoE(nn.Module):
         self.experts = Experts(spec, d_model)
         self.shared = GLU(spec.shared_spec, d_model) if spec.shared_spec else None
         self.load: Tensor | None = None
+        self.mean_score: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, D)
         flat = x.reshape(-1, x.shape[-1])
-        weights, experts = self.router(flat)
+        weights, experts, scores = self.router(flat)
         self.load = torch.bincount(experts.flatten(), minlength=self.experts.gate.shape[0]).detach()
+        self.mean_score = scores.mean(0)
         y = self.experts(flat, weights, experts)
         if self.shared is not None:
             y = y + self.shared(flat)
