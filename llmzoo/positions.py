@@ -221,7 +221,9 @@ def rope_inv_freq(spec: RopeSpec, dim: int) -> tuple[Tensor, float]:
         low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, dim - 1)
     ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / max(high - low, 1e-3)).clamp(0, 1)
-    inv = inv / s.factor * ramp + inv * (1 - ramp)
+    keep = 1 - ramp  # share of the original frequency; written as transformers does, bit for bit
+    pos_freq = spec.theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") / dim)
+    inv = 1.0 / (s.factor * pos_freq) * (1 - keep) + inv * keep
     if s.attention_factor is not None:
         return inv, s.attention_factor
     if s.mscale and s.mscale_all_dim:
