@@ -105,6 +105,10 @@ class RopeSpec(ComponentSpec):
 class AlibiSpec(ComponentSpec):
     type: Literal["alibi"] = "alibi"
     max_bias: float = Field(8.0, gt=0, description="slopes 2^(-max_bias·h/n) (Press et al.)")
+    scale: float = Field(1.0, gt=0, description="multiplies the bias (Falcon: 1/sqrt(head_dim))")
+    table_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="bfloat16: slope and slope·position rounded as Falcon computes them"
+    )
 
     def n_params(self, d_model: int, n_heads: int) -> int:
         return 0
@@ -300,15 +304,24 @@ def alibi_slopes(n_heads: int, max_bias: float = 8.0) -> Tensor:
 
 @register("position", "alibi", AlibiSpec)
 class ALiBi(PositionEncoding):
-    """ALiBi: score(i, j) += m_h · (j - i); no position parameters."""
+    """ALiBi: score(i, j) += scale · m_h · (j - i); no position parameters.
+
+    scale: Falcon adds the bias before its 1/sqrt(head_dim) score scaling.
+    table_dtype: bfloat16 reproduces Falcon's table, bf16(bf16(m_h) · j) over key positions only
+    (the softmax of each query row is unchanged by the missing -m_h · i)."""
 
     def __init__(self, spec: AlibiSpec, *, d_model: int, n_heads: int, rotary_dim: int):
         super().__init__()
+        self.scale, self.bf16 = spec.scale, spec.table_dtype == "bfloat16"
         self._slopes = alibi_slopes(n_heads, spec.max_bias)
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        slopes = self._slopes.to(q_pos.device)[None, :, None, None]
+        if self.bf16:
+            table = slopes.bfloat16() * k_pos[:, None, None, :].bfloat16()  # (B, H, 1, S), rounded
+            return (table.float() * self.scale).expand(-1, -1, q_pos.shape[1], -1)
         distance = (k_pos[:, None, :] - q_pos[:, :, None]).float()  # (B, T, S)
-        return self._slopes.to(q_pos.device)[None, :, None, None] * distance[:, None]
+        return slopes * distance[:, None] * self.scale
 
 
 def relative_bucket(rel: Tensor, num_buckets: int, max_distance: int, bidirectional: bool) -> Tensor:
