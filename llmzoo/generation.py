@@ -1,0 +1,131 @@
+"""Autoregressive generation over a StaticCache: greedy or seeded sampling, batched left-padded prompts.
+
+`stream(...)` yields the next token of every row per step; `generate(...)` collects them after the
+prompt, like transformers' `generate`. Logits are processed in transformers' order: repetition
+penalty, then temperature, top-k, top-p; rows that hit an eos/stop id emit `pad_token_id` afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+from .cache import StaticCache
+
+
+def _ids(x: int | Iterable[int] | None) -> list[int]:
+    if x is None:
+        return []
+    return [int(x)] if isinstance(x, int) else [int(i) for i in x]
+
+
+def repetition_penalty_(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """CTRL's penalty (Keskar et al., arXiv:1909.05858, §4.1) as transformers applies it: a score s of
+    a token already in the sequence becomes s / penalty if s > 0, else s · penalty. seen (B, V) bool."""
+    scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, scaled, logits)
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the k highest scores per row (ties with the k-th kept), -inf elsewhere."""
+    k = min(k, logits.shape[-1])
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus sampling (Holtzman et al., arXiv:1904.09751): keep the smallest set of most probable
+    tokens whose probability mass reaches p (always at least one)."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    mass_before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)
+    drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+@torch.no_grad()
+def stream(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
+    eos_token_id: int | Iterable[int] | None = None,
+    stop_token_ids: Iterable[int] | None = None,
+    pad_token_id: int | None = None,
+    seed: int | None = None,
+    cache: StaticCache | None = None,
+) -> Iterator[Tensor]:
+    """Yield the next token id of every row, (B,), once per step, for up to max_new_tokens steps.
+
+    input_ids (B, P) left-padded prompts with attention_mask (B, P) (1 = real token); positions come
+    from the mask. Stops early once every row has produced an eos/stop id; a finished row yields
+    pad_token_id (default: the first eos id). prefix-LM models see the whole prompt bidirectionally.
+    cache: a StaticCache for ≥ P + max_new_tokens slots (allocated here when None)."""
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    B, P = input_ids.shape
+    device = input_ids.device
+    stops = _ids(eos_token_id) + _ids(stop_token_ids)
+    if pad_token_id is None:
+        pad_token_id = stops[0] if stops else 0
+    if cache is None:
+        cache = StaticCache.for_model(model, B, P + max_new_tokens)
+    elif cache.max_len < P + max_new_tokens - 1:
+        raise ValueError(f"cache holds {cache.max_len} slots; prompt {P} + {max_new_tokens} new tokens need more")
+    cache.reset()
+    generator = None
+    if do_sample:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+    stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
+    vocab = model.config.vocab_size
+    seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
+    if repetition_penalty is not None:  # transformers penalises prompt tokens too, padding included
+        seen.scatter_(1, input_ids, True)
+    prefix_len = torch.full((B,), P, dtype=torch.long, device=device) if model.prefix_lm else None
+    unfinished = torch.ones(B, dtype=torch.bool, device=device)
+    step_mask = torch.ones(B, 1, dtype=torch.long, device=device)
+
+    logits = model(input_ids, attention_mask=attention_mask, prefix_len=prefix_len, cache=cache)[:, -1]
+    for step in range(max_new_tokens):
+        scores = logits.float()
+        if repetition_penalty is not None:
+            scores = repetition_penalty_(scores, seen, repetition_penalty)
+        if do_sample:
+            if temperature != 1.0:
+                scores = scores / temperature
+            if top_k is not None:
+                scores = top_k_filter(scores, top_k)
+            if top_p is not None and top_p < 1.0:
+                scores = top_p_filter(scores, top_p)
+            token = torch.multinomial(scores.softmax(-1), 1, generator=generator)[:, 0]
+        else:
+            token = scores.argmax(-1)
+        token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
+        seen.scatter_(1, token[:, None], True)
+        yield token
+        if len(stops):
+            unfinished &= ~torch.isin(token, stop_ids)
+            if not bool(unfinished.any()):
+                return
+        if step + 1 < max_new_tokens:
+            logits = model(token[:, None], attention_mask=step_mask, prefix_len=prefix_len, cache=cache)[:, -1]
+
+
+def generate(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> Tensor:
+    """Prompt + generated ids (B, P + N), N ≤ max_new_tokens; keyword arguments as `stream`."""
+    tokens = list(stream(model, input_ids, attention_mask, **kw))
+    if not tokens:
+        return input_ids
+    return torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)

@@ -1,0 +1,208 @@
+"""StaticCache: incremental decoding equals the full forward for every attention kind, the cache
+holds exactly `kv_cache_bytes`, and the decode step compiles without graph breaks or recompiles."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import llmzoo
+from llmzoo.cache import StaticCache
+from llmzoo.model import CausalLM
+
+ATTN = {"type": "gqa", "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "qkv_bias": True}
+MLA = {"type": "mla", "n_heads": 4, "q_lora_rank": 16, "kv_lora_rank": 12, "qk_nope_head_dim": 8,
+       "qk_rope_head_dim": 6, "v_head_dim": 10, "bias": True}
+
+
+def tiny(position: dict | None = None, attention: dict | None = None, **extra) -> dict:
+    cfg = {
+        "name": "tiny", "family": "test", "vocab_size": 61, "d_model": 32, "n_layers": 3, "max_seq_len": 64,
+        "position": position or {"type": "rope", "theta": 10000.0},
+        "block": {"norm": {"type": "rmsnorm", "eps": 1e-6}, "attention": {**ATTN, **(attention or {})},
+                  "mlp": {"type": "glu", "d_ff": 48}},
+        "final_norm": {"type": "rmsnorm", "eps": 1e-6},
+        "head": {"tied": False},
+    }
+    for key, value in extra.items():
+        if key == "block":
+            cfg["block"].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+LN = {"type": "layernorm", "eps": 1e-5}
+# one entry per way a layer can attend to cached keys
+KINDS = {
+    "gqa-rope": tiny(),
+    "mha-learned": tiny({"type": "learned", "max_positions": 64, "offset": 2},
+                        {"type": "mha", "n_kv_heads": None}, block={"norm": LN, "mlp": {"type": "mlp", "d_ff": 48}},
+                        final_norm=LN),
+    "mqa-parallel-partial-rope": tiny({"type": "rope", "fraction": 0.5}, {"type": "mqa", "n_kv_heads": 1},
+                                      block={"parallel": "shared_norm", "norm": LN}, final_norm=LN),
+    "sliding-window": tiny(attention={"window": 5}),
+    "alternating-local": tiny({"type": "sinusoidal"}, overrides=[{"layers": "1::2",
+                                                                   "block": {"attention": {"window": 4}}}]),
+    "alibi-6-heads": tiny({"type": "alibi"}, {"type": "mha", "n_heads": 6, "n_kv_heads": None},
+                          block={"norm": LN}, embedding={"norm": LN}, final_norm=LN),
+    "relative-buckets": tiny({"type": "relative", "num_buckets": 8, "max_distance": 12},
+                             {"type": "mha", "n_kv_heads": None}),
+    "rope-interleaved-yarn": tiny({"type": "rope", "layout": "interleaved",
+                                   "scaling": {"type": "yarn", "factor": 4.0, "original_max_positions": 8}}),
+    "rope-llama3": tiny({"type": "rope", "theta": 500000.0, "scaling": {
+        "type": "llama3", "factor": 8.0, "original_max_positions": 16}}),
+    "mla": tiny({"type": "rope", "layout": "interleaved"}, MLA),
+    "mla-full-rank-q": tiny(attention={**MLA, "q_lora_rank": None}),
+    "prefix-lm-deepnorm": tiny(attention={"prefix_lm": True}, block={"placement": "deepnorm", "alpha": 2.0,
+                                                                     "norm": LN}, final_norm=LN),
+}
+for _k in ("mla", "mla-full-rank-q"):  # MLA specs have no GQA keys
+    KINDS[_k]["block"]["attention"] = {**MLA, **({"q_lora_rank": None} if "full" in _k else {})}
+
+
+def loud(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Re-draw every tensor loudly: norms 1±0.3, biases non-zero, matrices ~ 1/sqrt(fan_in)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "norm" in name:
+                p.copy_(1 + 0.3 * (2 * torch.rand(p.shape, generator=g) - 1))
+            elif p.ndim == 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+    return model.eval()
+
+
+def batch(vocab: int, length: int = 20, pad: int = 5, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two sequences; the second is left-padded by `pad` slots."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (2, length), generator=g)
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[1, :pad] = 0
+    return ids, mask
+
+
+def incremental(model: CausalLM, ids, mask, cache: StaticCache, prompt: int, chunk: int = 4):
+    """Logits fed as: the prompt, one chunk of `chunk` tokens, then one token at a time."""
+    prefix = torch.full((ids.shape[0],), prompt) if model.prefix_lm else None
+    cuts = [0, prompt, prompt + chunk, *range(prompt + chunk + 1, ids.shape[1] + 1)]
+    out = [model(ids[:, a:b], attention_mask=mask[:, :b], prefix_len=prefix, cache=cache)
+           for a, b in zip(cuts, cuts[1:])]
+    return torch.cat(out, dim=1)
+
+
+def check_incremental(model: CausalLM, **cache_kw) -> float:
+    ids, mask = batch(model.config.vocab_size)
+    prompt = 9  # longer than every window above, so rolling buffers wrap during the prompt
+    prefix = torch.full((2,), prompt) if model.prefix_lm else None
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask, prefix_len=prefix)
+        cache = StaticCache.for_model(model, 2, 24, **cache_kw)
+        inc = incremental(model, ids, mask, cache, prompt)
+    real = mask.bool()
+    torch.testing.assert_close(inc[real], full[real], atol=1e-4, rtol=0)
+    return (inc[real] - full[real]).abs().max().item()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_incremental_equals_full_forward(kind):
+    check_incremental(loud(llmzoo.build(KINDS[kind])))
+
+
+def one_per_family() -> list[str]:
+    firsts: dict[str, str] = {}
+    for name in llmzoo.list_models():
+        firsts.setdefault(llmzoo.get_config(name).family, name)
+    return sorted(firsts.values())
+
+
+@pytest.mark.parametrize("name", one_per_family())
+def test_zoo_incremental_equals_full_forward(name):
+    model = llmzoo.build(name, scale="tiny")
+    if not isinstance(model, CausalLM):
+        pytest.skip(f"{name} builds a {type(model).__name__}, not a decoder-only CausalLM")
+    check_incremental(loud(model))
+
+
+@pytest.mark.parametrize("kind", ["mla", "mla-full-rank-q"])
+def test_mla_absorbed_cache_equals_naive_cache(kind):
+    model = loud(llmzoo.build(KINDS[kind]))
+    ids, mask = batch(model.config.vocab_size)
+    with torch.no_grad():
+        absorbed = incremental(model, ids, mask, StaticCache.for_model(model, 2, 24), 9)
+        naive = incremental(model, ids, mask, StaticCache.for_model(model, 2, 24, mla="naive"), 9)
+    real = mask.bool()
+    torch.testing.assert_close(absorbed[real], naive[real], atol=1e-4, rtol=0)
+    # the absorbed cache holds the latent + rope key: far less than per-head keys and values
+    a = StaticCache.for_model(model, 2, 24).nbytes()
+    n = StaticCache.for_model(model, 2, 24, mla="naive").nbytes()
+    spec = model.config.block.attention
+    assert n / a == pytest.approx(
+        spec.n_heads * (spec.qk_nope_head_dim + spec.qk_rope_head_dim + spec.v_head_dim)
+        / (spec.kv_lora_rank + spec.qk_rope_head_dim)
+    )
+
+
+def test_prefix_lm_prompt_is_bidirectional():
+    """A later prompt token changes an earlier prompt position's logits only under prefix-LM."""
+    model = loud(llmzoo.build(KINDS["prefix-lm-deepnorm"]))
+    ids, _ = batch(model.config.vocab_size, length=8)
+    other = ids.clone()
+    other[:, 6] = (other[:, 6] + 1) % model.config.vocab_size
+    with torch.no_grad():
+        p = torch.full((2,), 8)
+        assert not torch.allclose(model(ids, prefix_len=p)[:, 2], model(other, prefix_len=p)[:, 2])
+        torch.testing.assert_close(model(ids)[:, 2], model(other)[:, 2], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("seq_len", [3, 24])  # below and above the sliding windows
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_allocated_cache_matches_kv_cache_bytes(kind, seq_len):
+    config = llmzoo.get_config(KINDS[kind])
+    cache = StaticCache(config, batch=3, max_len=seq_len, dtype=torch.bfloat16)
+    buffers = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*cache.k, *cache.v]}
+    measured = sum(buffers.values())
+    assert measured == cache.nbytes() == llmzoo.kv_cache_bytes(config, seq_len, 3, "bfloat16")
+
+
+def test_rolling_buffer_is_bounded_by_the_window():
+    config = llmzoo.get_config(KINDS["alternating-local"])
+    cache = StaticCache(config, batch=1, max_len=40)
+    assert [k.shape[2] for k in cache.k] == [40, 4, 40]
+
+
+def test_decode_step_compiles_once():
+    """fullgraph: no data-dependent Python control flow; the cache length is a tensor, so steps
+    at different offsets reuse one graph (no recompiles)."""
+    model = loud(llmzoo.build(KINDS["sliding-window"]))
+    ids, mask = batch(model.config.vocab_size, length=12)
+    eager_cache = StaticCache.for_model(model, 2, 16)
+    cache = StaticCache.for_model(model, 2, 16)
+    torch._dynamo.reset()
+    step = torch.compile(model, fullgraph=True, backend="eager", dynamic=False)
+    ones = torch.ones(2, 1, dtype=torch.long)
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        model(ids[:, :8], attention_mask=mask[:, :8], cache=eager_cache)
+        model(ids[:, :8], attention_mask=mask[:, :8], cache=cache)
+        for t in range(8, 12):
+            want = model(ids[:, t : t + 1], attention_mask=ones, cache=eager_cache)
+            got = step(ids[:, t : t + 1], attention_mask=ones, cache=cache)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch._dynamo.reset()
+
+
+def test_cache_rejects_wrong_batch():
+    model = llmzoo.build(KINDS["gqa-rope"])
+    cache = StaticCache.for_model(model, 2, 8)
+    with pytest.raises(ValueError, match="batch 3"):
+        model(torch.zeros(3, 2, dtype=torch.long), cache=cache)
+
+
+def test_kinds_are_distinct_configs():
+    """Guard against the table above silently collapsing two kinds into the same config."""
+    dumped = [llmzoo.get_config(copy.deepcopy(c)).model_dump_json(exclude={"name"}) for c in KINDS.values()]
+    assert len(set(dumped)) == len(dumped)
