@@ -28,14 +28,16 @@ def attention_mask(
     key_padding: Tensor | None = None,
     prefix_len: Tensor | None = None,
     window: int | None = None,
+    causal: bool = True,
 ) -> Tensor:
     """Boolean mask (B or 1, 1, T, S), True where query slot i may attend to key slot j.
 
     q_index (T,), k_index (S,): slot numbers; key_padding (B, S): True for real tokens;
     prefix_len (B,): keys before it are visible to every query (GLM's bidirectional context);
-    window: a query sees at most `window` keys back, itself included (Mistral, GPT-Neo local layers)."""
+    window: a query sees at most `window` keys back, itself included (Mistral, GPT-Neo local layers);
+    causal: False lets every query see every key (an encoder, cross-attention)."""
     i, j = q_index[:, None], k_index[None, :]
-    allowed = (j <= i)[None]  # (1, T, S)
+    allowed = ((j <= i) | (not causal))[None]  # (1, T, S)
     if window is not None:
         allowed = allowed & (i - j < window)[None]
     if prefix_len is not None:
@@ -60,6 +62,7 @@ class Context:
     key_padding: Tensor | None = None  # (B, S) True for real tokens
     prefix_len: Tensor | None = None  # (B,)
     cache: Any = None
+    causal: bool = True  # False: encoder self-attention and cross-attention see every key
     _masks: dict = field(default_factory=dict)
 
     def rope_apply(self, x: Tensor) -> Tensor:
@@ -68,11 +71,11 @@ class Context:
     def mask(self, window: int | None) -> Tensor | None:
         """SDPA attn_mask for a layer with this window; None means plain causal (is_causal)."""
         T, S = len(self.q_index), len(self.k_index)
-        plain = self.key_padding is None and self.prefix_len is None and self.bias is None
+        plain = self.causal and self.key_padding is None and self.prefix_len is None and self.bias is None
         if plain and T == S and (window is None or window >= S):
             return None
         if window not in self._masks:
-            allowed = attention_mask(self.q_index, self.k_index, self.key_padding, self.prefix_len, window)
+            allowed = attention_mask(self.q_index, self.k_index, self.key_padding, self.prefix_len, window, self.causal)
             if self.bias is None:
                 self._masks[window] = allowed
             else:

@@ -10,6 +10,7 @@ from torch import nn
 from .config import ModelConfig
 from .model import CausalLM
 from .norms import LayerNorm, RMSNorm
+from .seq2seq import EncoderDecoderLM
 from .zoo import get_config
 
 
@@ -53,8 +54,9 @@ def build(
     dtype: str | torch.dtype | None = None,
     scale: str | None = None,
     seed: int | None = 0,
-) -> CausalLM:
-    """Build a model from a zoo name, YAML path, mapping or ModelConfig.
+) -> CausalLM | EncoderDecoderLM:
+    """Build a model from a zoo name, YAML path, mapping or ModelConfig (with an `encoder` section:
+    an EncoderDecoderLM).
 
     device="meta" allocates nothing; scale="tiny" builds the scaled-down config instead; weights are
     initialised from `seed` (None keeps the global RNG state)."""
@@ -64,7 +66,7 @@ def build(
 
         config = scale_down(config, preset=scale)
     with torch.device("meta"):
-        model = CausalLM(config)
+        model = (EncoderDecoderLM if config.encoder is not None else CausalLM)(config)
     if str(device) != "meta":
         model = model.to_empty(device=device)
         with torch.random.fork_rng(devices=[]):

@@ -41,6 +41,9 @@ class HeadSpec(Spec):
     tied: bool = Field(description="output projection shares the token embedding matrix")
     bias: bool = False
     normalize: bool = Field(False, description="L2-normalise each vocab row before the product (Baichuan-2 NormHead)")
+    scale: Literal["none", "inv_sqrt_d_model"] | float = Field(
+        "none", description="multiply the final hidden state before the head (T5 v1.0, tied: inv_sqrt_d_model)"
+    )
 
 
 class BlockSpec(Spec):
@@ -58,9 +61,17 @@ class BlockSpec(Spec):
     norm: NormField  # type: ignore[valid-type]
     attention: AttentionField  # type: ignore[valid-type]
     mlp: MLPField  # type: ignore[valid-type]
+    cross_attention: AttentionField | None = Field(  # type: ignore[valid-type]
+        None, description="attention over the encoder output, between self-attention and MLP (encoder-decoder)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "BlockSpec":
+        if self.cross_attention is not None:
+            if self.cross_attention.type not in ("mha", "gqa", "mqa"):
+                raise ValueError(f"cross_attention.type: {self.cross_attention.type!r} is not one of gqa, mha, mqa")
+            if self.placement not in ("pre", "post") or self.parallel != "none":
+                raise ValueError("cross_attention needs placement 'pre' or 'post' and parallel 'none'")
         if self.parallel != "none" and self.placement != "pre":
             raise ValueError(f"parallel: {self.parallel!r} needs placement 'pre', not {self.placement!r}")
         if self.alpha != 1.0 and self.placement not in ("post", "deepnorm"):
@@ -84,6 +95,20 @@ class LayerOverride(Spec):
         return list(range(n_layers))[slice(*(int(p) if p.strip() else None for p in parts))]
 
 
+def check_position(pos: Any, blocks: list[BlockSpec], where: str) -> None:
+    """Errors for a position scheme that the attention of some layer cannot apply."""
+    if pos.type == "rope":
+        for i, b in enumerate(blocks):
+            r = int(b.attention.rotary_head_dim * pos.fraction)
+            if r % 2 or r == 0:
+                raise ValueError(
+                    f"{where}.fraction: {pos.fraction} × head dim {b.attention.rotary_head_dim} gives "
+                    f"{r} rotary dims in layer {i}; it must be even and > 0"
+                )
+    if pos.type in ("alibi", "relative") and any(b.attention.type == "mla" for b in blocks):
+        raise ValueError(f"{where}.type: {pos.type!r} is not defined for MLA attention")
+
+
 def deep_merge(base: dict, patch: dict) -> dict:
     """Merge patch into base; a sub-mapping that names a different `type` replaces the whole entry."""
     out = copy.deepcopy(base)
@@ -94,6 +119,23 @@ def deep_merge(base: dict, patch: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+class EncoderSpec(Spec):
+    """The encoder of an encoder-decoder model (T5, arXiv:1910.10683 §3.1): blocks of bidirectional
+    self-attention over the input, sharing the token embedding with the decoder; its output is what
+    every decoder block's `cross_attention` reads. The top-level fields describe the decoder."""
+
+    n_layers: int = Field(gt=0)
+    position: PositionField  # type: ignore[valid-type]
+    block: BlockSpec
+    final_norm: NormField | None  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _check(self) -> "EncoderSpec":
+        if self.block.cross_attention is not None:
+            raise ValueError("block.cross_attention: encoder blocks have no cross-attention")
+        return self
 
 
 class ModelConfig(Spec):
@@ -113,6 +155,7 @@ class ModelConfig(Spec):
     overrides: list[LayerOverride] = Field(default_factory=list)
     final_norm: NormField | None  # type: ignore[valid-type]
     head: HeadSpec
+    encoder: EncoderSpec | None = Field(None, description="encoder stack: makes this an encoder-decoder model")
 
     _blocks: list[BlockSpec] = PrivateAttr(default_factory=list)
 
@@ -136,17 +179,14 @@ class ModelConfig(Spec):
             for i in layers:
                 blocks[i] = merged
         self._blocks = blocks
-        pos = self.position
-        if pos.type == "rope":
-            for i, b in enumerate(blocks):
-                r = int(b.attention.rotary_head_dim * pos.fraction)
-                if r % 2 or r == 0:
-                    raise ValueError(
-                        f"position.fraction: {pos.fraction} × head dim {b.attention.rotary_head_dim} gives "
-                        f"{r} rotary dims in layer {i}; it must be even and > 0"
-                    )
-        if pos.type in ("alibi", "relative") and any(b.attention.type == "mla" for b in blocks):
-            raise ValueError(f"position.type: {pos.type!r} is not defined for MLA attention")
+        check_position(self.position, blocks, "position")
+        if self.encoder is not None:
+            check_position(self.encoder.position, [self.encoder.block], "encoder.position")
+        crossing = [i for i, b in enumerate(blocks) if (b.cross_attention is None) == (self.encoder is not None)]
+        if crossing and self.encoder is None:
+            raise ValueError(f"block.cross_attention (layers {crossing}) needs an `encoder` section to attend to")
+        if crossing:
+            raise ValueError(f"block.cross_attention: every decoder layer needs one; layers {crossing} have none")
         if self.head.tied and self.head.normalize:
             raise ValueError("head.normalize needs an untied head (its own weight)")
         return self

@@ -38,6 +38,8 @@ class CausalLM(nn.Module):
             self.head_bias = nn.Parameter(torch.zeros(c.vocab_size))
         s = c.embedding.scale
         self.embed_scale = math.sqrt(c.d_model) if s == "sqrt_d_model" else 1.0 if s == "none" else float(s)
+        h = c.head.scale
+        self.head_scale = c.d_model**-0.5 if h == "inv_sqrt_d_model" else 1.0 if h == "none" else float(h)
         self.rope_layout = getattr(c.position, "layout", "halves")
         self.prefix_lm = any(b.attention.prefix_lm for b in c.blocks)
 
@@ -52,12 +54,14 @@ class CausalLM(nn.Module):
         """Positions, rotary tables, biases and mask inputs shared by every layer of one forward."""
         B, T = input_ids.shape
         dev = input_ids.device
-        offset = cache.length if cache is not None else 0
+        if prefix_len is not None and not self.prefix_lm:
+            raise ValueError(f"prefix_len given, but no attention layer of {self.config.name} is prefix_lm")
+        if cache is not None:  # the cache knows the slots, padding and positions of its keys
+            return cache.context(self, input_ids, attention_mask, position_ids, prefix_len)
+        offset = 0
         S = offset + T
         if attention_mask is not None and attention_mask.shape != (B, S):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, S)}")
-        if prefix_len is not None and not self.prefix_lm:
-            raise ValueError(f"prefix_len given, but no attention layer of {self.config.name} is prefix_lm")
         if attention_mask is not None:
             key_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # padding-aware positions
         else:
@@ -89,6 +93,8 @@ class CausalLM(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         x = self.embed_out(self.final_norm(x))
+        if self.head_scale != 1.0:
+            x = x * self.head_scale
         if self.head is None:
             return F.linear(x, self.embed.weight, getattr(self, "head_bias", None))
         if self.config.head.normalize:

@@ -1,0 +1,201 @@
+"""The encoder-decoder LM (T5, Raffel et al., arXiv:1910.10683): encoder → memory → decoder with cross-attention.
+
+Built from the same registered components as `CausalLM`. The top-level config fields describe the
+decoder and its head; `config.encoder` describes the encoder stack, which shares the token embedding.
+Tensor names follow `CausalLM` for the decoder (`embed`, `positions`, `blocks.{i}`, `final_norm`,
+`head`), add `blocks.{i}.cross_attn.{q,k,v,o}` and `blocks.{i}.cross_attn_norm`, and put the encoder
+under `encoder.` (`encoder.positions`, `encoder.blocks.{i}`, `encoder.final_norm`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import Attention, Context, sdpa
+from .block import Block
+from .config import BlockSpec, EncoderSpec, ModelConfig
+from .positions import PositionEncoding
+from .registry import build
+
+
+def rotary_dim(position, block: BlockSpec) -> int:
+    return int(block.attention.rotary_head_dim * position.fraction) if position.type == "rope" else 0
+
+
+def stack_context(
+    positions: PositionEncoding, ids: Tensor, padding: Tensor | None, causal: bool, rope_layout: str
+) -> Context:
+    """Self-attention context of one stack over ids (B, T). Positions are slots 0..T-1, not counted
+    past padding: T5 computes its relative buckets from slots."""
+    B, T = ids.shape
+    index = torch.arange(T, device=ids.device)
+    pos = index.expand(B, T)
+    return Context(
+        positions=pos,
+        q_index=index,
+        k_index=index,
+        rope=positions.rotary(pos),
+        rope_layout=rope_layout,
+        bias=positions.bias(pos, pos),
+        key_padding=padding.bool() if padding is not None else None,
+        causal=causal,
+    )
+
+
+class CrossAttention(Attention):
+    """Encoder-decoder attention (Vaswani et al., arXiv:1706.03762, §3.2.3): queries from the decoder,
+    keys and values from the encoder output; no position term, every (non-padding) source token visible."""
+
+    def forward(self, x: Tensor, memory: Tensor, ctx: Context) -> Tensor:  # x (B, T, D), memory (B, S, D)
+        B, T, _ = x.shape
+        S = memory.shape[1]
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.k(memory).view(B, S, self.n_kv, self.head_dim).transpose(1, 2)  # (B, KV, S, Dh)
+        v = self.v(memory).view(B, S, self.n_kv, self.head_dim).transpose(1, 2)
+        y = sdpa(q, k, v, ctx.mask(None), self.scale)  # (B, H, T, Dh)
+        return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class DecoderBlock(Block):
+    """A `Block` with a cross-attention sub-layer between self-attention and MLP.
+
+    pre:  x += Attn(N1 x); x += Cross(N2 x, memory); x += MLP(N3 x)   (T5)
+    post: x = N1(x + Attn x); x = N2(x + Cross(x, memory)); x = N3(x + MLP x)   (Vaswani et al.)"""
+
+    def __init__(self, spec: BlockSpec, d_model: int, layer: int, scale_mult: float = 1.0):
+        super().__init__(spec, d_model, layer, scale_mult)
+        self.cross_attn = CrossAttention(spec.cross_attention, d_model, layer)
+        self.cross_attn_norm = build("norm", spec.norm, d_model)
+
+    def forward(self, x: Tensor, ctx: Context, memory: Tensor, cross: Context) -> Tensor:  # (B, T, D)
+        if self.wiring == "_pre":
+            x = x + self.attn(self.attn_norm(x), ctx)
+            x = x + self.cross_attn(self.cross_attn_norm(x), memory, cross)
+            return x + self.mlp(self.mlp_norm(x))
+        x = self.attn_norm(self.alpha * x + self.attn(x, ctx))
+        x = self.cross_attn_norm(self.alpha * x + self.cross_attn(x, memory, cross))
+        return self.mlp_norm(self.alpha * x + self.mlp(x))
+
+
+class Encoder(nn.Module):
+    """The encoder stack: its own position module and blocks, bidirectional self-attention, final norm."""
+
+    def __init__(self, spec: EncoderSpec, config: ModelConfig):
+        super().__init__()
+        d, a = config.d_model, spec.block.attention
+        self.positions = build(
+            "position", spec.position, d_model=d, n_heads=a.n_heads, rotary_dim=rotary_dim(spec.position, spec.block)
+        )
+        self.embed_norm = build("norm", config.embedding.norm, d) if config.embedding.norm else nn.Identity()
+        mult = self.positions.softmax_scale_mult
+        self.blocks = nn.ModuleList(Block(spec.block, d, i, mult) for i in range(spec.n_layers))
+        self.final_norm = build("norm", spec.final_norm, d) if spec.final_norm else nn.Identity()
+        self.rope_layout = getattr(spec.position, "layout", "halves")
+
+
+class EncoderDecoderLM(nn.Module):
+    """An encoder-decoder LM assembled from a ModelConfig with an `encoder` section.
+
+    forward(input_ids (B, S), decoder_input_ids (B, T), attention_mask (B, S), decoder_attention_mask
+    (B, T), both with 1 for real tokens) -> logits (B, T, vocab). `encode` and `decode` split the two
+    halves so a generation loop encodes once."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.encoder is None:
+            raise ValueError(f"{config.name}: EncoderDecoderLM needs a config with an `encoder` section")
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_embed)
+        self.embed_in = nn.Linear(c.d_embed, c.d_model, bias=False) if c.d_embed != c.d_model else nn.Identity()
+        self.encoder = Encoder(c.encoder, c)
+        self.positions = build(
+            "position", c.position, d_model=c.d_model, n_heads=c.n_heads, rotary_dim=c.rotary_dim
+        )
+        self.embed_norm = build("norm", c.embedding.norm, c.d_model) if c.embedding.norm else nn.Identity()
+        mult = self.positions.softmax_scale_mult
+        self.blocks = nn.ModuleList(DecoderBlock(spec, c.d_model, i, mult) for i, spec in enumerate(c.blocks))
+        self.final_norm = build("norm", c.final_norm, c.d_model) if c.final_norm else nn.Identity()
+        self.embed_out = nn.Linear(c.d_model, c.d_embed, bias=False) if c.d_embed != c.d_model else nn.Identity()
+        self.head = None if c.head.tied else nn.Linear(c.d_embed, c.vocab_size, bias=c.head.bias)
+        if c.head.tied and c.head.bias:
+            self.head_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        s, h = c.embedding.scale, c.head.scale
+        self.embed_scale = math.sqrt(c.d_model) if s == "sqrt_d_model" else 1.0 if s == "none" else float(s)
+        self.head_scale = c.d_model**-0.5 if h == "inv_sqrt_d_model" else 1.0 if h == "none" else float(h)
+        self.rope_layout = getattr(c.position, "layout", "halves")
+
+    def embed_tokens(self, ids: Tensor, ctx: Context, positions: PositionEncoding, norm: nn.Module) -> Tensor:
+        x = self.embed(ids)
+        if self.embed_scale != 1.0:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        x = self.embed_in(x)
+        pos = positions.embed(ctx.positions)
+        if pos is not None:
+            x = x + pos.to(x.dtype)
+        return norm(x)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The memory (B, S, D): the encoder's output for the source tokens."""
+        B, S = input_ids.shape
+        _check_mask("attention_mask", attention_mask, (B, S))
+        enc = self.encoder
+        ctx = stack_context(enc.positions, input_ids, attention_mask, False, enc.rope_layout)
+        x = self.embed_tokens(input_ids, ctx, enc.positions, enc.embed_norm)
+        for block in enc.blocks:
+            x = block(x, ctx)
+        return enc.final_norm(x)
+
+    def decode(
+        self,
+        decoder_input_ids: Tensor,
+        memory: Tensor,
+        attention_mask: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Logits (B, T, vocab) of the decoder over `memory`; attention_mask marks the real source tokens."""
+        B, T = decoder_input_ids.shape
+        S = memory.shape[1]
+        _check_mask("attention_mask", attention_mask, (B, S))
+        _check_mask("decoder_attention_mask", decoder_attention_mask, (B, T))
+        dev = decoder_input_ids.device
+        ctx = stack_context(self.positions, decoder_input_ids, decoder_attention_mask, True, self.rope_layout)
+        cross = Context(
+            positions=ctx.positions,
+            q_index=torch.arange(T, device=dev),
+            k_index=torch.arange(S, device=dev),
+            key_padding=attention_mask.bool() if attention_mask is not None else None,
+            causal=False,
+        )
+        x = self.embed_tokens(decoder_input_ids, ctx, self.positions, self.embed_norm)
+        for block in self.blocks:
+            x = block(x, ctx, memory, cross)
+        return self.logits(x)
+
+    def logits(self, x: Tensor) -> Tensor:
+        x = self.embed_out(self.final_norm(x))
+        if self.head_scale != 1.0:
+            x = x * self.head_scale
+        if self.head is None:
+            return F.linear(x, self.embed.weight, getattr(self, "head_bias", None))
+        if self.config.head.normalize:
+            return F.linear(x, F.normalize(self.head.weight, dim=-1), self.head.bias)
+        return self.head(x)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        decoder_input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        decoder_attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        memory = self.encode(input_ids, attention_mask)
+        return self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
+
+
+def _check_mask(name: str, mask: Tensor | None, shape: tuple[int, int]) -> None:
+    if mask is not None and tuple(mask.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {shape}")

@@ -1,0 +1,198 @@
+"""T5 (arXiv:1910.10683): the encoder-decoder schema, the zoo entries, and logits vs transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llmzoo
+from llmzoo.config import ModelConfig
+from llmzoo.seq2seq import EncoderDecoderLM
+
+T5_MODELS = llmzoo.list_models("t5")
+
+# ------------------------------------------------------------------------------ the reference
+
+
+def tiny_reference(ff: str, tied: bool, seed: int = 0):
+    """A tiny transformers T5 (2 encoder, 3 decoder layers) with every tensor re-drawn loudly."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    cfg = T5Config(
+        vocab_size=96, d_model=32, d_kv=12, d_ff=40, num_layers=2, num_decoder_layers=3, num_heads=3,
+        relative_attention_num_buckets=8, relative_attention_max_distance=12,  # log buckets within 16 tokens
+        feed_forward_proj=ff, tie_word_embeddings=tied, dropout_rate=0.0,
+    )
+    torch.manual_seed(seed)
+    ref = T5ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith("layer_norm.weight"):
+                p.copy_(1 + 0.6 * (torch.rand_like(p) - 0.5))  # 1 ± 0.3
+            elif "relative_attention_bias" in name or name == "shared.weight":
+                p.normal_(0.0, 1.0)
+            else:
+                p.normal_(0.0, p.shape[1] ** -0.5)  # ~ 1/sqrt(fan_in)
+    return ref
+
+
+def config_from_reference(ref) -> ModelConfig:
+    """The llmzoo config of a transformers T5, written out by hand from its config (no adapter)."""
+    c = ref.config
+    gated = c.is_gated_act
+    act = {"relu": "relu", "gelu_new": "gelu_tanh"}[c.dense_act_fn]
+    mlp = {"type": "glu" if gated else "mlp", "activation": act, "d_ff": c.d_ff, "bias": False}
+    attn = {"type": "mha", "n_heads": c.num_heads, "head_dim": c.d_kv, "softmax_scale": 1.0}
+    norm = {"type": "rmsnorm", "eps": c.layer_norm_epsilon}
+    rel = {"type": "relative", "num_buckets": c.relative_attention_num_buckets,
+           "max_distance": c.relative_attention_max_distance}
+    return ModelConfig.model_validate(dict(
+        name="t5-tiny", family="t5", vocab_size=c.vocab_size, d_model=c.d_model, n_layers=c.num_decoder_layers,
+        max_seq_len=64, position={**rel, "bidirectional": False},
+        block={"placement": "pre", "norm": norm, "attention": attn, "cross_attention": attn, "mlp": mlp},
+        final_norm=norm,
+        head={"tied": True, "scale": "inv_sqrt_d_model" if c.scale_decoder_outputs else "none"},
+        encoder={"n_layers": c.num_layers, "position": {**rel, "bidirectional": True},
+                 "block": {"placement": "pre", "norm": norm, "attention": attn, "mlp": mlp}, "final_norm": norm},
+    ))
+
+
+def hand_state_dict(ref) -> dict[str, torch.Tensor]:
+    """transformers T5 tensors renamed to llmzoo's names, one line per kind of tensor."""
+    mlp = {"wi": "up", "wi_0": "gate", "wi_1": "up", "wo": "down"}
+    out = {}
+    for name, t in ref.state_dict().items():
+        parts = name.split(".")
+        if name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"):
+            continue  # all three are shared.weight in transformers 5
+        if name == "shared.weight":
+            out["embed.weight"] = t
+        elif parts[1] == "final_layer_norm":
+            out[("encoder." if parts[0] == "encoder" else "") + "final_norm.weight"] = t
+        else:
+            stack, i, sub = parts[0], parts[2], int(parts[4])
+            prefix = ("encoder." if stack == "encoder" else "") + f"blocks.{i}."
+            kind = parts[5]
+            if kind == "relative_attention_bias" or parts[6] == "relative_attention_bias":
+                out[("encoder." if stack == "encoder" else "") + "positions.weight"] = t
+            elif kind == "SelfAttention":
+                out[prefix + f"attn.{parts[6]}.weight"] = t
+            elif kind == "EncDecAttention":
+                out[prefix + f"cross_attn.{parts[6]}.weight"] = t
+            elif kind == "DenseReluDense":
+                out[prefix + f"mlp.{mlp[parts[6]]}.weight"] = t
+            elif kind == "layer_norm":
+                last = sub == (1 if stack == "encoder" else 2)
+                out[prefix + ("mlp_norm" if last else "cross_attn_norm" if sub == 1 else "attn_norm") + ".weight"] = t
+    return out
+
+
+def padded_batch(vocab: int, seed: int = 1):
+    """Two right-padded source sequences (16 and 11 tokens) and target sequences (14 and 9 tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(2, vocab, (2, 16), generator=g)
+    tgt = torch.randint(2, vocab, (2, 14), generator=g)
+    src_mask = torch.ones_like(src)
+    tgt_mask = torch.ones_like(tgt)
+    src_mask[1, 11:] = 0
+    tgt_mask[1, 9:] = 0
+    return src.masked_fill(src_mask == 0, 0), tgt.masked_fill(tgt_mask == 0, 0), src_mask, tgt_mask
+
+
+def assert_logits_match(ours: torch.nn.Module, ref, atol: float = 1e-4) -> float:
+    src, tgt, src_mask, tgt_mask = padded_batch(ref.config.vocab_size)
+    with torch.no_grad():
+        want = ref(
+            input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt, decoder_attention_mask=tgt_mask
+        ).logits
+        got = ours(src, tgt, attention_mask=src_mask, decoder_attention_mask=tgt_mask)
+    real = tgt_mask.bool()
+    assert want[real].abs().max() > 1.0, "reference logits too small to test anything"
+    err = (got[real] - want[real]).abs().max().item()
+    assert err <= atol, f"max |Δlogits| = {err:.3g} > {atol}"
+    return err
+
+
+# ------------------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("ff,tied", [("relu", True), ("gated-gelu", False)], ids=["v1.0", "v1.1"])
+def test_hand_copied_weights_match_transformers(ff, tied):
+    ref = tiny_reference(ff, tied)
+    cfg = config_from_reference(ref)
+    ours = llmzoo.build(cfg)
+    assert isinstance(ours, EncoderDecoderLM)
+    state = hand_state_dict(ref)
+    assert set(state) == set(ours.state_dict()), set(state) ^ set(ours.state_dict())
+    ours.load_state_dict(state, strict=True)
+    assert_logits_match(ours.eval(), ref)
+
+
+def test_decoder_is_causal_and_encoder_bidirectional():
+    cfg = config_from_reference(tiny_reference("relu", True))
+    model = llmzoo.build(cfg).eval()
+    src, tgt, _, _ = padded_batch(cfg.vocab_size)
+    with torch.no_grad():
+        base = model(src, tgt)
+        later_tgt = tgt.clone()
+        later_tgt[:, 8:] = (later_tgt[:, 8:] + 1) % cfg.vocab_size
+        assert torch.equal(model(src, later_tgt)[:, :8], base[:, :8])  # no decoder position sees its future
+        late_src = src.clone()
+        late_src[:, -1] = (late_src[:, -1] + 1) % cfg.vocab_size
+        memory, late_memory = model.encode(src), model.encode(late_src)
+        assert not torch.allclose(memory[:, 0], late_memory[:, 0])  # the first source token sees the last
+
+
+# ------------------------------------------------------------------------------- zoo and schema
+
+
+@pytest.mark.parametrize("name", T5_MODELS)
+def test_zoo_entry_builds_on_meta(name):
+    model = llmzoo.build(name, device="meta")
+    assert isinstance(model, EncoderDecoderLM)
+    cfg = model.config
+    n = sum(p.numel() for p in model.parameters())
+    # T5 v1.0 has no biases: embedding + per layer 4·d·h·dk attention (decoder ×2), 2·d·d_ff FFN, 2 or 3 norms
+    d, a, f = cfg.d_model, cfg.block.attention, cfg.block.mlp.d_ff
+    attn = 4 * d * a.n_heads * a.head_dim
+    expected = (
+        cfg.vocab_size * d
+        + cfg.encoder.n_layers * (attn + 2 * d * f + 2 * d)
+        + cfg.n_layers * (2 * attn + 2 * d * f + 3 * d)
+        + 2 * d  # final norms
+        + 2 * cfg.position.num_buckets * a.n_heads  # one relative bias table per stack
+    )
+    assert n == expected
+    assert abs(n - cfg.published_params) / cfg.published_params < 0.06
+
+
+def _t5_dict(**changes):
+    d = llmzoo.get_config("t5-small").to_dict()
+    for key, value in changes.items():
+        target = d
+        *path, last = key.split(".")
+        for p in path:
+            target = target[p]
+        target[last] = value
+    return d
+
+
+def test_cross_attention_needs_an_encoder():
+    with pytest.raises(ValueError, match="needs an `encoder` section"):
+        ModelConfig.model_validate(_t5_dict(encoder=None))
+
+
+def test_encoder_needs_cross_attention_in_every_decoder_layer():
+    with pytest.raises(ValueError, match="every decoder layer needs one"):
+        ModelConfig.model_validate(_t5_dict(**{"block.cross_attention": None}))
+
+
+def test_encoder_blocks_have_no_cross_attention():
+    attn = llmzoo.get_config("t5-small").block.cross_attention.model_dump()
+    with pytest.raises(ValueError, match="encoder blocks have no cross-attention"):
+        ModelConfig.model_validate(_t5_dict(**{"encoder.block.cross_attention": attn}))
+
+
+def test_cross_attention_rejects_parallel_blocks():
+    with pytest.raises(ValueError, match="cross_attention needs placement"):
+        ModelConfig.model_validate(_t5_dict(**{"block.parallel": "shared_norm"}))
