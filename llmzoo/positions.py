@@ -102,6 +102,18 @@ class RopeSpec(ComponentSpec):
         return 0
 
 
+class Rope2DSpec(ComponentSpec):
+    type: Literal["rope_2d"] = "rope_2d"
+    theta: float = Field(10000.0, gt=0)
+    layout: Literal["halves_2d"] = Field("halves_2d", description="each half of the head rotates in halves layout")
+    table_dtype: Literal["float32", "float16"] = Field(
+        "float16", description="precision of inv_freq, angles and cos/sin (ChatGLM-6B: float16)"
+    )
+
+    def n_params(self, d_model: int, n_heads: int) -> int:
+        return 0
+
+
 class AlibiSpec(ComponentSpec):
     type: Literal["alibi"] = "alibi"
     max_bias: float = Field(8.0, gt=0, description="slopes 2^(-max_bias·h/n) (Press et al.)")
@@ -274,6 +286,38 @@ class RoPE(PositionEncoding):
         return angles.cos() * self.cos_sin_scale, angles.sin() * self.cos_sin_scale
 
 
+@register("position", "rope_2d", Rope2DSpec)
+class Rope2D(PositionEncoding):
+    """GLM's 2-D rotary positions (Du et al., arXiv:2103.10360, §2.2; ChatGLM-6B position_encoding_2d).
+
+    The first half of each head dim rotates by the position id (for [sop] and generated tokens: the
+    mask token's index), the second half by the block position id (0 over the context, 1, 2, ... from
+    [sop]); each half uses a rotary table of its own width head_dim/2 in halves layout.
+    position_ids: (B, 2, T) [positions; block positions], or (B, T) with block positions 0.
+    table_dtype: float16 reproduces the half-precision table of the released code."""
+
+    def __init__(self, spec: Rope2DSpec, *, d_model: int, n_heads: int, rotary_dim: int):
+        super().__init__()
+        self.spec, self.dim = spec, rotary_dim // 2  # table width per position stream
+        ar = torch.arange(0, self.dim, 2, dtype=torch.float32, device="cpu")
+        self._inv_freq = 1.0 / spec.theta ** (ar / self.dim)  # plain attribute, never on meta
+
+    def _table(self, positions: Tensor) -> tuple[Tensor, Tensor]:  # (B, T) -> 2 × (B, T, dim)
+        inv = self._inv_freq.to(positions.device)
+        if self.spec.table_dtype == "float16":
+            angles = positions.half()[..., None] * inv.half()  # fp16 product, as the released table
+        else:
+            angles = positions.float()[..., None] * inv
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+    def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        if positions.dim() == 2:
+            positions = torch.stack([positions, torch.zeros_like(positions)], dim=1)
+        (c1, s1), (c2, s2) = self._table(positions[:, 0]), self._table(positions[:, 1])
+        return torch.cat([c1, c2], dim=-1), torch.cat([s1, s2], dim=-1)  # (B, T, head_dim)
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, layout: str = "halves") -> Tensor:
     """Rotate the first R dims of x (B, H, T, Dh) by the angles behind cos/sin (B, T, R)."""
     r = cos.shape[-1]
@@ -282,6 +326,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, layout: str = "halves") -> T
     if layout == "halves":
         x1, x2 = rot.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
+    elif layout == "halves_2d":  # two blocks, each rotated in halves layout (GLM's 2-D positions)
+        a1, a2, b1, b2 = rot.chunk(4, dim=-1)
+        rotated = torch.cat([-a2, a1, -b2, b1], dim=-1)
     else:
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         rotated = torch.stack([-x2, x1], dim=-1).flatten(-2)

@@ -1,0 +1,372 @@
+"""GLM-130B's official checkpoint: SwissArmyTransformer format, split for tensor parallelism.
+
+The released folder holds `latest` (the iteration, e.g. 49300) and `<iteration>/mp_rank_0X_model_states.pt`
+(8 ranks), each `{"module": state_dict}` in fp16 with names such as
+`transformer.layers.N.attention.query_key_value.weight`; there is no config file. The shards merge
+exactly as THUDM/GLM-130B `tools/convert_tp.py` splits them:
+
+- `word_embeddings.weight` (vocab rows), `attention.query_key_value.{weight,bias}` (per-head [q|k|v]
+  blocks, whole heads per rank) and `mlp.dense_h_to_4h.{weight,bias}` concatenate on dim 0 — the
+  last one per GeGLU half: rank r holds [linear_r | gelu_r], the merge is [linear_0..n | gelu_0..n];
+- `attention.dense.weight` and `mlp.dense_4h_to_h.weight` (row-parallel) concatenate on dim 1;
+- LayerNorms, `attention.dense.bias`, `mlp.dense_4h_to_h.bias` and any `rotary_emb.inv_freq` are
+  replicated (rank 0's copy is taken; the official RotaryEmbedding ignores a loaded inv_freq).
+
+`convert_to_safetensors` merges once and writes safetensors shards (official names) into the folder,
+so later loads are mmap'd; `load_glm` maps the merged names onto llmzoo's (see `rules`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..config import ModelConfig
+from .rules import IGNORE, Rule, Split, SplitInterleavedQKV
+
+REPLICATED = (
+    "input_layernorm.weight",
+    "input_layernorm.bias",
+    "attention.dense.bias",
+    "post_attention_layernorm.weight",
+    "post_attention_layernorm.bias",
+    "mlp.dense_4h_to_h.bias",
+    "attention.rotary_emb.inv_freq",
+    "final_layernorm.weight",
+    "final_layernorm.bias",
+)
+GLU = ("mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
+CONCAT_DIM = {"attention.dense.weight": 1, "mlp.dense_4h_to_h.weight": 1}
+SAFETENSORS_DIR = "safetensors"  # where convert_to_safetensors writes, inside the checkpoint folder
+INDEX = "model.safetensors.index.json"
+
+
+def short_name(key: str) -> str:
+    """convert_tp.py's key for the split rule: the part after `transformer.layers.N.` or the first dot."""
+    return ".".join(key.split(".")[3 if key.startswith("transformer.layers") else 1 :])
+
+
+def _replicated(key: str) -> bool:
+    return short_name(key) in REPLICATED or key.endswith("rotary_emb.inv_freq")
+
+
+def merge_tp(shards: list[dict[str, Tensor]], key: str) -> Tensor:
+    """One merged tensor from its per-rank pieces (convert_tp.py with target_tp = 1)."""
+    if len(shards) == 1 or _replicated(key):
+        return shards[0][key]
+    name = short_name(key)
+    dim = CONCAT_DIM.get(name, 0)
+    if name in GLU:  # rank r holds [linear_r | gelu_r]: gather all linear halves, then all gelu halves
+        halves = [sd[key].chunk(2, dim=dim) for sd in shards]
+        return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=dim)
+    return torch.cat([sd[key] for sd in shards], dim=dim)
+
+
+def merge_state_dicts(shards: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The unsharded state dict; every rank must hold the same names."""
+    names = list(shards[0])
+    for r, sd in enumerate(shards[1:], 1):
+        if set(sd) != set(names):
+            diff = sorted(set(sd) ^ set(names))
+            raise ValueError(f"mp_rank_{r:02d} and mp_rank_00 hold different tensors: {diff[:8]}")
+    return {k: merge_tp(shards, k) for k in names}
+
+
+def split_tp(state: dict[str, Tensor], tp: int) -> list[dict[str, Tensor]]:
+    """Per-rank state dicts of an unsharded one (convert_tp.py with original_tp = 1, target_tp = tp)."""
+    out: list[dict[str, Tensor]] = [{} for _ in range(tp)]
+    for key, x in state.items():
+        if _replicated(key):
+            for sd in out:
+                sd[key] = x.clone()
+            continue
+        name = short_name(key)
+        dim = CONCAT_DIM.get(name, 0)
+        if name in GLU:
+            chunks = x.chunk(2 * tp, dim=dim)
+            for r, sd in enumerate(out):
+                sd[key] = torch.cat([chunks[r], chunks[tp + r]], dim=dim).clone()
+        else:
+            if x.shape[dim] % tp:
+                raise ValueError(f"{key}: dim {dim} of size {x.shape[dim]} does not split into {tp} ranks")
+            for r, piece in enumerate(x.chunk(tp, dim=dim)):
+                out[r][key] = piece.clone()
+    return out
+
+
+# ------------------------------------------------------------------------------- the folder
+
+
+def is_sat_checkpoint(folder: str | Path) -> bool:
+    """A SwissArmyTransformer checkpoint folder: `latest` beside `<iteration>/mp_rank_XX_model_states.pt`,
+    or one already converted by `convert_to_safetensors`."""
+    folder = Path(folder)
+    return (folder / "latest").is_file() or (folder / SAFETENSORS_DIR / INDEX).is_file()
+
+
+def rank_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    latest = folder / "latest"
+    if not latest.is_file():
+        raise FileNotFoundError(f"{folder}: no `latest` file (a SwissArmyTransformer checkpoint has one)")
+    iteration = latest.read_text().strip()
+    files = sorted((folder / iteration).glob("mp_rank_*_model_states.pt"))
+    if not files:
+        raise FileNotFoundError(f"{folder / iteration}: no mp_rank_XX_model_states.pt files (latest = {iteration!r})")
+    ranks = [int(re.search(r"mp_rank_(\d+)_", f.name).group(1)) for f in files]
+    if ranks != list(range(len(files))):
+        raise ValueError(f"{folder / iteration}: ranks {ranks} are not 0..{len(files) - 1}")
+    return files
+
+
+def read_rank(path: Path) -> dict[str, Tensor]:
+    """One rank's state dict: weights_only (no pickled code runs), mmap'd (nothing copied until used)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(blob, dict) or "module" not in blob:
+        raise ValueError(f"{path}: expected a dict with a 'module' state dict, got keys {list(blob)[:5]}")
+    return blob["module"]
+
+
+def save_sat_checkpoint(shards: list[dict[str, Tensor]], folder: str | Path, iteration: int = 49300) -> Path:
+    """Write per-rank state dicts in the official layout (tests, and re-sharding)."""
+    folder = Path(folder)
+    (folder / str(iteration)).mkdir(parents=True, exist_ok=True)
+    (folder / "latest").write_text(str(iteration))
+    for r, sd in enumerate(shards):
+        torch.save({"module": sd}, folder / str(iteration) / f"mp_rank_{r:02d}_model_states.pt")
+    return folder
+
+
+def convert_to_safetensors(
+    folder: str | Path, out: str | Path | None = None, max_shard_bytes: int = 4 << 30
+) -> Path:
+    """Merge the TP shards once and write them (official names) as safetensors shards plus an index
+    into `out` (default `<folder>/safetensors`). Tensors are merged one at a time from mmap'd ranks."""
+    from safetensors.torch import save_file
+
+    out = Path(out) if out is not None else Path(folder) / SAFETENSORS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    shards = [read_rank(f) for f in rank_files(folder)]
+    names = list(shards[0])
+    for r, sd in enumerate(shards[1:], 1):
+        if set(sd) != set(names):
+            raise ValueError(f"mp_rank_{r:02d} and mp_rank_00 hold different tensors: {sorted(set(sd) ^ set(names))[:8]}")
+    buckets: list[list[str]] = [[]]
+    size = 0
+    for k in names:
+        nbytes = sum(sd[k].numel() * sd[k].element_size() for sd in shards[:1]) * (
+            1 if _replicated(k) else len(shards)
+        )
+        if buckets[-1] and size + nbytes > max_shard_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(k)
+        size += nbytes
+    weight_map: dict[str, str] = {}
+    for n, keys in enumerate(buckets, 1):
+        fname = f"model-{n:05d}-of-{len(buckets):05d}.safetensors"
+        save_file({k: merge_tp(shards, k).contiguous() for k in keys}, str(out / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in keys})
+    meta = {"source": "SwissArmyTransformer", "tp_ranks": len(shards)}
+    (out / INDEX).write_text(json.dumps({"metadata": meta, "weight_map": weight_map}, indent=1))
+    return out
+
+
+def read_merged(folder: str | Path) -> dict[str, Tensor]:
+    """The merged state dict (official names): mmap'd safetensors if converted, else merged in memory."""
+    from safetensors.torch import safe_open
+
+    folder = Path(folder)
+    index = folder / SAFETENSORS_DIR / INDEX
+    if not index.is_file():
+        return merge_state_dicts([read_rank(f) for f in rank_files(folder)])
+    weight_map = json.loads(index.read_text())["weight_map"]
+    out: dict[str, Tensor] = {}
+    for fname in sorted(set(weight_map.values())):
+        with safe_open(str(folder / SAFETENSORS_DIR / fname), framework="pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+# --------------------------------------------------------------------------------- the table
+
+
+def rules(config: ModelConfig) -> list[Rule]:
+    """Merged official names → llmzoo names. QKV is per head [q|k|v]; dense_h_to_4h is [linear | gelu],
+    i.e. [up | gate] for llmzoo's GLU down(act(gate(x)) ⊙ up(x))."""
+    a = config.block.attention
+    L = "transformer.layers.{i}."
+    B = "blocks.{i}."
+    qkv = SplitInterleavedQKV(a.n_heads, a.n_heads, a.head_dim)
+    table = [
+        Rule("transformer.word_embeddings.weight", "embed.weight"),
+        Rule(L + "input_layernorm.weight", B + "attn_norm.weight"),
+        Rule(L + "input_layernorm.bias", B + "attn_norm.bias"),
+        Rule(L + "attention.query_key_value.weight", B + "attn.{q,k,v}.weight", qkv),
+        Rule(L + "attention.query_key_value.bias", B + "attn.{q,k,v}.bias", qkv),
+        Rule(L + "attention.dense.weight", B + "attn.o.weight"),
+        Rule(L + "attention.dense.bias", B + "attn.o.bias"),
+        Rule(L + "post_attention_layernorm.weight", B + "mlp_norm.weight"),
+        Rule(L + "post_attention_layernorm.bias", B + "mlp_norm.bias"),
+        Rule(L + "mlp.dense_h_to_4h.weight", B + "mlp.{up,gate}.weight", Split(dim=0, parts=2)),
+        Rule(L + "mlp.dense_h_to_4h.bias", B + "mlp.{up,gate}.bias", Split(dim=0, parts=2)),
+        Rule(L + "mlp.dense_4h_to_h.weight", B + "mlp.down.weight"),
+        Rule(L + "mlp.dense_4h_to_h.bias", B + "mlp.down.bias"),
+        Rule("transformer.final_layernorm.weight", "final_norm.weight"),
+        Rule("transformer.final_layernorm.bias", "final_norm.bias"),
+        Rule(L + "attention.rotary_emb.inv_freq", IGNORE),  # RotaryEmbedding._load_from_state_dict ignores it
+        Rule("mixins.rotary-embedding.rotary_emb.inv_freq", IGNORE),
+    ]
+    return table
+
+
+def map_state(config: ModelConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Merged official tensors → llmzoo tensors; an error lists every name that does not fit."""
+    from .rules import RuleError, plan_load
+
+    groups, problems = plan_load(rules(config), state)
+    if problems:
+        raise RuleError("GLM checkpoint: " + "; ".join(problems))
+    out: dict[str, Tensor] = {}
+    for g in groups:
+        for name, x in zip(g.our_names, g.rule.to_ours([state[n] for n in g.hf_names])):
+            out[name] = x
+    return out
+
+
+def load_glm(
+    folder: str | Path,
+    config: str | ModelConfig | dict = "glm-130b",
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    convert: bool = False,
+) -> torch.nn.Module:
+    """An llmzoo model with the weights of an official GLM-130B folder (or a scaled one).
+
+    config: the zoo name or config the folder was trained with (the folder has none).
+    convert: write the merged safetensors first (`convert_to_safetensors`), so this and later loads mmap."""
+    from ..builder import resolve_dtype
+    from ..model import CausalLM
+    from ..zoo import get_config
+
+    cfg = get_config(config)
+    if convert and not (Path(folder) / SAFETENSORS_DIR / INDEX).is_file():
+        convert_to_safetensors(folder)
+    tensors = map_state(cfg, read_merged(folder))
+    with torch.device("meta"):
+        model = CausalLM(cfg)
+    expected = dict(model.state_dict())
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    bad = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+           for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    if missing or extra or bad:
+        raise ValueError(
+            f"{folder}: does not fit config {cfg.name}: missing {missing[:8]}, unexpected {extra[:8]}, shapes {bad[:8]}"
+        )
+    dt = resolve_dtype(dtype) or next(iter(tensors.values())).dtype
+    model.load_state_dict({k: v.to(device=device, dtype=dt) for k, v in tensors.items()}, assign=True)
+    return model.eval()
+
+
+def official_params(config: ModelConfig) -> int:
+    """The parameter count the official shapes imply (SAT GLM130B: per layer QKV, dense, GeGLU
+    h→2·4h and 4h→h with biases, two LayerNorms; word embeddings; final LayerNorm; tied head)."""
+    d, f, v, n = config.d_model, config.block.mlp.d_ff, config.vocab_size, config.n_layers
+    hd = config.block.attention.n_heads * config.block.attention.head_dim
+    layer = (d * 3 * hd + 3 * hd) + (hd * d + d) + (d * 2 * f + 2 * f) + (f * d + d) + 2 * (2 * d)
+    return v * d + n * layer + 2 * d
+
+
+
+# ------------------------------------------------------------------------ tiny parity check
+
+
+def tiny_config(n_layers: int = 3, base: str | ModelConfig = "glm-130b") -> ModelConfig:
+    """GLM-130B's structure at toy size: every choice of the zoo entry kept, widths shrunk so that
+    heads, vocab rows and GeGLU halves split over 1, 2 and 4 ranks; α = (2N)^½ recomputed for the
+    new depth, as the official layer_forward computes it from num_layers."""
+    from ..zoo import get_config
+
+    d = get_config(base).to_dict()
+    d.update(name="glm-130b-tiny", vocab_size=128, d_model=32, n_layers=n_layers, max_seq_len=64,
+             published_params=None)
+    d["block"].update(alpha=(2 * n_layers) ** 0.5, init_beta=(2 * n_layers) ** -0.5)
+    d["block"]["attention"].update(n_heads=4, n_kv_heads=4, head_dim=8)
+    d["block"]["mlp"].update(d_ff=48)
+    return ModelConfig.model_validate(d)
+
+
+def glm_test_batch(config: ModelConfig, seed: int = 0) -> dict[str, dict[str, Tensor]]:
+    """Inputs of the three official conventions, two sequences each (context lengths differ):
+
+    context: a pure-context forward ([gMASK] last, no [sop]): everything visible, positions a range;
+    gmask: context + [sop] + generated tokens, positions a range (generate.py, gmask=True);
+    mask: the same with [MASK], [sop] and generated tokens at the mask token's index.
+    Each entry holds llmzoo inputs (input_ids, position_ids, prefix_len) and the official mask."""
+    from ..reference.glm130b import glm130b_masks_and_position_ids
+
+    g = torch.Generator().manual_seed(seed)
+    V, T, gen = config.vocab_size, 12, 4
+    out: dict[str, dict[str, Tensor]] = {}
+    for kind in ("context", "gmask", "mask"):
+        ids, pos, masks, prefix = [], [], [], []
+        for b, ctx_len in enumerate((T - gen - 1, T - gen - 3)):  # tokens before [sop]
+            seq = torch.randint(0, V, (T,), generator=g)
+            if kind == "context":
+                mask_pos, context = ctx_len, T + 1  # a context of T tokens: all before a (future) [sop]
+                m, p = glm130b_masks_and_position_ids(list(range(T + 1)), mask_pos, 0, gmask=True)
+                m, p = m[..., :T, :T], p[:, :T]
+                prefix.append(T)
+            else:
+                mask_pos = int(torch.randint(0, ctx_len, (1,), generator=g))
+                context = ctx_len + 1  # ... then [sop]
+                m, p = glm130b_masks_and_position_ids(list(range(context)), mask_pos, T - context, gmask=kind == "gmask")
+                prefix.append(ctx_len)
+            ids.append(seq)
+            pos.append(p[0])
+            masks.append(m[0])
+        out[kind] = {
+            "input_ids": torch.stack(ids),
+            "position_ids": torch.stack(pos),
+            "prefix_len": torch.tensor(prefix),
+            "official_mask": torch.stack(masks),
+        }
+    return out
+
+
+def verify_tiny(tp: int = 2, seed: int = 0) -> dict[str, Any]:
+    """GLM-130B (tiny) against the independent reference of the official forward.
+
+    Draws loud random weights with the official names, saves them in the official TP layout
+    (`tp` ranks), loads them with `load_glm` and compares fp32 logits with
+    `llmzoo.reference.glm130b.glm_forward` run rank by rank, for a pure-context forward and for
+    context + generated tokens with the [gMASK] and [MASK] conventions. Returns
+    {"model", "reference", "tp", "cases": {kind: max|Δlogits|}, "max_abs_diff", "tolerance", "ok"}."""
+    import tempfile
+
+    from ..reference.glm130b import glm_forward, random_official_state
+
+    cfg = tiny_config()
+    a = cfg.block.attention
+    state = random_official_state(vocab=cfg.vocab_size, hidden=cfg.d_model, num_layers=cfg.n_layers,
+                                  num_heads=a.n_heads, inner=cfg.block.mlp.d_ff, seed=seed)
+    shards = split_tp(state, tp)
+    cases: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_sat_checkpoint(shards, tmp)
+        model = load_glm(tmp, cfg, dtype=torch.float32)
+        with torch.no_grad():
+            for kind, batch in glm_test_batch(cfg, seed).items():
+                ours = model(batch["input_ids"], position_ids=batch["position_ids"], prefix_len=batch["prefix_len"])
+                ref = glm_forward(shards, batch["input_ids"], batch["position_ids"], batch["official_mask"],
+                                  num_layers=cfg.n_layers, num_heads=a.n_heads)
+                cases[kind] = float((ours - ref).abs().max())
+    worst = max(cases.values())
+    return {"model": "glm-130b (tiny)", "reference": "llmzoo.reference.glm130b (SAT 0.2.12 GLM130B)", "tp": tp,
+            "cases": cases, "max_abs_diff": worst, "tolerance": 1e-4, "ok": worst <= 1e-4}

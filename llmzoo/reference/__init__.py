@@ -1,0 +1,1 @@
+"""Independent reference implementations used by parity checks (torch only; no llmzoo imports)."""
