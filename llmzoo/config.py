@@ -206,6 +206,8 @@ class ModelConfig(Spec):
 
     @property
     def rotary_dim(self) -> int:
+        if self.position.type == "rope_2d":  # two position streams over the whole head dim
+            return self.block.attention.rotary_head_dim
         if self.position.type != "rope":
             return 0
         return int(self.block.attention.rotary_head_dim * self.position.fraction)
