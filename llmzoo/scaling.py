@@ -33,7 +33,7 @@ def _heads(n_heads: int, n_kv: int, kind: str) -> tuple[int, int]:
         return base, 1
     if kind == "gqa":
         group = n_heads // n_kv
-        group = group if group <= 6 else 4
+        group = min(group, 4)
         return 2 * group, 2
     return base, base
 

@@ -1,0 +1,113 @@
+"""Scale-down keeps each structural property, checked on the real zoo entries that have it."""
+
+import pytest
+
+import llmzoo
+from llmzoo.scaling import scale_down
+
+ZOO = {name: llmzoo.get_config(name) for name in llmzoo.list_models()}
+DECODERS = {n: c for n, c in ZOO.items() if getattr(c, "encoder", None) is None}
+
+
+def entries(has) -> list[str | None]:
+    """Zoo entries with the property; [None] (a failing case) when none has it."""
+    return [n for n, c in DECODERS.items() if has(c)] or [None]
+
+
+def attn(c):
+    return c.block.attention
+
+
+def windows(c):
+    return [b.attention.window for b in c.blocks]
+
+
+PROPERTIES = {
+    "gqa keeps groups > 1": (
+        lambda c: attn(c).type == "gqa",
+        lambda c, t: attn(t).type == "gqa" and attn(t).n_heads // attn(t).n_kv_heads > 1,
+    ),
+    "mqa keeps one kv head": (
+        lambda c: attn(c).type == "mqa",
+        lambda c, t: attn(t).type == "mqa" and attn(t).n_kv_heads == 1 and attn(t).n_heads > 1,
+    ),
+    "head_dim != d_model / n_heads": (
+        lambda c: attn(c).type != "mla" and attn(c).head_dim * attn(c).n_heads != c.d_model,
+        lambda c, t: attn(t).head_dim * attn(t).n_heads != t.d_model,
+    ),
+    "partial rotary": (
+        lambda c: c.position.type == "rope" and c.position.fraction < 1,
+        lambda c, t: t.position.fraction == c.position.fraction and 0 < t.rotary_dim < attn(t).head_dim,
+    ),
+    "parallel block": (
+        lambda c: c.block.parallel != "none",
+        lambda c, t: t.block.parallel == c.block.parallel,
+    ),
+    "biases": (
+        lambda c: getattr(attn(c), "qkv_bias", False) or getattr(c.block.mlp, "bias", False),
+        lambda c, t: (attn(t).qkv_bias, attn(t).o_bias, t.block.mlp.bias)
+        == (attn(c).qkv_bias, attn(c).o_bias, c.block.mlp.bias),
+    ),
+    "tied head": (lambda c: c.head.tied, lambda c, t: t.head == c.head),
+    "norm kind and placement": (
+        lambda c: True,
+        lambda c, t: (t.block.norm, t.block.placement, t.block.alpha, t.final_norm, t.embedding.norm)
+        == (c.block.norm, c.block.placement, c.block.alpha, c.final_norm, c.embedding.norm),
+    ),
+    "window below a test sequence": (
+        lambda c: any(windows(c)),
+        lambda c, t: all((w is None) == (v is None) for w, v in zip(windows(t), windows(c)))
+        and max(w for w in windows(t) if w) <= 8,
+    ),
+    "alternating local layers": (
+        lambda c: len(set(windows(c))) > 1,
+        lambda c, t: len(set(windows(t))) > 1,
+    ),
+    "non power of two alibi heads": (
+        lambda c: c.position.type == "alibi" and c.n_heads & (c.n_heads - 1),
+        lambda c, t: t.position.type == "alibi" and t.n_heads & (t.n_heads - 1) and t.n_heads > 2,
+    ),
+    "moe with several experts and shared experts": (
+        lambda c: any(b.mlp.type == "moe" for b in c.blocks),
+        lambda c, t: all(
+            b.mlp.n_experts > b.mlp.top_k > 0 and bool(b.mlp.n_shared_experts) == bool(c.block.mlp.n_shared_experts)
+            for b in t.blocks if b.mlp.type == "moe"
+        ),
+    ),
+    "group-limited routing excludes groups": (
+        lambda c: c.block.mlp.type == "moe" and c.block.mlp.n_groups > 1,
+        lambda c, t: 1 < t.block.mlp.n_groups and t.block.mlp.topk_groups < t.block.mlp.n_groups
+        and t.block.mlp.group_score == c.block.mlp.group_score,
+    ),
+    "dense first layers": (
+        lambda c: len({b.mlp.type for b in c.blocks}) > 1,
+        lambda c, t: t.blocks[0].mlp.type != "moe" and t.blocks[-1].mlp.type == "moe",
+    ),
+    "mla ranks": (
+        lambda c: attn(c).type == "mla",
+        lambda c, t: attn(t).type == "mla" and (attn(t).q_lora_rank is None) == (attn(c).q_lora_rank is None)
+        and attn(t).kv_lora_rank < t.d_model,
+    ),
+    "rope scaling": (
+        lambda c: c.position.type == "rope" and c.position.scaling is not None,
+        lambda c, t: t.position.scaling == c.position.scaling and t.position.layout == c.position.layout,
+    ),
+}
+
+CASES = [(prop, name) for prop, (has, _) in PROPERTIES.items() for name in entries(has)]
+
+
+@pytest.mark.parametrize("prop, name", CASES, ids=[f"{p}-{n}" for p, n in CASES])
+def test_scale_down_keeps(prop, name):
+    assert name is not None, f"no zoo entry has the property '{prop}': the check would test nothing"
+    config = DECODERS[name]
+    tiny = scale_down(config)
+    assert PROPERTIES[prop][1](config, tiny), f"{name}: tiny config lost '{prop}'"
+    assert tiny.d_model <= 128 and tiny.n_layers <= 4 and tiny.vocab_size <= 256
+
+
+def test_scale_down_overrides_and_presets():
+    tiny = scale_down("llama-2-70b", n_layers=2, vocab_size=100)
+    assert (tiny.n_layers, tiny.vocab_size, tiny.name) == (2, 100, "llama-2-70b-tiny")
+    with pytest.raises(ValueError, match="scale preset 'huge' is not one of tiny, small"):
+        scale_down("llama-2-70b", preset="huge")
