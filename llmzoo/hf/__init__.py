@@ -1,0 +1,105 @@
+"""Hugging Face interop: one adapter per `model_type`, a shared loader and exporter.
+
+    llmzoo.from_pretrained(folder | file.safetensors | "owner/name", dtype=..., device=...)
+    llmzoo.save_pretrained(model, folder, format="hf", max_shard_size="2GB")
+
+How to add an adapter (e.g. for `model_type: gpt2`) — one module, one registration, no test code:
+
+1. Create `llmzoo/hf/gpt2.py` with a subclass of `adapter.Adapter`:
+   - `model_type = "gpt2"`, optional `aliases` (other model_type strings with the same layout)
+     and `families` (zoo family folders, e.g. ("gpt-2",), that `save_pretrained` / `llmzoo tiny`
+     export to this type by default);
+   - `to_config(hf_dict) -> ModelConfig` and `from_config(ModelConfig) -> dict` (config.json keys;
+     `export_config` checks the round trip and names any field the type cannot express);
+   - `rules(config) -> list[Rule]`: the weight table, `Rule(hf_pattern, our_pattern, *transforms)`
+     with `{i}` slots, `{q,k,v}` gathers and reversible transforms from `rules.py` (Transpose,
+     Concat, Split, SplitInterleavedQKV, StackExperts); `IGNORE` for buffers such as `attn.bias`;
+   - `tiny_hf_config() -> dict`: a small config.json (≤ 4 layers, d_model ≤ 64, every quirk on).
+     Tests and `llmzoo verify` build the transformers reference from it, re-draw its weights
+     loudly (`llmzoo.parity.loud_init_`) and compare logits.
+   - Remote-code types with no transformers class also override `reference(hf_config)` (and
+     `load_reference`, `save_reference`) with a small nn.Module written from the published
+     modeling file whose parameter names are the checkpoint's (see internlm2.py).
+2. Add the module name to `ADAPTER_MODULES` below (it registers itself with `@register_adapter`).
+
+tests/test_hf_rules.py, tests/test_hf_load.py and tests/test_parity.py are parametrised over
+`supported_model_types()`, so the new type is tested (parity fp32 ≤ 1e-4, bf16, round trip,
+sharded load) with no new test code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .adapter import Adapter
+
+ADAPTER_MODULES = ["llama", "mistral", "qwen2", "gemma"]
+
+_ADAPTERS: dict[str, "Adapter"] = {}
+_ALIASES: dict[str, str] = {}
+_loaded = False
+
+
+def register_adapter(cls: type) -> type:
+    """Class decorator: file an Adapter subclass under its model_type and aliases."""
+    adapter = cls()
+    for name in (adapter.model_type, *adapter.aliases):
+        if name in _ADAPTERS or name in _ALIASES:
+            raise ValueError(f"model_type {name!r} already has an adapter")
+    _ADAPTERS[adapter.model_type] = adapter
+    for alias in adapter.aliases:
+        _ALIASES[alias] = adapter.model_type
+    return cls
+
+
+def _load_all() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for mod in ADAPTER_MODULES:
+            importlib.import_module(f"{__name__}.{mod}")
+
+
+def supported_model_types() -> list[str]:
+    """Every model_type with an adapter (aliases excluded), sorted."""
+    _load_all()
+    return sorted(_ADAPTERS)
+
+
+def get_adapter(model_type: str) -> "Adapter":
+    _load_all()
+    name = _ALIASES.get(model_type, model_type)
+    if name not in _ADAPTERS:
+        known = sorted([*_ADAPTERS, *_ALIASES])
+        raise ValueError(f"model_type {model_type!r} is not supported; supported: {', '.join(known)}")
+    return _ADAPTERS[name]
+
+
+def adapter_for_config(config) -> "Adapter":
+    """The adapter that exports a ModelConfig: by zoo family, else the first that expresses it."""
+    _load_all()
+    for adapter in _ADAPTERS.values():
+        if config.family in adapter.families:
+            return adapter
+    errors = []
+    for adapter in _ADAPTERS.values():
+        try:
+            adapter.export_config(config)
+            return adapter
+        except (ValueError, NotImplementedError, AttributeError, KeyError) as e:
+            errors.append(f"{adapter.model_type}: {e}")
+    raise ValueError(f"no adapter can express {config.name} (family {config.family!r}):\n  " + "\n  ".join(errors))
+
+
+def from_pretrained(*args, **kwargs):
+    from .loader import from_pretrained as _impl
+
+    return _impl(*args, **kwargs)
+
+
+def save_pretrained(*args, **kwargs):
+    from .export import save_pretrained as _impl
+
+    return _impl(*args, **kwargs)

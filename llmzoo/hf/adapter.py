@@ -1,0 +1,221 @@
+"""The adapter contract (one per HF `model_type`) and the config.json helpers adapters share."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .rules import Rule
+
+METADATA_FIELDS = ("name", "family", "reference", "published_params", "published_active_params", "notes")
+
+
+class Adapter:
+    """config.json ↔ ModelConfig and the weight-name table for one HF model_type.
+
+    Subclasses set `model_type` (plus `aliases`, and `families`: zoo family folders that export to
+    this type by default) and implement `to_config`, `from_config`, `rules` and `tiny_hf_config`.
+    Remote-code types (no transformers class) also override `reference` with a small nn.Module
+    written from the published modeling file, whose parameter names are the checkpoint's."""
+
+    model_type: str = ""
+    aliases: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+    remote_code: bool = False
+
+    # ------------------------------------------------------------------ to implement
+    def to_config(self, hf: dict[str, Any]) -> ModelConfig:
+        raise NotImplementedError
+
+    def from_config(self, config: ModelConfig) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def rules(self, config: ModelConfig) -> list[Rule]:
+        raise NotImplementedError
+
+    def tiny_hf_config(self) -> dict[str, Any]:
+        """A small config.json (a few layers, d_model ≤ 64) exercising every quirk of the type."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ references (tests, parity)
+    def reference(self, hf_config: dict[str, Any]) -> nn.Module:
+        """A randomly initialised reference model (transformers' own class by default)."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        kwargs = {k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}
+        cfg = AutoConfig.for_model(self.model_type, **kwargs)
+        cfg._attn_implementation = "eager"
+        return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+
+    def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
+        """The reference model with the checkpoint's weights."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager").eval()
+
+    def save_reference(self, model: nn.Module, folder: str, max_shard_size: str | int) -> None:
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
+
+    # ------------------------------------------------------------------ shared behaviour
+    def export_config(self, config: ModelConfig) -> dict[str, Any]:
+        """config.json for `config`; an error names every field this model_type cannot express."""
+        hf = {"model_type": self.model_type, **self.from_config(config)}
+        diff = config_diff(config, self.to_config(hf))
+        if diff:
+            raise ValueError(
+                f"model_type {self.model_type!r} cannot express {config.name}: " + "; ".join(diff)
+            )
+        return hf
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def arch_dict(config: ModelConfig) -> dict[str, Any]:
+    """The architecture part of a config (metadata such as name and reference dropped)."""
+    return {k: v for k, v in config.to_dict().items() if k not in METADATA_FIELDS}
+
+
+def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            _diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k), out)
+    elif a != b:
+        out.append(f"{path}: {a!r} became {b!r}")
+
+
+def config_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
+    out: list[str] = []
+    _diff(arch_dict(a), arch_dict(b), "", out)
+    return out
+
+
+def require(hf: dict[str, Any], key: str, file: str = "config.json") -> Any:
+    if key not in hf or hf[key] is None:
+        raise ValueError(f"{file}: missing key {key!r} (model_type {hf.get('model_type')!r})")
+    return hf[key]
+
+
+def clean_name(hf: dict[str, Any], fallback: str) -> str:
+    raw = str(hf.get("_name_or_path") or fallback or hf.get("model_type", "model"))
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", raw.rstrip("/").split("/")[-1]).strip("-")
+    return name or str(hf.get("model_type", "model"))
+
+
+def activation_name(hf_act: str, key: str = "hidden_act") -> str:
+    table = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+             "gelu_new": "gelu_tanh", "gelu_tanh": "gelu_tanh", "relu": "relu"}
+    if hf_act not in table:
+        raise ValueError(f"config.json: {key} {hf_act!r} is not one of {', '.join(table)}")
+    return table[hf_act]
+
+
+HF_ACTIVATION = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+
+def rope_from_hf(hf: dict[str, Any], default_theta: float = 10000.0) -> dict[str, Any]:
+    """RopeSpec mapping from either dialect: transformers 5 `rope_parameters` or the hub's
+    `rope_theta` + `rope_scaling` (whose kind is under `type` or `rope_type`)."""
+    params = dict(hf.get("rope_parameters") or {})
+    scaling = dict(hf.get("rope_scaling") or {})
+    theta = params.get("rope_theta", hf.get("rope_theta", default_theta))
+    source = scaling or params
+    kind = source.get("rope_type", source.get("type", "default"))
+    spec: dict[str, Any] = {"type": "rope", "theta": float(theta)}
+    max_pos = hf.get("max_position_embeddings")
+    orig = source.get("original_max_position_embeddings", max_pos)
+    if kind == "default":
+        return spec
+    if kind == "linear":
+        spec["scaling"] = {"type": "linear", "factor": float(source["factor"])}
+    elif kind == "dynamic":
+        spec["scaling"] = {"type": "dynamic", "factor": float(source["factor"]), "original_max_positions": int(orig)}
+    elif kind == "llama3":
+        spec["scaling"] = {
+            "type": "llama3",
+            "factor": float(source["factor"]),
+            "low_freq_factor": float(source.get("low_freq_factor", 1.0)),
+            "high_freq_factor": float(source.get("high_freq_factor", 4.0)),
+            "original_max_positions": int(orig),
+        }
+    elif kind == "yarn":
+        s = {"type": "yarn", "factor": float(source["factor"]), "original_max_positions": int(orig)}
+        for ours, theirs in (("beta_fast", "beta_fast"), ("beta_slow", "beta_slow"), ("mscale", "mscale"),
+                             ("mscale_all_dim", "mscale_all_dim"), ("attention_factor", "attention_factor"),
+                             ("truncate", "truncate")):
+            if source.get(theirs) is not None:
+                s[ours] = source[theirs]
+        spec["scaling"] = s
+    else:
+        raise ValueError(
+            f"config.json: rope scaling type {kind!r} is not supported (default, linear, dynamic, llama3, yarn)"
+        )
+    return spec
+
+
+def rope_to_hf(position: Any) -> dict[str, Any]:
+    """The hub dialect (rope_theta + rope_scaling with both `type` and `rope_type`): transformers 4 and 5 read it."""
+    out: dict[str, Any] = {"rope_theta": position.theta, "rope_scaling": None}
+    s = position.scaling
+    if s is None:
+        return out
+    d: dict[str, Any] = {"rope_type": s.type, "type": s.type, "factor": s.factor}
+    if s.type in ("dynamic", "llama3", "yarn"):
+        d["original_max_position_embeddings"] = s.original_max_positions
+    if s.type == "llama3":
+        d.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor)
+    if s.type == "yarn":
+        d.update(beta_fast=s.beta_fast, beta_slow=s.beta_slow)
+        for k in ("mscale", "mscale_all_dim", "attention_factor"):
+            if getattr(s, k) is not None:
+                d[k] = getattr(s, k)
+        if not s.truncate:
+            d["truncate"] = False
+    out["rope_scaling"] = d
+    return out
+
+
+def attention_kind(n_heads: int, n_kv: int) -> str:
+    return "mha" if n_kv == n_heads else "mqa" if n_kv == 1 else "gqa"
+
+
+_SHAPE_KEYS = ("vocab_size", "d_model", "n_layers")
+
+
+def _shape_key(config: ModelConfig) -> tuple:
+    a = config.block.attention
+    return (
+        config.vocab_size, config.d_model, config.n_layers, a.n_heads,
+        getattr(a, "n_kv_heads", None), getattr(a, "head_dim", None), getattr(config.block.mlp, "d_ff", None),
+    )
+
+
+@lru_cache(maxsize=1)
+def _zoo_shapes() -> dict[tuple, list[str]]:
+    from ..zoo import get_config, list_models
+
+    out: dict[tuple, list[str]] = {}
+    for name in list_models():
+        try:
+            out.setdefault(_shape_key(get_config(name)), []).append(name)
+        except Exception:  # a broken zoo entry must not stop a checkpoint from loading
+            continue
+    return out
+
+
+def closest_zoo_entry(config: ModelConfig) -> tuple[str | None, list[str]]:
+    """The zoo entry whose shapes match (name, architecture differences), or (None, [])."""
+    from ..zoo import get_config
+
+    names = _zoo_shapes().get(_shape_key(config), [])
+    best = None
+    for name in names:
+        diff = config_diff(get_config(name), config)
+        if best is None or len(diff) < len(best[1]):
+            best = (name, diff)
+    return best if best else (None, [])

@@ -1,0 +1,348 @@
+"""Load a Hugging Face checkpoint onto a meta-built CausalLM, shard by shard, one copy at a time.
+
+Nothing is read before everything is checked: the checkpoint's names and shapes (from the
+safetensors headers) are matched against the adapter's table and the model's state dict first, so
+a missing, unexpected or mis-shaped tensor fails before a byte of weights is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ..builder import resolve_dtype
+from ..config import ModelConfig
+from ..model import CausalLM
+from . import get_adapter
+from .adapter import Adapter, closest_zoo_entry
+from .rules import Group, plan_load
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and every tensor at fault."""
+
+
+# ------------------------------------------------------------------------------ locating files
+
+
+def resolve_source(source: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(folder, single weights file or None) for a folder, a .safetensors file or a hub repo id."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path, None
+    if path.is_file():
+        if path.suffix not in (".safetensors", ".bin"):
+            raise CheckpointError(f"{path}: expected a checkpoint folder or a .safetensors file")
+        return path.parent, path
+    text = str(source)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return _snapshot(text), None
+    raise CheckpointError(f"{source}: no such folder or file, and not a hub repo id (owner/name)")
+
+
+def _snapshot(repo_id: str) -> Path:
+    """A hub repo from the HF cache (or the hub, unless HF_HUB_OFFLINE=1): config + weights only."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors"]
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.bin"]))
+    except Exception as e:  # offline with an empty cache, unknown repo, no network
+        raise CheckpointError(
+            f"{repo_id}: not a local path, and the hub copy could not be resolved "
+            f"(HF cache: {os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}; "
+            f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {type(e).__name__}: {e}"
+        ) from None
+    return folder
+
+
+def read_hf_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+    if "model_type" not in hf:
+        raise CheckpointError(f"{path}: no model_type key")
+    return hf
+
+
+@dataclass
+class TensorInfo:
+    file: Path
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: shard is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            out = {}
+            for name in f.keys():
+                sl = f.get_slice(name)
+                dt = sl.get_dtype()
+                if dt not in SAFETENSORS_DTYPES:
+                    raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dt}")
+                out[name] = TensorInfo(path, tuple(sl.get_shape()), SAFETENSORS_DTYPES[dt])
+            return out
+    except CheckpointError:
+        raise
+    except Exception as e:  # SafetensorError: truncated, corrupt header, bad offsets
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def _bin_file(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: shard is missing")
+    try:  # never unpickle code: plain tensors only
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable weights-only torch file: {e}") from None
+
+
+def checkpoint_index(folder: Path, single: Path | None = None) -> dict[str, TensorInfo]:
+    """Every tensor of the checkpoint: name → (file, shape, dtype), read from headers only."""
+    if single is not None:
+        files = [single]
+    elif (folder / "model.safetensors.index.json").is_file():
+        files = _files_from_index(folder / "model.safetensors.index.json")
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif (folder / "pytorch_model.bin.index.json").is_file():
+        files = _files_from_index(folder / "pytorch_model.bin.index.json")
+    elif (folder / "pytorch_model.bin").is_file():
+        files = [folder / "pytorch_model.bin"]
+    else:
+        have = sorted(p.name for p in folder.iterdir())
+        raise CheckpointError(
+            f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin (found: {have})"
+        )
+    infos: dict[str, TensorInfo] = {}
+    expected = getattr(files, "expected", None)
+    for path in files:
+        if path.suffix == ".bin":
+            header = {n: TensorInfo(path, tuple(t.shape), t.dtype) for n, t in _bin_file(path).items()}
+        else:
+            header = _safetensors_header(path)
+        for name, info in header.items():
+            if name in infos:
+                raise CheckpointError(f"tensor {name!r} is stored twice: {infos[name].file} and {path}")
+            infos[name] = info
+    if expected:
+        wrong = [f"{n!r} (index: {f.name}, found in: {infos[n].file.name if n in infos else 'no shard'})"
+                 for n, f in expected.items() if n not in infos or infos[n].file != f]
+        if wrong:
+            raise CheckpointError(f"{folder}: index does not match the shards: {', '.join(wrong[:20])}")
+    return infos
+
+
+class _Files(list):
+    expected: dict[str, Path]
+
+
+def _files_from_index(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{index}: not a valid index ({e})") from None
+    names = sorted(set(weight_map.values()))
+    missing = [n for n in names if not (index.parent / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{index}: shard(s) named in the index are missing: {', '.join(missing)}")
+    files = _Files(index.parent / n for n in names)
+    files.expected = {t: index.parent / f for t, f in weight_map.items()}
+    return files
+
+
+# ------------------------------------------------------------------------------ checking
+
+
+def check_plan(
+    adapter: Adapter, config: ModelConfig, model: nn.Module, infos: dict[str, TensorInfo], strict: bool = True
+) -> list[Group]:
+    """Match checkpoint names to the model; raise one CheckpointError listing every problem."""
+    groups, problems = plan_load(adapter.rules(config), infos)
+    targets = model.state_dict(keep_vars=True)
+    if not strict:
+        skipped = [p for p in problems if p.startswith("unexpected")]
+        skipped += [g.hf_names for g in groups if any(o not in targets for o in g.our_names)]
+        groups = [g for g in groups if all(o in targets for o in g.our_names)]
+        problems = [p for p in problems if not p.startswith("unexpected")]
+        if skipped:
+            warnings.warn(f"strict=False: skipped {len(skipped)} checkpoint tensor(s): {skipped[:10]}")
+    written: dict[str, str] = {}
+    for g in groups:
+        for ours in g.our_names:
+            if ours not in targets:
+                problems.append(
+                    f"unexpected tensor {g.hf_names[0]!r}: it maps to {ours!r}, which config.json's model lacks"
+                )
+            elif ours in written:
+                problems.append(f"{ours!r} written twice: from {written[ours]!r} and {g.hf_names[0]!r}")
+            else:
+                written[ours] = g.hf_names[0]
+        if any(o not in targets for o in g.our_names):
+            continue
+        metas = [torch.empty(infos[n].shape, dtype=infos[n].dtype, device="meta") for n in g.hf_names]
+        try:
+            outs = g.rule.to_ours(metas)
+        except Exception as e:
+            problems.append(f"wrong shape: {g.hf_names} {[tuple(m.shape) for m in metas]} do not fit "
+                            f"{g.rule!r}: {e}")
+            continue
+        for ours, t in zip(g.our_names, outs):
+            want = tuple(targets[ours].shape)
+            if tuple(t.shape) != want:
+                src = g.hf_names[0] if len(g.hf_names) == 1 else g.hf_names
+                problems.append(
+                    f"wrong shape: {src!r} {[list(infos[n].shape) for n in g.hf_names]} gives {ours!r} "
+                    f"{list(t.shape)}, config.json implies {list(want)}"
+                )
+    missing = [n for n in targets if n not in written]
+    problems.extend(f"missing tensor: nothing in the checkpoint writes {n!r}" for n in missing)
+    if problems:
+        raise CheckpointError(
+            f"checkpoint does not match config.json (model_type {adapter.model_type!r}), "
+            f"{len(problems)} problem(s):\n  " + "\n  ".join(problems)
+        )
+    return groups
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def _progress(total: int, desc: str):
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="shard")
+
+
+def _read_file(path: Path, names: list[str]) -> Iterator[tuple[str, Tensor]]:
+    if path.suffix == ".bin":
+        state = _bin_file(path)
+        for n in names:
+            yield n, state.pop(n)
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for n in names:
+                yield n, f.get_tensor(n)
+    except Exception as e:
+        raise CheckpointError(f"{path}: reading failed: {e}") from None
+
+
+def _assign(model: nn.Module, name: str, value: Tensor) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    if leaf in module._parameters:
+        old = module._parameters[leaf]
+        module._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
+    else:
+        module._buffers[leaf] = value
+
+
+def load_weights(
+    model: nn.Module, groups: list[Group], infos: dict[str, TensorInfo], dtype: torch.dtype | None, device: Any
+) -> None:
+    """Stream every group's tensors file by file, transform, cast and assign (one group in memory)."""
+    owner = {n: g for g in groups for n in g.hf_names}
+    by_file: dict[Path, list[str]] = {}
+    for name, info in infos.items():
+        if name in owner:
+            by_file.setdefault(info.file, []).append(name)
+    pending: dict[int, dict[str, Tensor]] = {}
+    bar = _progress(len(by_file), "loading shards")
+    for path, names in by_file.items():
+        for name, tensor in _read_file(path, names):
+            g = owner[name]
+            got = pending.setdefault(id(g), {})
+            got[name] = tensor
+            if len(got) < len(g.hf_names):
+                continue
+            del pending[id(g)]
+            outs = g.rule.to_ours([got.pop(n) for n in g.hf_names])
+            for ours, t in zip(g.our_names, outs):
+                target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
+                _assign(model, ours, t.to(device=device, dtype=target_dtype))
+            del outs
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    left = [n for n, p in model.state_dict(keep_vars=True).items() if p.is_meta]
+    if left:
+        raise CheckpointError(f"tensors never written: {left}")
+
+
+def from_pretrained(
+    source: str | os.PathLike,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    strict: bool = True,
+    config: ModelConfig | str | None = None,
+) -> CausalLM:
+    """An llmzoo model with a Hugging Face checkpoint's weights.
+
+    source: a checkpoint folder, a .safetensors file next to its config.json, or a hub repo id
+    (resolved through the HF cache; honours HF_HUB_OFFLINE). dtype: cast floating tensors
+    (None keeps each tensor's stored dtype). config: use this ModelConfig instead of converting
+    config.json. strict=False skips (with a warning) checkpoint tensors no rule or model parameter
+    wants; missing and mis-shaped tensors are always an error. A SwissArmyTransformer folder
+    (`latest` + `<iter>/mp_rank_XX_model_states.pt`, GLM-130B) loads with config = a zoo name or
+    ModelConfig (default glm-130b); see llmzoo.hf.glm."""
+    folder, single = resolve_source(source)
+    if single is None and not (folder / "config.json").is_file():
+        from .glm import is_sat_checkpoint, load_glm
+
+        if is_sat_checkpoint(folder):  # GLM-130B's official TP checkpoint: no config.json, config names the zoo entry
+            return load_glm(folder, config, dtype=dtype, device=device, strict=strict)
+    hf = read_hf_config(folder)
+    adapter = get_adapter(hf["model_type"])
+    if config is None:
+        try:
+            config = adapter.to_config(hf)
+        except ValueError as e:
+            raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
+        match, diff = closest_zoo_entry(config)
+        updates: dict[str, Any] = {"reference": {"hf_repo": str(source)}}
+        if match is not None:
+            updates["notes"] = f"shapes match zoo entry {match}" + (f" (differs: {'; '.join(diff)})" if diff else "")
+            if not diff:
+                updates["name"] = match
+        config = ModelConfig.model_validate({**config.to_dict(), **updates})
+    infos = checkpoint_index(folder, single)
+    with torch.device("meta"):
+        model = CausalLM(config)
+    groups = check_plan(adapter, config, model, infos, strict)
+    load_weights(model, groups, infos, resolve_dtype(dtype), device)
+    model.hf_model_type = adapter.model_type
+    model.hf_config = hf
+    return model.eval()

@@ -1,0 +1,325 @@
+"""Weight-name rules: how one checkpoint's tensors map onto llmzoo's parameter names.
+
+A `Rule(hf_pattern, our_pattern, *transforms)` pairs names on both sides:
+
+    "model.layers.{i}.self_attn.q_proj.weight"  ↔  "blocks.{i}.attn.q.weight"
+
+- `{i}` (any identifier) is an integer placeholder; when it appears on both sides it carries over.
+- `{q,k,v}` gathers: three tensors on that side form one group, in the written order.
+- a placeholder on the hf side only (`experts.{e}.w1.weight`) gathers every index 0..n-1, in order.
+
+Transforms are named, reversible steps applied in order from the hf tensors (a list) to ours;
+`backward` undoes them, so export reads the same table in the other direction. `IGNORE` as the
+llmzoo side marks a checkpoint tensor with no place in the model (rotary `inv_freq`, causal-mask
+buffers, a tied head stored twice): it is skipped on load and not written on export.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+IGNORE = None  # llmzoo side of a rule for checkpoint tensors that have no place in the model
+
+
+# ------------------------------------------------------------------------------ transforms
+
+
+class Transform:
+    """A reversible step between a list of hf tensors and a list of llmzoo tensors."""
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:  # hf -> llmzoo
+        raise NotImplementedError
+
+    def backward(self, xs: list[Tensor]) -> list[Tensor]:  # llmzoo -> hf
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class Transpose(Transform):
+    """Swap the two dims of each matrix (GPT-2's Conv1D stores (in, out))."""
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        return [x.t().contiguous() for x in xs]
+
+    backward = forward
+
+
+class Concat(Transform):
+    """Many tensors → one, joined along `dim`; backward splits by the recorded `sizes` (equal if None)."""
+
+    def __init__(self, dim: int = 0, sizes: list[int] | None = None):
+        self.dim, self.sizes = dim, sizes
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        return [torch.cat(xs, dim=self.dim)]
+
+    def backward(self, xs: list[Tensor]) -> list[Tensor]:
+        (x,) = xs
+        if self.sizes is None:
+            raise ValueError("Concat without sizes cannot be reversed; give sizes=[...]")
+        return [t.contiguous() for t in x.split(self.sizes, dim=self.dim)]
+
+
+class Split(Transform):
+    """One tensor → several along `dim`: `sizes` (a list) or `parts` equal pieces (Baichuan's W_pack)."""
+
+    def __init__(self, dim: int = 0, sizes: list[int] | None = None, parts: int | None = None):
+        if (sizes is None) == (parts is None):
+            raise ValueError("Split needs exactly one of sizes or parts")
+        self.dim, self.sizes, self.parts = dim, sizes, parts
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        (x,) = xs
+        if self.parts is not None:
+            if x.shape[self.dim] % self.parts:
+                raise ValueError(f"dim {self.dim} of size {x.shape[self.dim]} does not split in {self.parts}")
+            return [t.contiguous() for t in x.chunk(self.parts, dim=self.dim)]
+        if sum(self.sizes) != x.shape[self.dim]:
+            raise ValueError(f"dim {self.dim} has size {x.shape[self.dim]}, not {sum(self.sizes)} = {self.sizes}")
+        return [t.contiguous() for t in x.split(self.sizes, dim=self.dim)]
+
+    def backward(self, xs: list[Tensor]) -> list[Tensor]:
+        return [torch.cat(xs, dim=self.dim)]
+
+
+class SplitInterleavedQKV(Transform):
+    """A fused QKV projection stored per KV group as [q × (n_heads / n_kv_heads), k, v] → q, k, v.
+
+    Covers InternLM-2's wqkv, Falcon-40B's query_key_value and (n_kv_heads = n_heads) BLOOM's
+    per-head [q, k, v]. Works on weights (out, in) and biases (out,): rows are head_dim blocks."""
+
+    def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int):
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        (x,) = xs
+        g = self.n_heads // self.n_kv_heads
+        rest = x.shape[1:]
+        grouped = x.reshape(self.n_kv_heads, g + 2, self.head_dim, *rest)  # (KV, g+2, Dh, ...)
+        q = grouped[:, :g].reshape(self.n_heads * self.head_dim, *rest)
+        k = grouped[:, g].reshape(self.n_kv_heads * self.head_dim, *rest)
+        v = grouped[:, g + 1].reshape(self.n_kv_heads * self.head_dim, *rest)
+        return [q.contiguous(), k.contiguous(), v.contiguous()]
+
+    def backward(self, xs: list[Tensor]) -> list[Tensor]:
+        q, k, v = xs
+        g = self.n_heads // self.n_kv_heads
+        rest = q.shape[1:]
+        q = q.reshape(self.n_kv_heads, g, self.head_dim, *rest)
+        k = k.reshape(self.n_kv_heads, 1, self.head_dim, *rest)
+        v = v.reshape(self.n_kv_heads, 1, self.head_dim, *rest)
+        return [torch.cat([q, k, v], dim=1).reshape(-1, *rest).contiguous()]
+
+
+class StackExperts(Transform):
+    """Per-expert tensors (one per `{e}`) → one stacked (E, ...) tensor."""
+
+    def __init__(self, dim: int = 0):
+        self.dim = dim
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        return [torch.stack(xs, dim=self.dim)]
+
+    def backward(self, xs: list[Tensor]) -> list[Tensor]:
+        (x,) = xs
+        return [t.contiguous() for t in x.unbind(self.dim)]
+
+
+# ----------------------------------------------------------------------------------- patterns
+
+_TOKEN = re.compile(r"\{([^{}]*)\}")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A tensor-name pattern: literal text with `{name}` integer slots and at most one `{a,b}` gather."""
+
+    text: str
+    slots: tuple[str, ...] = field(init=False)
+    alternatives: tuple[str, ...] | None = field(init=False)
+    regex: re.Pattern = field(init=False)
+
+    def __post_init__(self) -> None:
+        slots, alts, out, pos = [], None, [], 0
+        for m in _TOKEN.finditer(self.text):
+            out.append(re.escape(self.text[pos : m.start()]))
+            body = m.group(1)
+            if "," in body:
+                if alts is not None:
+                    raise ValueError(f"pattern {self.text!r}: at most one {{a,b}} gather")
+                alts = tuple(a.strip() for a in body.split(","))
+                out.append("(?P<_alt>" + "|".join(re.escape(a) for a in alts) + ")")
+            elif body.isidentifier() and not body.startswith("_"):
+                if body in slots:
+                    raise ValueError(f"pattern {self.text!r}: slot {{{body}}} appears twice")
+                slots.append(body)
+                out.append(f"(?P<{body}>0|[1-9][0-9]*)")
+            else:
+                raise ValueError(f"pattern {self.text!r}: {{{body}}} is neither a slot nor a gather")
+            pos = m.end()
+        out.append(re.escape(self.text[pos:]))
+        object.__setattr__(self, "slots", tuple(slots))
+        object.__setattr__(self, "alternatives", alts)
+        object.__setattr__(self, "regex", re.compile("".join(out)))
+
+    def match(self, name: str) -> dict[str, str] | None:
+        m = self.regex.fullmatch(name)
+        return None if m is None else {k: v for k, v in m.groupdict().items()}
+
+    def format(self, bindings: dict[str, object], alt: str | None = None) -> str:
+        def sub(m: re.Match) -> str:
+            body = m.group(1)
+            return str(alt) if "," in body else str(bindings[body])
+
+        return _TOKEN.sub(sub, self.text)
+
+
+class Rule:
+    """One line of an adapter table: hf pattern, llmzoo pattern (or IGNORE), transforms hf → llmzoo."""
+
+    def __init__(self, hf: str, ours: str | None, *transforms: Transform, variant: bool = False):
+        self.hf = Pattern(hf)
+        self.ours = Pattern(ours) if ours is not None else None
+        self.transforms = transforms
+        # variant: another published spelling of a tensor another rule also writes (the original
+        # gpt2 checkpoint without `transformer.`, Pythia's `embed_out`): read on load, never exported
+        self.variant = variant
+        shared = set(self.ours.slots) if self.ours else set(self.hf.slots)
+        extra_ours = set(self.ours.slots) - set(self.hf.slots) if self.ours else set()
+        if extra_ours:
+            raise ValueError(f"rule {hf!r} → {ours!r}: slots {sorted(extra_ours)} exist on the llmzoo side only")
+        self.shared = tuple(s for s in self.hf.slots if s in shared)
+        self.gather_slots = tuple(s for s in self.hf.slots if s not in shared)
+        if len(self.gather_slots) > 1 or (self.gather_slots and self.hf.alternatives):
+            raise ValueError(f"rule {hf!r}: gathers over one slot or one {{a,b}} list, not several")
+        if self.ours is None and (self.gather_slots or self.hf.alternatives):
+            raise ValueError(f"rule {hf!r}: an IGNORE rule cannot gather")
+
+    @property
+    def ignored(self) -> bool:
+        return self.ours is None
+
+    def __repr__(self) -> str:
+        ours = self.ours.text if self.ours else "IGNORE"
+        return f"Rule({self.hf.text!r}, {ours!r}{''.join(', ' + repr(t) for t in self.transforms)})"
+
+    def to_ours(self, xs: list[Tensor]) -> list[Tensor]:
+        for t in self.transforms:
+            xs = t.forward(xs)
+        return xs
+
+    def to_hf(self, xs: list[Tensor]) -> list[Tensor]:
+        for t in reversed(self.transforms):
+            xs = t.backward(xs)
+        return xs
+
+    def our_names(self, bindings: dict[str, str]) -> list[str]:
+        assert self.ours is not None
+        if self.ours.alternatives:
+            return [self.ours.format(bindings, a) for a in self.ours.alternatives]
+        return [self.ours.format(bindings)]
+
+    def hf_names(self, bindings: dict[str, str], n: int) -> list[str]:
+        if self.hf.alternatives:
+            return [self.hf.format(bindings, a) for a in self.hf.alternatives]
+        if self.gather_slots:
+            (slot,) = self.gather_slots
+            return [self.hf.format({**bindings, slot: e}) for e in range(n)]
+        return [self.hf.format(bindings)]
+
+
+# ----------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Group:
+    """Checkpoint tensors that one rule turns into one set of llmzoo tensors."""
+
+    rule: Rule
+    bindings: dict[str, str]
+    hf_names: list[str]
+    our_names: list[str]
+
+
+class RuleError(ValueError):
+    """Names that do not fit an adapter's table; the message lists every one."""
+
+
+def _key(rule_index: int, bindings: dict[str, str], slots: Iterable[str]) -> tuple:
+    return (rule_index, *(bindings[s] for s in slots))
+
+
+def plan_load(rules: list[Rule], names: Iterable[str]) -> tuple[list[Group], list[str]]:
+    """Group checkpoint names by rule. Returns (groups, problems) where problems lists unmatched,
+    ambiguous and incomplete names; IGNORE'd names belong to no group."""
+    problems: list[str] = []
+    members: dict[tuple, dict] = {}
+    owners: dict[tuple, tuple[Rule, dict]] = {}
+    for name in names:
+        hits = [(k, r, b) for k, r in enumerate(rules) if (b := r.hf.match(name)) is not None]
+        if not hits:
+            problems.append(f"unexpected tensor {name!r}: no rule of this adapter matches it")
+            continue
+        if len(hits) > 1:
+            problems.append(f"tensor {name!r} matches {len(hits)} rules: {[r.hf.text for _, r, _ in hits]}")
+            continue
+        k, rule, b = hits[0]
+        if rule.ignored:
+            continue
+        key = _key(k, b, rule.shared)
+        owners[key] = (rule, {s: b[s] for s in rule.shared})
+        member = b["_alt"] if rule.hf.alternatives else int(b[rule.gather_slots[0]]) if rule.gather_slots else 0
+        members.setdefault(key, {})[member] = name
+    groups = []
+    for key, got in members.items():
+        rule, bindings = owners[key]
+        if rule.hf.alternatives:
+            order = list(rule.hf.alternatives)
+        elif rule.gather_slots:
+            order = list(range(max(got) + 1))
+        else:
+            order = [0]
+        missing = [rule.hf_names(bindings, len(order))[j] for j, m in enumerate(order) if m not in got]
+        if missing:
+            problems.extend(f"missing tensor {n!r} (needed with {sorted(got.values())[0]!r})" for n in missing)
+            continue
+        groups.append(Group(rule, bindings, [got[m] for m in order], rule.our_names(bindings)))
+    return groups, problems
+
+
+def plan_export(rules: list[Rule], names: Iterable[str]) -> tuple[list[Group], list[str]]:
+    """Group llmzoo names by rule (the table read backwards); hf names are filled in after transforms."""
+    problems: list[str] = []
+    members: dict[tuple, dict] = {}
+    owners: dict[tuple, tuple[Rule, dict]] = {}
+    for name in names:
+        hits = [(k, r, b) for k, r in enumerate(rules)
+                if r.ours is not None and not r.variant and (b := r.ours.match(name)) is not None]
+        if len(hits) != 1:
+            what = "no rule" if not hits else f"{len(hits)} rules"
+            problems.append(f"model tensor {name!r}: {what} of this adapter write it")
+            continue
+        k, rule, b = hits[0]
+        key = _key(k, b, rule.ours.slots)
+        owners[key] = (rule, {s: b[s] for s in rule.ours.slots})
+        members.setdefault(key, {})[b.get("_alt", 0)] = name
+    groups = []
+    for key, got in members.items():
+        rule, bindings = owners[key]
+        order = list(rule.ours.alternatives) if rule.ours.alternatives else [0]
+        missing = [m for m in order if m not in got]
+        if missing:
+            problems.append(f"model tensors for {rule.ours.text!r} with {bindings} lack {missing}")
+            continue
+        groups.append(Group(rule, bindings, [], [got[m] for m in order]))
+    return groups, problems
