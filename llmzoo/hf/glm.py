@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
+from .adapter import Adapter
 from .rules import IGNORE, Rule, Split, SplitInterleavedQKV
 
 REPLICATED = (
@@ -224,53 +225,46 @@ def rules(config: ModelConfig) -> list[Rule]:
     return table
 
 
-def map_state(config: ModelConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Merged official tensors → llmzoo tensors; an error lists every name that does not fit."""
-    from .rules import RuleError, plan_load
+class SATCheckpoint(Adapter):
+    """The weight table of a merged GLM-130B checkpoint, for the shared loader's plan and stream
+    (`loader.check_plan`, `loader.load_weights`). Not a registered HF model_type: the official
+    folder has no config.json, so the architecture comes from a zoo config."""
 
-    groups, problems = plan_load(rules(config), state)
-    if problems:
-        raise RuleError("GLM checkpoint: " + "; ".join(problems))
-    out: dict[str, Tensor] = {}
-    for g in groups:
-        for name, x in zip(g.our_names, g.rule.to_ours([state[n] for n in g.hf_names])):
-            out[name] = x
-    return out
+    model_type = "glm-130b (SwissArmyTransformer)"
+
+    def rules(self, config: ModelConfig) -> list[Rule]:
+        return rules(config)
 
 
 def load_glm(
     folder: str | Path,
-    config: str | ModelConfig | dict = "glm-130b",
+    config: str | ModelConfig | dict | None = "glm-130b",
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
-    convert: bool = False,
+    strict: bool = True,
+    converted: str | Path | None = None,
 ) -> torch.nn.Module:
-    """An llmzoo model with the weights of an official GLM-130B folder (or a scaled one).
+    """An llmzoo model with the weights of an official GLM-130B folder (or one of a scaled config).
 
     config: the zoo name or config the folder was trained with (the folder has none).
-    convert: write the merged safetensors first (`convert_to_safetensors`), so this and later loads mmap."""
+    The TP shards are merged once into safetensors (`converted`, default `<folder>/safetensors`);
+    this and every later load then streams mmap'd tensors through the shared loader."""
     from ..builder import resolve_dtype
     from ..model import CausalLM
     from ..zoo import get_config
+    from .loader import check_plan, checkpoint_index, load_weights
 
-    cfg = get_config(config)
-    if convert and not (Path(folder) / SAFETENSORS_DIR / INDEX).is_file():
-        convert_to_safetensors(folder)
-    tensors = map_state(cfg, read_merged(folder))
+    cfg = get_config(config if config is not None else "glm-130b")
+    out = Path(converted) if converted is not None else Path(folder) / SAFETENSORS_DIR
+    if not (out / INDEX).is_file():
+        convert_to_safetensors(folder, out)
+    infos = checkpoint_index(out)
     with torch.device("meta"):
         model = CausalLM(cfg)
-    expected = dict(model.state_dict())
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    bad = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
-           for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
-    if missing or extra or bad:
-        raise ValueError(
-            f"{folder}: does not fit config {cfg.name}: missing {missing[:8]}, unexpected {extra[:8]}, shapes {bad[:8]}"
-        )
-    dt = resolve_dtype(dtype) or next(iter(tensors.values())).dtype
-    model.load_state_dict({k: v.to(device=device, dtype=dt) for k, v in tensors.items()}, assign=True)
+    adapter = SATCheckpoint()
+    groups = check_plan(adapter, cfg, model, infos, strict)
+    load_weights(model, groups, infos, resolve_dtype(dtype), device)
     return model.eval()
 
 
