@@ -47,6 +47,11 @@ def init_weights(model: nn.Module, std: float = 0.02) -> None:
                         p.mul_(spec.init_beta)
 
 
+def model_class(config: ModelConfig) -> type[CausalLM] | type[EncoderDecoderLM]:
+    """The module class a config describes: EncoderDecoderLM with an `encoder` section, else CausalLM."""
+    return EncoderDecoderLM if config.encoder is not None else CausalLM
+
+
 def build(
     source: str | Path | dict | ModelConfig,
     *,
@@ -66,7 +71,7 @@ def build(
 
         config = scale_down(config, preset=scale)
     with torch.device("meta"):
-        model = (EncoderDecoderLM if config.encoder is not None else CausalLM)(config)
+        model = model_class(config)(config)
     if str(device) != "meta":
         model = model.to_empty(device=device)
         with torch.random.fork_rng(devices=[]):

@@ -177,9 +177,12 @@ def compare(
     for o, h in pairs:
         handles.append(ours.get_submodule(o).register_forward_hook(hook(got_ours, o, True)))
         handles.append(ref.get_submodule(h).register_forward_hook(hook(got_ref, h, False)))
+    # an encoder-decoder model (T5) reads the batch as source and as target; the logits are the target's
+    seq2seq = getattr(getattr(ours, "config", None), "encoder", None) is not None
+    extra = dict(decoder_input_ids=input_ids, decoder_attention_mask=attention_mask) if seq2seq else {}
     try:
-        a = ours(input_ids, attention_mask=attention_mask).float()
-        b = _logits(ref(input_ids=input_ids, attention_mask=attention_mask)).float()
+        a = ours(input_ids, attention_mask=attention_mask, **extra).float()
+        b = _logits(ref(input_ids=input_ids, attention_mask=attention_mask, **extra)).float()
     finally:
         for hd in handles:
             hd.remove()

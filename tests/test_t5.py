@@ -143,6 +143,83 @@ def test_decoder_is_causal_and_encoder_bidirectional():
         assert not torch.allclose(memory[:, 0], late_memory[:, 0])  # the first source token sees the last
 
 
+# ------------------------------------------------------------------- the `t5` adapter (sharded checkpoint)
+
+
+def saved_reference(ref, folder) -> list:
+    """Save with transformers into ≥ 3 safetensors shards; returns the shard files."""
+    total = sum(t.numel() * t.element_size() for t in ref.state_dict().values())
+    ref.save_pretrained(folder, max_shard_size=total // 4)
+    shards = sorted(folder.glob("*.safetensors"))
+    assert len(shards) >= 3, shards
+    return shards
+
+
+@pytest.mark.parametrize("ff,tied", [("relu", True), ("gated-gelu", False)], ids=["v1.0", "v1.1"])
+def test_sharded_checkpoint_matches_transformers(ff, tied, tmp_path):
+    ref = tiny_reference(ff, tied, seed=3)
+    saved_reference(ref, tmp_path)
+    ours = llmzoo.from_pretrained(tmp_path)
+    assert isinstance(ours, EncoderDecoderLM)
+    assert ours.config.head.scale == ("inv_sqrt_d_model" if tied else "none")
+    assert ours.config.encoder.n_layers == 2 and ours.config.n_layers == 3
+    assert_logits_match(ours, ref)
+
+
+def test_hub_style_untied_checkpoint(tmp_path):
+    """A v1.1 / Flan-T5 hub checkpoint: `tie_word_embeddings: false` and its own lm_head.weight."""
+    import json
+
+    from safetensors.torch import save_file
+
+    ref = tiny_reference("gated-gelu", False, seed=4)
+    with torch.no_grad():
+        ref.lm_head.weight = torch.nn.Parameter(torch.randn_like(ref.shared.weight) * 0.2)  # untie, as the hub's
+    state = {k: v.contiguous() for k, v in ref.state_dict().items() if "embed_tokens" not in k}
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    hf = {k: v for k, v in ref.config.to_dict().items() if k != "scale_decoder_outputs"}
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "tie_word_embeddings": False}))
+    ours = llmzoo.from_pretrained(tmp_path)
+    assert not ours.config.head.tied and ours.config.head.scale == "none"
+    assert_logits_match(ours, ref)
+
+
+def test_export_loads_in_transformers(tmp_path):
+    from transformers import T5ForConditionalGeneration
+
+    ref = tiny_reference("relu", True, seed=5)
+    saved_reference(ref, tmp_path / "hf")
+    ours = llmzoo.from_pretrained(tmp_path / "hf")
+    llmzoo.save_pretrained(ours, tmp_path / "out", max_shard_size="8KB")
+    again = T5ForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    assert_logits_match(ours, again)
+
+
+def test_checkpoint_of_the_other_ffn_kind_is_an_error(tmp_path):
+    """config.json says ReLU (wi), the shards hold a gated FFN (wi_0, wi_1): every tensor is named."""
+    import json
+
+    ref = tiny_reference("gated-gelu", True, seed=6)
+    saved_reference(ref, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "feed_forward_proj": "relu"}))
+    with pytest.raises(ValueError) as e:
+        llmzoo.from_pretrained(tmp_path)
+    msg = str(e.value)
+    assert "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in msg
+    assert "encoder.blocks.0.mlp.up.weight" in msg  # missing on our side
+
+
+def test_adapter_config_round_trip():
+    from llmzoo.hf import get_adapter
+
+    adapter = get_adapter("t5")
+    for name in T5_MODELS:
+        cfg = llmzoo.get_config(name)
+        back = adapter.to_config(adapter.export_config(cfg))  # export_config checks the round trip
+        assert back.encoder == cfg.encoder and back.block == cfg.block and back.head == cfg.head
+
+
 # ------------------------------------------------------------------------------- zoo and schema
 
 

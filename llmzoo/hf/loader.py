@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..builder import resolve_dtype
+from ..builder import model_class, resolve_dtype
 from ..config import ModelConfig
 from ..model import CausalLM
 from . import get_adapter
@@ -340,7 +340,7 @@ def from_pretrained(
         config = ModelConfig.model_validate({**config.to_dict(), **updates})
     infos = checkpoint_index(folder, single)
     with torch.device("meta"):
-        model = CausalLM(config)
+        model = model_class(config)(config)
     groups = check_plan(adapter, config, model, infos, strict)
     load_weights(model, groups, infos, resolve_dtype(dtype), device)
     model.hf_model_type = adapter.model_type
