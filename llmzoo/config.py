@@ -138,6 +138,15 @@ class EncoderSpec(Spec):
         return self
 
 
+class MTPSpec(Spec):
+    """DeepSeek-V3's multi-token prediction (arXiv:2412.19437, §2.2): n_layers sequential modules, the
+    k-th predicting token i+k+1 from module k-1's state and the embedding of token i+k. Each is one
+    block like the base block plus two norms and a (2·d_model → d_model) projection; it shares the
+    embedding and the output head. Not part of the plain forward; not in the headline parameter count."""
+
+    n_layers: int = Field(1, gt=0)
+
+
 class ModelConfig(Spec):
     name: str
     family: str
@@ -156,6 +165,7 @@ class ModelConfig(Spec):
     final_norm: NormField | None  # type: ignore[valid-type]
     head: HeadSpec
     encoder: EncoderSpec | None = Field(None, description="encoder stack: makes this an encoder-decoder model")
+    mtp: MTPSpec | None = Field(None, description="multi-token prediction modules (DeepSeek-V3); None: not built")
 
     _blocks: list[BlockSpec] = PrivateAttr(default_factory=list)
 

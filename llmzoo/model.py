@@ -42,6 +42,10 @@ class CausalLM(nn.Module):
         self.head_scale = c.d_model**-0.5 if h == "inv_sqrt_d_model" else 1.0 if h == "none" else float(h)
         self.rope_layout = getattr(c.position, "layout", "halves")
         self.prefix_lm = any(b.attention.prefix_lm for b in c.blocks)
+        if c.mtp is not None:  # DeepSeek-V3 multi-token prediction: used by llmzoo.mtp.predict_ahead only
+            from .mtp import MTPLayer
+
+            self.mtp = nn.ModuleList(MTPLayer(c, k, scale_mult) for k in range(c.mtp.n_layers))
 
     def context(
         self,

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .adapter import Adapter
 
-ADAPTER_MODULES = ["llama", "mistral", "qwen2", "gemma", "t5"]
+ADAPTER_MODULES = ["llama", "mistral", "qwen2", "gemma", "t5", "deepseek", "mixtral", "chatglm"]
 
 _ADAPTERS: dict[str, "Adapter"] = {}
 _ALIASES: dict[str, str] = {}

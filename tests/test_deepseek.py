@@ -1,0 +1,141 @@
+"""DeepSeek-V2 / V3 and Mixtral checkpoints → llmzoo, logits against transformers (fp32 ≤ 1e-4)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import llmzoo
+from llmzoo.hf import get_adapter
+from llmzoo.hf.loader import from_pretrained
+from llmzoo.moe import MoE
+from llmzoo.parity import loud_init_, make_batch, shard_size_for
+from llmzoo.positions import RopeSpec, RoPE, rope_inv_freq
+
+YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 32, "beta_slow": 1}
+
+
+def variant(model_type: str, **changes) -> dict:
+    hf = get_adapter(model_type).tiny_hf_config()
+    hf.update(changes)
+    return hf
+
+
+CASES = {
+    # V2: full-rank query (V2-Lite style), softmax + group-limited greedy with max group score, YaRN
+    "v2-q_full-grouped": ("deepseek_v2", variant("deepseek_v2")),
+    # V2: low-rank query, attention and MLP biases, greedy routing over all experts
+    "v2-q_lora-greedy-bias": ("deepseek_v2", variant(
+        "deepseek_v2", q_lora_rank=24, topk_method="greedy", attention_bias=True, mlp_bias=True,
+        rope_scaling={**YARN, "mscale": 1.0, "mscale_all_dim": 0.5})),
+    # V3: sigmoid + correction bias, top2-sum group score, normalised × 2.5, interleaved rope, YaRN
+    "v3-q_lora-interleave": ("deepseek_v3", variant("deepseek_v3")),
+    # V3: full-rank query, rope halves, two dense layers, tied embeddings
+    "v3-q_full-halves": ("deepseek_v3", variant(
+        "deepseek_v3", q_lora_rank=None, rope_interleave=False, first_k_dense_replace=2, num_hidden_layers=4,
+        tie_word_embeddings=True, rope_scaling={**YARN, "mscale": 0.707, "mscale_all_dim": 0.707})),
+    "mixtral": ("mixtral", variant("mixtral")),
+}
+
+
+def loud_reference(model_type: str, hf: dict, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    ref = loud_init_(get_adapter(model_type).reference(hf), seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, b in ref.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # a buffer: loud_init_ leaves it at zero
+                b.copy_(0.3 * torch.randn(b.shape, generator=g))
+    return ref
+
+
+def save_sharded(ref: torch.nn.Module, folder) -> None:
+    ref.save_pretrained(folder, max_shard_size=shard_size_for(ref, 4))
+    assert len(list(folder.glob("*.safetensors"))) >= 3
+
+
+def group_exclusions(model) -> int:
+    """Tokens whose group-limited choice differs from a free top-k over all experts (hooked inputs)."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, MoE) and m.router.spec.n_groups > 1:
+            x = m._seen.reshape(-1, m._seen.shape[-1])
+            _, chosen, scores = m.router(x)
+            bias = m.router.score_bias if m.router.score_bias is not None else 0
+            free = (scores + bias).topk(m.router.spec.top_k, dim=-1).indices
+            count += sum(set(a.tolist()) != set(b.tolist()) for a, b in zip(chosen, free))
+    return count
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_match_transformers(case, tmp_path):
+    model_type, hf = CASES[case]
+    ref = loud_reference(model_type, hf)
+    save_sharded(ref, tmp_path)
+    ours = from_pretrained(tmp_path)
+    ids, mask = make_batch(hf["vocab_size"], seq_len=20, pad=6)
+    hooks = [m.register_forward_pre_hook(lambda mod, a: setattr(mod, "_seen", a[0]))
+             for m in ours.modules() if isinstance(m, MoE)]
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, mask)
+    for h in hooks:
+        h.remove()
+    real = mask.bool()
+    delta = (got - want)[real].abs().max().item()
+    assert delta <= 1e-4, f"{case}: max |Δlogits| {delta:.2e}"
+    assert want[real].std() > 0.1
+    cfg = ours.config
+    if model_type.startswith("deepseek"):
+        assert cfg.position.scaling is not None and cfg.position.scaling.type == "yarn"
+        moe = [b.mlp for b in cfg.blocks if b.mlp.type == "moe"]
+        assert moe and all(m.top_k < m.n_experts and m.n_shared_experts > 0 for m in moe)
+        assert cfg.blocks[0].mlp.type == "glu"
+        if moe[0].n_groups > 1:
+            assert group_exclusions(ours) > 0  # the group limit changed real routing decisions
+
+
+def test_cases_cover_the_acceptance_matrix():
+    seen = {(mt, hf.get("q_lora_rank") is None) for mt, hf in CASES.values() if mt != "mixtral"}
+    assert seen == {("deepseek_v2", True), ("deepseek_v2", False), ("deepseek_v3", True), ("deepseek_v3", False)}
+
+
+# ------------------------------------------------------------------------------ YaRN
+
+
+@pytest.mark.parametrize("params", [
+    {"factor": 40.0, "original_max_position_embeddings": 4096, "mscale": 1.0, "mscale_all_dim": 1.0},  # V3
+    {"factor": 40.0, "original_max_position_embeddings": 4096, "mscale": 0.707, "mscale_all_dim": 0.707},  # V2
+    {"factor": 8.0, "original_max_position_embeddings": 64, "mscale": 1.0, "mscale_all_dim": 0.8,
+     "beta_fast": 16, "beta_slow": 2},
+    {"factor": 4.0, "original_max_position_embeddings": 32},  # no mscale: attention_factor 0.1 ln s + 1
+], ids=["v3", "v2", "mixed", "plain"])
+def test_yarn_matches_transformers(params):
+    from transformers import DeepseekV3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import yarn_apply_mscale
+
+    rope = {"rope_type": "yarn", "rope_theta": 10000.0, **params}
+    hf = DeepseekV3Config(rope_parameters=dict(rope), qk_rope_head_dim=64,
+                          max_position_embeddings=int(params["factor"] * params["original_max_position_embeddings"]))
+    want_inv, want_attention = ROPE_INIT_FUNCTIONS["yarn"](hf)
+    ours = get_adapter("deepseek_v3").to_config(
+        {**variant("deepseek_v3", qk_rope_head_dim=64), "rope_scaling": {"type": "yarn", **params}})
+    spec = ours.position
+    inv, attention = rope_inv_freq(spec, 64)
+    assert torch.equal(inv, want_inv)
+    assert math.isclose(attention, want_attention, rel_tol=1e-12)
+    mult = RoPE(spec, d_model=1, n_heads=1, rotary_dim=64).softmax_scale_mult
+    assert math.isclose(mult, yarn_apply_mscale(hf.rope_parameters, 1.0), rel_tol=1e-12)
+    model = llmzoo.build(ours.model_copy(update={"n_layers": 1}), device="meta")
+    a = ours.block.attention
+    assert math.isclose(model.blocks[0].attn.scale, (a.qk_nope_head_dim + a.qk_rope_head_dim) ** -0.5 * mult)
+
+
+def test_rope_layout_follows_rope_interleave():
+    v3 = get_adapter("deepseek_v3")
+    assert v3.to_config(variant("deepseek_v3", rope_interleave=True)).position.layout == "interleaved"
+    assert v3.to_config(variant("deepseek_v3", rope_interleave=False)).position.layout == "halves"
+    assert get_adapter("deepseek_v2").to_config(variant("deepseek_v2")).position.layout == "interleaved"
