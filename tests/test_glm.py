@@ -177,3 +177,67 @@ def test_verify_tiny_passes():
     result = glm.verify_tiny()
     assert result["ok"] and set(result["cases"]) == {"context", "gmask", "mask"}
     assert result["max_abs_diff"] <= TOL
+
+
+# ------------------------------------------------------------------------------ ChatGLM-6B
+
+
+def chatglm_checkpoint(tmp_path, **overrides):
+    from llmzoo.hf import get_adapter
+    from llmzoo.parity import loud_init_
+
+    adapter = get_adapter("chatglm")
+    hf = {**adapter.tiny_hf_config(), **overrides}
+    ref = loud_init_(adapter.reference(hf), seed=2)
+    adapter.save_reference(ref, tmp_path, max_shard_size=40_000)
+    assert len(list(tmp_path.glob("*.safetensors"))) >= 3
+    return ref, llmzoo.hf.from_pretrained(tmp_path), hf
+
+
+def chatglm_batch(hf, mask_token):
+    """Two sequences: context with [MASK]/[gMASK], then bos ([sop]) and generated tokens."""
+    g = torch.Generator().manual_seed(5)
+    ids, pos, masks, prefix = [], [], [], []
+    for bos_index, mask_pos in ((7, 3), (5, 4)):
+        seq = torch.randint(1, 80, (10,), generator=g)
+        seq[mask_pos], seq[bos_index] = hf[mask_token], hf["bos_token_id"]
+        m, p = chatglm_masks_and_position_ids(seq.tolist(), bos_index, mask_pos)
+        ids.append(seq), pos.append(p[0]), masks.append(m[0]), prefix.append(bos_index)
+    return torch.stack(ids), torch.stack(pos), torch.stack(masks), torch.tensor(prefix)
+
+
+@pytest.mark.parametrize("mask_token", ["mask_token_id", "gmask_token_id"])
+def test_chatglm_matches_reference_with_2d_positions(tmp_path, mask_token):
+    ref, ours, hf = chatglm_checkpoint(tmp_path)
+    assert ours.config.position.type == "rope_2d" and ours.config.block.alpha == pytest.approx(56**0.5)
+    ids, pos, mask, prefix = chatglm_batch(hf, mask_token)
+    with torch.no_grad():
+        want = ref(ids, position_ids=pos, glm_mask=mask)
+        got = ours(ids, position_ids=pos, prefix_len=prefix)
+        assert (got - want).abs().max() <= TOL
+        # the block positions matter: dropping them (a 1-D call) changes the generated tokens' logits
+        assert (ours(ids, position_ids=pos[:, 0], prefix_len=prefix) - want).abs().max() > 1e-2
+
+
+def test_chatglm_1d_positions_and_tied_head(tmp_path):
+    ref, ours, hf = chatglm_checkpoint(tmp_path, position_encoding_2d=False, tie_word_embeddings=True)
+    assert ours.config.position.type == "rope" and ours.head is None
+    ids = torch.randint(0, hf["vocab_size"], (2, 9))
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 2, 2, 2], list(range(9))])
+    prefix = torch.tensor([5, 6])
+    mask = torch.ones(2, 9, 9).tril_()
+    for b, n in enumerate(prefix.tolist()):
+        mask[b, :, :n] = 1
+    with torch.no_grad():
+        want = ref(ids, position_ids=pos, glm_mask=(mask < 0.5)[:, None])
+        assert (ours(ids, position_ids=pos, prefix_len=prefix) - want).abs().max() <= TOL
+
+
+def test_chatglm_config_errors_name_the_field():
+    from llmzoo.hf import get_adapter
+
+    adapter = get_adapter("chatglm")
+    with pytest.raises(ValueError, match="pre_seq_len"):
+        adapter.to_config({**adapter.tiny_hf_config(), "pre_seq_len": 16})
+    with pytest.raises(ValueError, match="quantization_bit"):
+        adapter.to_config({**adapter.tiny_hf_config(), "quantization_bit": 4})

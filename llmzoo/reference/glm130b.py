@@ -292,3 +292,76 @@ def random_official_state(
     if lm_head:
         sd["lm_head.weight"] = mat(vocab, hidden)
     return {k: v.to(dtype) if v.is_floating_point() and k.find("inv_freq") < 0 else v for k, v in sd.items()}
+
+
+# ------------------------------------------------------------------ ChatGLM-6B as a module
+
+
+class ChatGLMReference(torch.nn.Module):
+    """ChatGLM-6B (THUDM/chatglm-6b modeling_chatglm.py) holding the checkpoint's parameter names;
+    forward runs `glm_forward` above (post-LN with α = (2·28)^½ whatever the depth, since GLMBlock's
+    num_layers argument is never passed; gelu_tanh MLP; 2-D rotary; fp32 softmax).
+
+    forward(input_ids, attention_mask (b, s) 1 = real token, position_ids (b, 2, s), glm_mask
+    (b, 1, s, s) bool True = masked): without glm_mask the mask is causal with padded keys masked;
+    without position_ids, positions are a range and block positions 0."""
+
+    def __init__(self, hf: dict):
+        super().__init__()
+        self.hf = dict(hf)
+        d, v, n, f = hf["hidden_size"], hf["vocab_size"], hf["num_layers"], hf["inner_hidden_size"]
+        eps = hf.get("layernorm_epsilon", 1e-5)
+        self.num_layers, self.num_heads, self.eps = n, hf["num_attention_heads"], eps
+        self.two_d = hf.get("position_encoding_2d", True)
+        self.tied = hf.get("tie_word_embeddings", True)
+        nn = torch.nn
+
+        class Attention(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.query_key_value = nn.Linear(d, 3 * d)
+                self.dense = nn.Linear(d, d)
+
+        class MLP(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.dense_h_to_4h = nn.Linear(d, f)
+                self.dense_4h_to_h = nn.Linear(f, d)
+
+        class Layer(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.input_layernorm = nn.LayerNorm(d, eps=eps)
+                self.attention = Attention()
+                self.post_attention_layernorm = nn.LayerNorm(d, eps=eps)
+                self.mlp = MLP()
+
+        class Transformer(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.word_embeddings = nn.Embedding(v, d)
+                self.layers = nn.ModuleList(Layer() for _ in range(n))
+                self.final_layernorm = nn.LayerNorm(d, eps=eps)
+
+        self.transformer = Transformer()
+        self.lm_head = nn.Linear(d, v, bias=False)
+        if self.tied:
+            self.lm_head.weight = self.transformer.word_embeddings.weight
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                glm_mask: Tensor | None = None) -> Tensor:
+        b, s = input_ids.shape
+        if glm_mask is None:
+            glm_mask = torch.ones((b, s, s)).tril_()
+            if attention_mask is not None:
+                glm_mask = glm_mask * attention_mask[:, None, :].float()
+            glm_mask = (glm_mask < 0.5)[:, None]
+        if position_ids is None:
+            pos = torch.arange(s).expand(b, s)
+            position_ids = torch.stack([pos, torch.zeros_like(pos)], dim=1) if self.two_d else pos
+        sd = {"transformer." + k: t for k, t in self.transformer.state_dict().items()}
+        return glm_forward(
+            [sd], input_ids, position_ids, glm_mask, num_layers=self.num_layers, num_heads=self.num_heads,
+            eps=self.eps, alpha=(2 * 28) ** 0.5, glu=False, position_encoding_2d=self.two_d,
+            lm_head=self.lm_head.weight,
+        )

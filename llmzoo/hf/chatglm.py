@@ -1,0 +1,160 @@
+"""ChatGLM-6B (`model_type: chatglm`, THUDM/chatglm-6b, remote code `modeling_chatglm.py`).
+
+GLM-130B's small public sibling, as its modeling file computes it:
+- DeepNorm-style post-LN: a = LN1(x); h = α·a + Attn(a); m = LN2(h); out = α·m + MLP(m) with
+  α = (2·28)^½ for every depth — GLMBlock's `num_layers` argument defaults to 28 and ChatGLMModel
+  never passes it (placement `deepnorm`);
+- attention: fused per-head [q|k|v] `query_key_value` with bias, q / (√d·(l+1)), ×(l+1) and softmax in
+  fp32 (net 1/√d), -10000 masked fill; prefix-LM mask: keys before the bos ([sop], 130004) token are
+  visible to all, bos and after are causal;
+- 2-D rotary (`position_encoding_2d`): the first half of each head rotates by the position id, the
+  second half by the block position id, each with a table of width head_dim/2 built in fp16
+  (inv_freq, angles, cos/sin: the `RotaryEmbedding` buffer is half) — position `rope_2d`;
+- MLP (named GLU in the file, but not gated): dense_h_to_4h → gelu_impl (tanh form) → dense_4h_to_h;
+- final LayerNorm; `lm_head` is tied to the word embeddings unless `tie_word_embeddings: false`
+  (transformers' default tie applies to this remote-code class).
+Unsupported (an error names them): p-tuning prefixes (`pre_seq_len`), quantized checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from . import register_adapter
+from .adapter import Adapter, clean_name, require
+from .rules import IGNORE, Rule, SplitInterleavedQKV
+
+ALPHA = (2 * 28) ** 0.5  # GLMBlock(num_layers=28) default, never overridden
+
+
+@register_adapter
+class ChatGLMAdapter(Adapter):
+    model_type = "chatglm"
+    families = ("chatglm",)
+    remote_code = True
+
+    def to_config(self, hf: dict[str, Any]) -> ModelConfig:
+        if hf.get("pre_seq_len"):
+            raise ValueError(f"pre_seq_len: {hf['pre_seq_len']} (a p-tuning prefix encoder) is not supported")
+        if hf.get("quantization_bit", 0):
+            raise ValueError(f"quantization_bit: {hf['quantization_bit']} (int4/int8 weights) is not supported")
+        d = int(require(hf, "hidden_size"))
+        n_heads = int(require(hf, "num_attention_heads"))
+        n_layers = int(hf.get("num_layers") or require(hf, "num_hidden_layers"))
+        norm = {"type": "layernorm", "eps": float(hf.get("layernorm_epsilon", 1e-5)), "bias": True}
+        two_d = bool(hf.get("position_encoding_2d", True))
+        position = (
+            {"type": "rope_2d", "theta": 10000.0, "layout": "halves_2d", "table_dtype": "float16"}
+            if two_d
+            else {"type": "rope", "theta": 10000.0, "fraction": 1.0, "layout": "halves", "table_dtype": "float16"}
+        )
+        return ModelConfig.model_validate({
+            "name": clean_name(hf, "chatglm"),
+            "family": "chatglm",
+            "vocab_size": int(require(hf, "vocab_size")),
+            "d_model": d,
+            "n_layers": n_layers,
+            "max_seq_len": int(hf.get("max_sequence_length", 2048)),
+            "position": position,
+            "embedding": {"scale": "none"},
+            "block": {
+                "placement": "deepnorm",
+                "alpha": ALPHA,
+                "norm": norm,
+                "attention": {"type": "mha", "n_heads": n_heads, "head_dim": d // n_heads, "qkv_bias": True,
+                              "o_bias": True, "prefix_lm": True},
+                "mlp": {"type": "mlp", "d_ff": int(hf.get("inner_hidden_size") or 4 * d),
+                        "activation": "gelu_tanh", "bias": True},
+            },
+            "final_norm": norm,
+            "head": {"tied": bool(hf.get("tie_word_embeddings", True))},
+        })
+
+    def from_config(self, config: ModelConfig) -> dict[str, Any]:
+        a = config.block.attention
+        return {
+            "architectures": ["ChatGLMModel"],
+            "vocab_size": config.vocab_size,
+            "hidden_size": config.d_model,
+            "num_layers": config.n_layers,
+            "num_attention_heads": a.n_heads,
+            "layernorm_epsilon": config.block.norm.eps,
+            "inner_hidden_size": config.block.mlp.d_ff,
+            "max_sequence_length": config.max_seq_len,
+            "position_encoding_2d": config.position.type == "rope_2d",
+            "tie_word_embeddings": config.head.tied,
+        }
+
+    def rules(self, config: ModelConfig) -> list[Rule]:
+        a = config.block.attention
+        qkv = SplitInterleavedQKV(a.n_heads, a.n_heads, a.head_dim)  # per head [q, k, v]
+        L, B = "transformer.layers.{i}.", "blocks.{i}."
+        return [  # hf tensor                                          llmzoo tensor                    transforms
+            Rule("transformer.word_embeddings.weight",                 "embed.weight"),
+            Rule(L + "input_layernorm.weight",                         B + "attn_norm.weight"),
+            Rule(L + "input_layernorm.bias",                           B + "attn_norm.bias"),
+            Rule(L + "attention.query_key_value.weight",               B + "attn.{q,k,v}.weight",       qkv),
+            Rule(L + "attention.query_key_value.bias",                 B + "attn.{q,k,v}.bias",         qkv),
+            Rule(L + "attention.dense.weight",                         B + "attn.o.weight"),
+            Rule(L + "attention.dense.bias",                           B + "attn.o.bias"),
+            Rule(L + "attention.rotary_emb.inv_freq",                  IGNORE),  # ignored on load upstream too
+            Rule(L + "post_attention_layernorm.weight",                B + "mlp_norm.weight"),
+            Rule(L + "post_attention_layernorm.bias",                  B + "mlp_norm.bias"),
+            Rule(L + "mlp.dense_h_to_4h.weight",                       B + "mlp.up.weight"),
+            Rule(L + "mlp.dense_h_to_4h.bias",                         B + "mlp.up.bias"),
+            Rule(L + "mlp.dense_4h_to_h.weight",                       B + "mlp.down.weight"),
+            Rule(L + "mlp.dense_4h_to_h.bias",                         B + "mlp.down.bias"),
+            Rule("transformer.final_layernorm.weight",                 "final_norm.weight"),
+            Rule("transformer.final_layernorm.bias",                   "final_norm.bias"),
+            Rule("lm_head.weight",                                     IGNORE if config.head.tied else "head.weight"),
+        ]
+
+    def tiny_hf_config(self) -> dict[str, Any]:
+        # untied head and 3 layers: α stays (2·28)^½, not (2·3)^½; head_dim 16 → two rotary streams of 8
+        return {"model_type": "chatglm", "vocab_size": 96, "hidden_size": 64, "num_layers": 3,
+                "num_attention_heads": 4, "layernorm_epsilon": 1e-5, "inner_hidden_size": 128,
+                "max_sequence_length": 64, "position_encoding_2d": True, "tie_word_embeddings": False,
+                "bos_token_id": 90, "eos_token_id": 91, "mask_token_id": 88, "gmask_token_id": 89,
+                "pad_token_id": 0}
+
+    # ------------------------------------------------------------------ remote-code reference
+    def reference(self, hf_config: dict[str, Any]) -> nn.Module:
+        from ..reference.glm130b import ChatGLMReference
+
+        return ChatGLMReference(hf_config).eval()
+
+    def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
+        import json
+
+        from .loader import checkpoint_index, _read_file
+
+        hf = json.loads((Path(folder) / "config.json").read_text())
+        ref = self.reference(hf)
+        infos = checkpoint_index(Path(folder))
+        by_file: dict[Path, list[str]] = {}
+        for name, info in infos.items():
+            by_file.setdefault(info.file, []).append(name)
+        state = {n: t for f, names in by_file.items() for n, t in _read_file(f, names)}
+        state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+        if ref.tied:
+            state.pop("lm_head.weight", None)
+            state["lm_head.weight"] = state["transformer.word_embeddings.weight"]
+        ref.load_state_dict(state, strict=True)
+        return ref.to(dtype).eval()
+
+    def save_reference(self, model: nn.Module, folder: str, max_shard_size: str | int) -> None:
+        import json
+
+        from huggingface_hub import save_torch_state_dict
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if model.tied:
+            state.pop("lm_head.weight")
+        save_torch_state_dict(state, folder, max_shard_size=max_shard_size)
+        (Path(folder) / "config.json").write_text(json.dumps(model.hf, indent=1))
