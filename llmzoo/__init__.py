@@ -1,9 +1,13 @@
 """llmzoo: published LLM architectures from config, as plain PyTorch modules, proved against the reference."""
 
 from .builder import build
+from .cache import StaticCache
 from .config import ModelConfig, load_config
+from .generation import generate, stream
+from .hf import from_pretrained, save_pretrained
 from .model import CausalLM
 from .params import ParamCount, count_params, kv_cache_bytes
+from .parity import parity, verify
 from .registry import register
 from .scaling import scale_down
 from .zoo import get_config, list_models
@@ -12,13 +16,20 @@ __all__ = [
     "CausalLM",
     "ModelConfig",
     "ParamCount",
+    "StaticCache",
     "build",
     "count_params",
+    "from_pretrained",
+    "generate",
     "get_config",
     "kv_cache_bytes",
     "list_models",
     "load_config",
+    "parity",
     "register",
+    "save_pretrained",
     "scale_down",
+    "stream",
+    "verify",
 ]
 __version__ = "0.1.0"

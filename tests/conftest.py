@@ -1,0 +1,43 @@
+"""Shared test helpers: loud seeded re-initialisation and tiny sharded reference checkpoints.
+
+Generic on purpose: any HF adapter (llmzoo/hf/<type>.py) gets its tiny reference from
+`adapter.tiny_hf_config()` / `adapter.reference()`, so these helpers need no per-type code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmzoo.parity import loud_init_, shard_size_for, tiny_reference
+
+
+@pytest.fixture
+def loud():
+    """loud_init_(module, seed): re-draw every parameter loudly (see llmzoo.parity.loud_init_)."""
+    return loud_init_
+
+
+def save_tiny_checkpoint(model_type: str, folder: Path, seed: int = 0, n_shards: int = 4) -> torch.nn.Module:
+    """Build the adapter's tiny reference (loud, seeded), save it sharded into ~n_shards safetensors."""
+    from llmzoo.hf import get_adapter
+
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    ref = tiny_reference(model_type, seed)
+    get_adapter(model_type).save_reference(ref, str(folder), shard_size_for(ref, n_shards))
+    return ref
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """tiny_checkpoint(model_type, seed=0) -> (folder, reference model) with ≥ 3 safetensors shards."""
+
+    def make(model_type: str, seed: int = 0, name: str = "ckpt"):
+        folder = tmp_path / f"{name}-{model_type}-{seed}"
+        ref = save_tiny_checkpoint(model_type, folder, seed)
+        return folder, ref
+
+    return make

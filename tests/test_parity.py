@@ -1,0 +1,97 @@
+"""Logits vs the reference implementation, one test for all supported model types."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import time
+
+import pytest
+import torch
+
+import llmzoo
+from llmzoo.hf import supported_model_types
+from llmzoo.parity import _logits, make_batch, parity, verify
+
+TYPES = supported_model_types()
+SEQ = 24  # longer than every tiny config's sliding window (mistral: 8)
+
+
+def masked_max_delta(ours, ref, ids, mask):
+    with torch.no_grad():
+        a = ours(ids, attention_mask=mask).float()
+        b = _logits(ref(input_ids=ids, attention_mask=mask)).float()
+    keep = mask.bool()
+    return float((a[keep] - b[keep]).abs().max()), float(b[keep].abs().max())
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_logits_match_reference_fp32(model_type, tiny_checkpoint):
+    folder, ref = tiny_checkpoint(model_type)
+    assert len(list(folder.glob("*.safetensors"))) >= 3
+    ours = llmzoo.from_pretrained(folder)
+    windows = [b.attention.window for b in ours.config.blocks if getattr(b.attention, "window", None)]
+    assert all(SEQ > w for w in windows)
+    ids, mask = make_batch(ours.config.vocab_size, SEQ, pad=5, seed=1)
+    delta, scale = masked_max_delta(ours, ref, ids, mask)
+    assert scale > 1.0  # loud weights: logits far from zero, so 1e-4 is a real bound
+    assert delta <= 1e-4, f"{model_type}: max|Δlogits| {delta:.3g}"
+
+
+# bf16 bound (stated): both sides round every activation to 8 mantissa bits, so we allow
+# max|Δlogits| ≤ 6% of max|logits| and ≥ 90% top-1 agreement; fp32 above is the exact check.
+@pytest.mark.parametrize("model_type", TYPES)
+def test_logits_match_reference_bf16(model_type, tiny_checkpoint):
+    folder, ref = tiny_checkpoint(model_type)
+    report = parity(folder, "bfloat16", reference=ref, seed=2)
+    assert report.dtype == "bfloat16"
+    assert report.passed, str(report)
+    assert report.top1 >= 0.9, str(report)
+
+
+def test_parity_report_fields(tiny_checkpoint):
+    folder, ref = tiny_checkpoint("llama")
+    report = parity(folder)
+    assert report.passed and report.first_divergence is None
+    assert report.max_abs <= 1e-4 and report.top1 == 1.0 and abs(report.kl) < 1e-6
+    names = [n for n, _ in report.boundaries]
+    assert names[0] == "embed" and "blocks.2.attn" in names and "blocks.2.mlp" in names and "final_norm" in names
+    assert "PASS" in str(report)
+
+
+def test_broken_rope_layout_is_located(tiny_checkpoint):
+    """RoPE pairs (i, i + d/2) swapped for interleaved (2i, 2i+1) in layer 1 only: parity must fail
+    and name layer 1's attention as the first divergence."""
+    folder, ref = tiny_checkpoint("llama")
+    ours = llmzoo.from_pretrained(folder)
+    attn = ours.blocks[1].attn
+    forward = attn.forward
+    attn.forward = lambda x, ctx: forward(x, dataclasses.replace(ctx, rope_layout="interleaved", _masks={}))
+    report = parity(model=ours, reference=ref)
+    assert not report.passed
+    d = report.first_divergence
+    assert (d.layer, d.sublayer, d.module) == (1, "attention", "blocks.1.attn"), str(report)
+    assert d.delta > 1e-2
+    assert dict(report.boundaries)["blocks.0.mlp"] < 1e-5  # layers before it still agree
+    assert "layer 1 attention" in str(report)
+
+
+def test_broken_mlp_is_located(tiny_checkpoint):
+    folder, ref = tiny_checkpoint("qwen2")
+    ours = llmzoo.from_pretrained(folder)
+    with torch.no_grad():
+        ours.blocks[2].mlp.down.weight[0, 0] += 1.0
+    d = parity(model=ours, reference=ref).first_divergence
+    assert (d.layer, d.sublayer) == (2, "MLP")
+
+
+def test_verify_all_families_fast():
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    reports = verify(file=out)
+    elapsed = time.perf_counter() - t0
+    table = out.getvalue()
+    assert [r.model_type for r in reports] == TYPES
+    assert all(r.passed for r in reports), table
+    assert all(mt in table for mt in TYPES) and "FAIL" not in table
+    assert elapsed < 45, f"verify took {elapsed:.1f}s"
