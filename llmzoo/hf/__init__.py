@@ -35,7 +35,26 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .adapter import Adapter
 
-ADAPTER_MODULES = ["llama", "mistral", "qwen2", "gemma", "t5", "deepseek", "mixtral", "chatglm"]
+ADAPTER_MODULES = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "gemma",
+    "t5",
+    "deepseek",
+    "mixtral",
+    "chatglm",
+    "internlm2",
+    "baichuan",
+    "gpt2",
+    "gpt_neo",
+    "bloom",
+    "opt",
+    "gpt_neox",
+    "falcon",
+    "mpt",
+    "gptj",
+]
 
 _ADAPTERS: dict[str, "Adapter"] = {}
 _ALIASES: dict[str, str] = {}

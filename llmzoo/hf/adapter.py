@@ -219,3 +219,30 @@ def closest_zoo_entry(config: ModelConfig) -> tuple[str | None, list[str]]:
         if best is None or len(diff) < len(best[1]):
             best = (name, diff)
     return best if best else (None, [])
+
+
+class RemoteCodeAdapter(Adapter):
+    """An adapter for a type with no transformers class: `reference(hf_config)` returns a small
+    nn.Module written from the published modeling file, parameter names equal to the checkpoint's."""
+
+    remote_code = True
+
+    def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
+        from .loader import _read_file, checkpoint_index, read_hf_config
+
+        from pathlib import Path
+
+        model = self.reference(read_hf_config(Path(folder)))
+        infos = checkpoint_index(Path(folder))
+        by_file: dict = {}
+        for name, info in infos.items():
+            by_file.setdefault(info.file, []).append(name)
+        state = {n: t for path, names in by_file.items() for n, t in _read_file(path, names)}
+        model.load_state_dict(state, strict=True)
+        return model.to(dtype).eval()
+
+    def save_reference(self, model: nn.Module, folder: str, max_shard_size: str | int) -> None:
+        from .export import write_reference_checkpoint
+
+        write_reference_checkpoint(folder, {"model_type": self.model_type, **model.hf_config},
+                                   model.state_dict(), max_shard_size)

@@ -1,0 +1,233 @@
+"""Independent reference forwards for remote-code model types (no transformers class).
+
+Written from the published modeling files' equations (internlm/internlm2-7b modeling_internlm2.py,
+baichuan-inc/Baichuan2-{7B,13B}-Base modeling_baichuan.py), with parameter names equal to the
+checkpoint's, and deliberately sharing no code with llmzoo's modules: these are what llmzoo is
+checked against. Eager attention in fp32 softmax, right padding, positions 0..T-1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RefRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
+
+
+def rotate_half_rope(x: Tensor, theta: float) -> Tensor:
+    """LLaMA-style rotary on (B, H, T, D): pairs (i, i + D/2), angle t / theta^(2i/D)."""
+    T, D = x.shape[-2], x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D)
+    ang = torch.outer(torch.arange(T, dtype=torch.float32), inv)
+    emb = torch.cat([ang, ang], dim=-1)
+    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, bias: Tensor | None = None) -> Tensor:
+    """softmax(q kᵀ / sqrt(d) + bias, masked) v; q (B, H, T, D), k/v (B, H, T, D), mask (B, 1, T, T) bool."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return F.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+def causal_padding_mask(attention_mask: Tensor) -> Tensor:
+    T = attention_mask.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    return causal[None, None] & attention_mask.bool()[:, None, None, :]
+
+
+def _logits_of(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    return input_ids, causal_padding_mask(attention_mask)
+
+
+# ------------------------------------------------------------------------------ InternLM2
+
+
+class _InternLM2Attention(nn.Module):
+    def __init__(self, c: dict[str, Any]):
+        super().__init__()
+        d, self.h, self.kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
+        self.dh = d // self.h
+        bias = c.get("bias", True)
+        self.wqkv = nn.Linear(d, (self.h + 2 * self.kv) * self.dh, bias=bias)
+        self.wo = nn.Linear(self.h * self.dh, d, bias=bias)
+        self.theta = c.get("rope_theta", 10000.0)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        g = self.h // self.kv
+        qkv = self.wqkv(x).view(B, T, self.kv, g + 2, self.dh)  # per KV group: g queries, then k, then v
+        q = qkv[..., :g, :].reshape(B, T, self.h, self.dh).transpose(1, 2)
+        k = qkv[..., -2, :].transpose(1, 2)
+        v = qkv[..., -1, :].transpose(1, 2)
+        q, k = rotate_half_rope(q, self.theta), rotate_half_rope(k, self.theta)
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        y = eager_attention(q, k, v, mask)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class _InternLM2FFN(nn.Module):
+    def __init__(self, c: dict[str, Any]):
+        super().__init__()
+        d, f = c["hidden_size"], c["intermediate_size"]
+        self.w1, self.w3 = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False)
+        self.w2 = nn.Linear(f, d, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class _InternLM2Layer(nn.Module):
+    def __init__(self, c: dict[str, Any]):
+        super().__init__()
+        self.attention_norm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
+        self.attention = _InternLM2Attention(c)
+        self.ffn_norm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
+        self.feed_forward = _InternLM2FFN(c)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), mask)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class _InternLM2Body(nn.Module):
+    def __init__(self, c: dict[str, Any]):
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(c["vocab_size"], c["hidden_size"])
+        self.layers = nn.ModuleList(_InternLM2Layer(c) for _ in range(c["num_hidden_layers"]))
+        self.norm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
+
+
+class InternLM2Reference(nn.Module):
+    """InternLM2ForCausalLM's forward: tok_embeddings → layers (RMSNorm, fused-wqkv GQA with rotary,
+    SwiGLU w2(silu(w1 x) · w3 x)) → norm → output."""
+
+    def __init__(self, hf_config: dict[str, Any]):
+        super().__init__()
+        if hf_config.get("rope_scaling"):
+            raise ValueError("InternLM2Reference implements unscaled rotary only")
+        self.hf_config = dict(hf_config)
+        self.model = _InternLM2Body(hf_config)
+        self.output = nn.Linear(hf_config["hidden_size"], hf_config["vocab_size"], bias=False)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        ids, mask = _logits_of(self, input_ids, attention_mask)
+        x = self.model.tok_embeddings(ids)
+        for layer in self.model.layers:
+            x = layer(x, mask)
+        return self.output(self.model.norm(x))
+
+
+# ------------------------------------------------------------------------------ Baichuan
+
+
+def baichuan_alibi_slopes(n: int) -> Tensor:
+    """Baichuan-13B's `_get_interleave`: 2^(-8h/n) for a power of two n, else the closest lower
+    power's slopes followed by every other slope of twice that many heads."""
+    def power_of_2(m: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(m) - 3)))
+        return [start * start**i for i in range(m)]
+
+    if math.log2(n).is_integer():
+        return torch.tensor(power_of_2(n))
+    p = 2 ** math.floor(math.log2(n))
+    return torch.tensor(power_of_2(p) + baichuan_alibi_slopes(2 * p).tolist()[0::2][: n - p])
+
+
+class _BaichuanAttention(nn.Module):
+    def __init__(self, c: dict[str, Any], alibi: bool):
+        super().__init__()
+        d, self.h = c["hidden_size"], c["num_attention_heads"]
+        self.dh, self.d, self.alibi = d // self.h, d, alibi
+        self.W_pack = nn.Linear(d, 3 * d, bias=False)  # [q; k; v] along the output dim
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = (t.view(B, T, self.h, self.dh).transpose(1, 2) for t in self.W_pack(x).split(self.d, dim=-1))
+        bias = None
+        if self.alibi:  # the published mask adds slope_h · j (key index); per row it equals slope_h · (j - i)
+            bias = baichuan_alibi_slopes(self.h)[None, :, None, None] * torch.arange(T, dtype=torch.float32)
+        else:
+            q, k = rotate_half_rope(q, 10000.0), rotate_half_rope(k, 10000.0)
+        y = eager_attention(q, k, v, mask, bias)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.d))
+
+
+class _BaichuanMLP(nn.Module):
+    def __init__(self, c: dict[str, Any]):
+        super().__init__()
+        d, f = c["hidden_size"], c["intermediate_size"]
+        self.gate_proj, self.up_proj = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False)
+        self.down_proj = nn.Linear(f, d, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _BaichuanLayer(nn.Module):
+    def __init__(self, c: dict[str, Any], alibi: bool):
+        super().__init__()
+        self.input_layernorm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
+        self.self_attn = _BaichuanAttention(c, alibi)
+        self.post_attention_layernorm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
+        self.mlp = _BaichuanMLP(c)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class _BaichuanBody(nn.Module):
+    def __init__(self, c: dict[str, Any], alibi: bool):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
+        self.layers = nn.ModuleList(_BaichuanLayer(c, alibi) for _ in range(c["num_hidden_layers"]))
+        self.norm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
+
+
+class _NormHead(nn.Module):
+    def __init__(self, d: int, vocab: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab, d))
+        nn.init.normal_(self.weight, std=d**-0.5)
+
+    def forward(self, x: Tensor) -> Tensor:  # Baichuan 2 NormHead: rows L2-normalised before the product
+        return F.linear(x, F.normalize(self.weight))
+
+
+class BaichuanReference(nn.Module):
+    """BaichuanForCausalLM (Baichuan 2): W_pack fused q/k/v, SwiGLU, RMSNorm, NormHead; ALiBi when
+    `alibi` (13B), rotary base 10000 otherwise (7B)."""
+
+    def __init__(self, hf_config: dict[str, Any], alibi: bool):
+        super().__init__()
+        self.hf_config = dict(hf_config)
+        self.model = _BaichuanBody(hf_config, alibi)
+        self.lm_head = _NormHead(hf_config["hidden_size"], hf_config["vocab_size"])
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        ids, mask = _logits_of(self, input_ids, attention_mask)
+        x = self.model.embed_tokens(ids)
+        for layer in self.model.layers:
+            x = layer(x, mask)
+        return self.lm_head(self.model.norm(x))
