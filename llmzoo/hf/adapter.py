@@ -160,6 +160,8 @@ def rope_from_hf(hf: dict[str, Any], default_theta: float = 10000.0) -> dict[str
 
 def rope_to_hf(position: Any) -> dict[str, Any]:
     """The hub dialect (rope_theta + rope_scaling with both `type` and `rope_type`): transformers 4 and 5 read it."""
+    if position.type != "rope":
+        return {}
     out: dict[str, Any] = {"rope_theta": position.theta, "rope_scaling": None}
     s = position.scaling
     if s is None:

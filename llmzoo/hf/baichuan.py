@@ -52,7 +52,7 @@ class BaichuanAdapter(RemoteCodeAdapter):
             raise ValueError("baichuan's rotary has base 10000 and no scaling")
         out = llama_like_hf(config)
         for key in ("head_dim", "num_key_value_heads", "rope_theta", "rope_scaling"):
-            out.pop(key)
+            out.pop(key, None)
         out["model_max_length"] = config.max_seq_len
         if pos.type == "alibi":
             out.pop("max_position_embeddings")
