@@ -44,8 +44,6 @@ ADAPTER_MODULES = [
     "deepseek",
     "mixtral",
     "chatglm",
-    "internlm2",
-    "baichuan",
     "gpt2",
     "gpt_neo",
     "bloom",

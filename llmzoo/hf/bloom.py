@@ -1,0 +1,101 @@
+"""BLOOM (`model_type: bloom`, BigScience, arXiv:2211.05100).
+
+ALiBi instead of position embeddings (slopes for non-power-of-two head counts as in the paper),
+LayerNorm right after the word embedding, pre-LN blocks, tanh-GELU MLP of 4·d_model, biases
+everywhere, tied head. `query_key_value` is fused per head: rows are [q_h; k_h; v_h] for each head h
+in turn. The published checkpoints were saved from BloomModel (no `transformer.` prefix); a fresh
+`save_pretrained` of BloomForCausalLM writes it: both load, export writes the prefixed one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ModelConfig
+from . import register_adapter
+from .adapter import Adapter, clean_name, require
+from .rules import IGNORE, Rule, SplitInterleavedQKV
+
+
+def bloom_rules(p: str, qkv: SplitInterleavedQKV, variant: bool) -> list[Rule]:
+    def R(hf: str, ours: str | None, *t: Any) -> Rule:
+        return Rule(p + hf, ours, *t, variant=variant)
+
+    return [  # hf tensor (after the prefix)                     llmzoo tensor                        transforms
+        R("word_embeddings.weight",                              "embed.weight"),
+        R("word_embeddings_layernorm.weight",                    "embed_norm.weight"),
+        R("word_embeddings_layernorm.bias",                      "embed_norm.bias"),
+        R("h.{i}.input_layernorm.weight",                        "blocks.{i}.attn_norm.weight"),
+        R("h.{i}.input_layernorm.bias",                          "blocks.{i}.attn_norm.bias"),
+        R("h.{i}.self_attention.query_key_value.weight",         "blocks.{i}.attn.{q,k,v}.weight",    qkv),
+        R("h.{i}.self_attention.query_key_value.bias",           "blocks.{i}.attn.{q,k,v}.bias",      qkv),
+        R("h.{i}.self_attention.dense.weight",                   "blocks.{i}.attn.o.weight"),
+        R("h.{i}.self_attention.dense.bias",                     "blocks.{i}.attn.o.bias"),
+        R("h.{i}.post_attention_layernorm.weight",               "blocks.{i}.mlp_norm.weight"),
+        R("h.{i}.post_attention_layernorm.bias",                 "blocks.{i}.mlp_norm.bias"),
+        R("h.{i}.mlp.dense_h_to_4h.weight",                      "blocks.{i}.mlp.up.weight"),
+        R("h.{i}.mlp.dense_h_to_4h.bias",                        "blocks.{i}.mlp.up.bias"),
+        R("h.{i}.mlp.dense_4h_to_h.weight",                      "blocks.{i}.mlp.down.weight"),
+        R("h.{i}.mlp.dense_4h_to_h.bias",                        "blocks.{i}.mlp.down.bias"),
+        R("ln_f.weight",                                         "final_norm.weight"),
+        R("ln_f.bias",                                           "final_norm.bias"),
+    ]
+
+
+@register_adapter
+class BloomAdapter(Adapter):
+    model_type = "bloom"
+    families = ("bloom",)
+
+    def to_config(self, hf: dict[str, Any]) -> ModelConfig:
+        if hf.get("apply_residual_connection_post_layernorm"):
+            raise ValueError("apply_residual_connection_post_layernorm: true (residual taken after the norm) "
+                             "is not supported; every published BLOOM has false")
+        d = int(hf.get("hidden_size") or require(hf, "n_embed"))
+        n_heads = int(hf.get("n_head") or require(hf, "num_attention_heads"))
+        norm = {"type": "layernorm", "eps": float(hf.get("layer_norm_epsilon", 1e-5)), "bias": True}
+        return ModelConfig.model_validate({
+            "name": clean_name(hf, "bloom"),
+            "family": "bloom",
+            "vocab_size": int(require(hf, "vocab_size")),
+            "d_model": d,
+            "n_layers": int(hf.get("n_layer") or require(hf, "num_hidden_layers")),
+            # ALiBi has no position table; BLOOM trained at 2048 tokens (config.json's seq_length)
+            "max_seq_len": int(hf.get("seq_length") or 2048),
+            "position": {"type": "alibi", "max_bias": 8.0},
+            "embedding": {"norm": norm},
+            "block": {
+                "placement": "pre",
+                "norm": norm,
+                "attention": {"type": "mha", "n_heads": n_heads, "head_dim": d // n_heads, "qkv_bias": True,
+                              "o_bias": True},
+                "mlp": {"type": "mlp", "d_ff": 4 * d, "activation": "gelu_tanh", "bias": True},
+            },
+            "final_norm": norm,
+            "head": {"tied": bool(hf.get("tie_word_embeddings", True))},
+        })
+
+    def from_config(self, config: ModelConfig) -> dict[str, Any]:
+        a = config.block.attention
+        return {
+            "architectures": ["BloomForCausalLM"],
+            "vocab_size": config.vocab_size,
+            "hidden_size": config.d_model,
+            "n_layer": config.n_layers,
+            "n_head": a.n_heads,
+            "layer_norm_epsilon": config.block.norm.eps,
+            "seq_length": config.max_seq_len,
+            "apply_residual_connection_post_layernorm": False,
+            "tie_word_embeddings": config.head.tied,
+        }
+
+    def rules(self, config: ModelConfig) -> list[Rule]:
+        a = config.block.attention
+        qkv = SplitInterleavedQKV(a.n_heads, a.n_heads, a.head_dim)  # per head [q, k, v]
+        head = [Rule("lm_head.weight", IGNORE if config.head.tied else "head.weight")]
+        return bloom_rules("transformer.", qkv, variant=False) + bloom_rules("", qkv, variant=True) + head
+
+    def tiny_hf_config(self) -> dict[str, Any]:
+        # 6 heads: not a power of two, so the interleaved ALiBi slopes are exercised
+        return {"model_type": "bloom", "vocab_size": 96, "hidden_size": 48, "n_layer": 3, "n_head": 6,
+                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}

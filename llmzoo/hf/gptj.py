@@ -1,0 +1,95 @@
+"""GPT-J (`model_type: gptj`, Wang & Komatsuzaki 2021): the parallel block PaLM later adopted.
+
+Attention and MLP read one shared LayerNorm and add to the residual together; rotary positions on
+the first `rotary_dim` dims of each head in the interleaved pairing (2i, 2i+1); q/k/v/out without
+bias, MLP with bias, tanh-GELU; an untied head with a bias. The published checkpoint keeps the
+causal-mask buffers `attn.bias` / `attn.masked_bias`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ModelConfig
+from . import register_adapter
+from .adapter import Adapter, activation_name, clean_name, require
+from .gpt2 import HF_ACT
+from .rules import IGNORE, Rule
+
+GPTJ = [  # hf tensor                                       llmzoo tensor
+    Rule("transformer.wte.weight",                          "embed.weight"),
+    Rule("transformer.h.{i}.ln_1.weight",                   "blocks.{i}.attn_norm.weight"),
+    Rule("transformer.h.{i}.ln_1.bias",                     "blocks.{i}.attn_norm.bias"),
+    Rule("transformer.h.{i}.attn.{q,k,v}_proj.weight",      "blocks.{i}.attn.{q,k,v}.weight"),
+    Rule("transformer.h.{i}.attn.out_proj.weight",          "blocks.{i}.attn.o.weight"),
+    Rule("transformer.h.{i}.attn.bias",                     IGNORE),  # causal-mask buffers of the release
+    Rule("transformer.h.{i}.attn.masked_bias",              IGNORE),
+    Rule("transformer.h.{i}.mlp.fc_in.weight",              "blocks.{i}.mlp.up.weight"),
+    Rule("transformer.h.{i}.mlp.fc_in.bias",                "blocks.{i}.mlp.up.bias"),
+    Rule("transformer.h.{i}.mlp.fc_out.weight",             "blocks.{i}.mlp.down.weight"),
+    Rule("transformer.h.{i}.mlp.fc_out.bias",               "blocks.{i}.mlp.down.bias"),
+    Rule("transformer.ln_f.weight",                         "final_norm.weight"),
+    Rule("transformer.ln_f.bias",                           "final_norm.bias"),
+]
+
+
+@register_adapter
+class GPTJAdapter(Adapter):
+    model_type = "gptj"
+    families = ("gpt-j",)
+
+    def to_config(self, hf: dict[str, Any]) -> ModelConfig:
+        d, n_heads = int(require(hf, "n_embd")), int(require(hf, "n_head"))
+        head_dim = d // n_heads
+        rotary = int(hf.get("rotary_dim") or head_dim)
+        norm = {"type": "layernorm", "eps": float(hf.get("layer_norm_epsilon", 1e-5)), "bias": True}
+        return ModelConfig.model_validate({
+            "name": clean_name(hf, "gpt-j"),
+            "family": "gpt-j",
+            "vocab_size": int(require(hf, "vocab_size")),
+            "d_model": d,
+            "n_layers": int(require(hf, "n_layer")),
+            "max_seq_len": int(hf.get("n_positions", 2048)),
+            "position": {"type": "rope", "theta": 10000.0, "fraction": rotary / head_dim, "layout": "interleaved"},
+            "block": {
+                "placement": "pre",
+                "parallel": "shared_norm",
+                "norm": norm,
+                "attention": {"type": "mha", "n_heads": n_heads, "head_dim": head_dim, "qkv_bias": False,
+                              "o_bias": False},
+                "mlp": {"type": "mlp", "d_ff": int(hf.get("n_inner") or 4 * d), "bias": True,
+                        "activation": activation_name(hf.get("activation_function", "gelu_new"),
+                                                      "activation_function")},
+            },
+            "final_norm": norm,
+            "head": {"tied": bool(hf.get("tie_word_embeddings", False)), "bias": True},
+        })
+
+    def from_config(self, config: ModelConfig) -> dict[str, Any]:
+        b, a = config.block, config.block.attention
+        return {
+            "architectures": ["GPTJForCausalLM"],
+            "vocab_size": config.vocab_size,
+            "n_embd": config.d_model,
+            "n_layer": config.n_layers,
+            "n_head": a.n_heads,
+            "n_positions": config.max_seq_len,
+            "rotary_dim": config.rotary_dim,
+            "n_inner": b.mlp.d_ff,
+            "activation_function": HF_ACT.get(b.mlp.activation, b.mlp.activation),
+            "layer_norm_epsilon": b.norm.eps,
+            "tie_word_embeddings": config.head.tied,
+        }
+
+    def rules(self, config: ModelConfig) -> list[Rule]:
+        tied = config.head.tied
+        return GPTJ + [
+            Rule("lm_head.weight", IGNORE if tied else "head.weight"),
+            Rule("lm_head.bias", "head_bias" if tied else "head.bias"),
+        ]
+
+    def tiny_hf_config(self) -> dict[str, Any]:
+        # rotary on 4 of 16 dims per head (GPT-J-6B: 64 of 256), untied head with bias
+        return {"model_type": "gptj", "vocab_size": 96, "n_embd": 64, "n_layer": 3, "n_head": 4,
+                "rotary_dim": 4, "n_positions": 64, "n_inner": 96, "activation_function": "gelu_new",
+                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": False}
