@@ -44,6 +44,8 @@ ADAPTER_MODULES = [
     "deepseek",
     "mixtral",
     "chatglm",
+    "internlm2",
+    "baichuan",
     "gpt2",
     "gpt_neo",
     "bloom",
