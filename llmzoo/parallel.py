@@ -1,0 +1,329 @@
+"""Sharding llmzoo models with PyTorch's own distributed stack: tensor, fully sharded and expert parallel.
+
+    mesh  = make_mesh(dp=2, tp=4)                      # DeviceMesh with dims ("dp", "tp")
+    model = llmzoo.build("llama-2-70b", device="meta")
+    parallelize(model, mesh, tp="tp", fsdp="dp")       # DTensor plans + FSDP2, still on meta
+    init_sharded(model, seed=0)                        # or load_hf_sharded(model, folder)
+
+Tensor parallelism (Megatron-LM, Shoeybi et al., arXiv:1909.08053) uses DTensor through
+`parallelize_module`; each component states its own plan in a `tp_plan` method (Attention, MLAttention,
+MLP, GLU, MoE, CausalLM), so nothing here knows a family. FSDP2 (`fully_shard`) wraps every block,
+then the root. Expert parallelism splits the stacked (E, ·, ·) routed experts across the tensor-parallel
+ranks; the tokens are already replicated there, so each rank runs the tokens routed to its experts and
+one all-reduce combines them (no all-to-all needed when the EP group is the TP group).
+
+Initialisation and loading never materialise a whole tensor on a rank: `init_sharded` draws each
+tensor in fixed row blocks seeded by (seed, name, block), so the values do not depend on the world size;
+`load_hf_sharded` reads only each rank's slice of every checkpoint tensor (`safe_open(...).get_slice`),
+through the adapter's rules and their transforms' `lazy` forms (llmzoo.hf.rules).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    PrepareModuleOutput,
+    RowwiseParallel,
+    parallelize_module,
+)
+
+__all__ = [
+    "ColwiseParallel",
+    "ExpertShards",
+    "ReplicatedHeads",
+    "RowwiseParallel",
+    "head_split",
+    "init_sharded",
+    "local_config",
+    "make_mesh",
+    "parallelize",
+    "sharded_cache",
+]
+
+
+# ------------------------------------------------------------------------------ meshes
+
+
+def make_mesh(dp: int = 1, tp: int = 1, device: str = "cpu") -> DeviceMesh:
+    """A (dp, tp) DeviceMesh over the default process group (world size must equal dp × tp)."""
+    world = dist.get_world_size()
+    if dp * tp != world:
+        raise ValueError(f"dp ({dp}) × tp ({tp}) = {dp * tp} does not equal the world size {world}")
+    return init_device_mesh(device, (dp, tp), mesh_dim_names=("dp", "tp"))
+
+
+def head_split(n_heads: int, n_kv_heads: int, tp: int, where: str = "attention") -> tuple[int, int]:
+    """(query heads, KV heads) per rank: heads split evenly; with fewer KV heads than ranks
+    (MQA, GQA with n_kv_heads < tp) every rank keeps the one KV head its queries share."""
+    if n_heads % tp:
+        raise ValueError(f"{where}: n_heads ({n_heads}) is not divisible by tp ({tp})")
+    if n_kv_heads % tp and tp % n_kv_heads:
+        raise ValueError(f"{where}: n_kv_heads ({n_kv_heads}) neither divides nor is a multiple of tp ({tp})")
+    return n_heads // tp, max(1, n_kv_heads // tp)
+
+
+# ------------------------------------------------------------------------------ parallel styles
+
+
+class ReplicatedHeads(ParallelStyle):
+    """K or V projection with fewer heads than ranks: the weight stays whole (Replicate) on every rank,
+    which keeps only the columns of the KV head its query heads share (GQA grouping h // (H / KV))."""
+
+    def __init__(self, n_kv_heads: int, head_dim: int):
+        super().__init__()
+        self.n_kv_heads, self.head_dim = n_kv_heads, head_dim
+
+    def _apply(self, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
+        tp, rank = mesh.size(), mesh.get_local_rank()
+        kv = rank // (tp // self.n_kv_heads)  # the KV head of this rank's query heads
+        cols = slice(kv * self.head_dim, (kv + 1) * self.head_dim)
+
+        def partition(name: str, mod: nn.Module, mesh: DeviceMesh) -> None:
+            for n, p in list(mod.named_parameters(recurse=False)):
+                mod.register_parameter(n, nn.Parameter(distribute_tensor(p, mesh, [Replicate()]), p.requires_grad))
+
+        def inputs(mod: nn.Module, args: tuple, mesh: DeviceMesh) -> tuple:
+            (x,) = args
+            return (DTensor.from_local(x, mesh, [Replicate()], run_check=False),)
+
+        def outputs(mod: nn.Module, out: DTensor, mesh: DeviceMesh) -> Tensor:
+            # each rank's gradient covers its own head only: the weight's gradient is their sum
+            return out.to_local(grad_placements=[Partial()])[..., cols]
+
+        return distribute_module(module, mesh, partition, inputs, outputs)
+
+
+class ExpertShards(ParallelStyle):
+    """Stacked routed experts (E, ·, ·) across the tensor-parallel ranks, whose tokens are replicated.
+
+    ep=True: expert parallel, experts split on dim 0 (E / tp each); routes to other ranks' experts
+    are skipped here. ep=False: each expert's inner dim split (gate/up rows, down columns), the
+    Megatron MLP split applied per expert. Either way every rank holds a partial sum of the routed
+    output, reduced with one all-reduce."""
+
+    def __init__(self, ep: bool):
+        super().__init__()
+        self.ep = ep
+
+    def _apply(self, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
+        tp, rank = mesh.size(), mesh.get_local_rank()
+        n_experts = module.gate.shape[0]
+        if self.ep and n_experts % tp:
+            raise ValueError(f"expert parallel: n_experts ({n_experts}) is not divisible by tp ({tp})")
+        local = n_experts // tp
+        dims = {"gate": 0, "up": 0, "down": 0} if self.ep else {"gate": 1, "up": 1, "down": 2}
+
+        def partition(name: str, mod: nn.Module, mesh: DeviceMesh) -> None:
+            if mod is not module:
+                return
+            for n, d in dims.items():
+                p = getattr(mod, n)
+                mod.register_parameter(n, nn.Parameter(distribute_tensor(p, mesh, [Shard(d)]), p.requires_grad))
+
+        def inputs(mod: nn.Module, args: tuple, mesh: DeviceMesh) -> tuple:
+            x, weights, experts = args
+            if self.ep:  # global expert ids → this rank's; others past the end, which Experts skips
+                experts = experts - rank * local
+                experts = experts.masked_fill((experts < 0) | (experts >= local), local)
+            return x, weights, experts
+
+        def outputs(mod: nn.Module, out: Tensor, mesh: DeviceMesh) -> Tensor:
+            return DTensor.from_local(out, mesh, [Partial()], run_check=False).redistribute(mesh, [Replicate()]).to_local()
+
+        return distribute_module(module, mesh, partition, inputs, outputs)
+
+
+# ------------------------------------------------------------------------------ parallelize
+
+
+def _dim_mesh(mesh: DeviceMesh, dim: str | None) -> DeviceMesh | None:
+    if dim is None:
+        return None
+    if mesh.mesh_dim_names is None or dim not in mesh.mesh_dim_names:
+        raise ValueError(f"mesh has no dimension {dim!r} (dims: {mesh.mesh_dim_names})")
+    return mesh[dim] if mesh.ndim > 1 else mesh
+
+
+def parallelize(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    *,
+    tp: str | None = "tp",
+    fsdp: str | None = "dp",
+    ep: bool = False,
+    reshard_after_forward: bool = True,
+) -> nn.Module:
+    """Shard a CausalLM in place (best on the meta device, before `init_sharded` / `load_hf_sharded`).
+
+    tp: mesh dimension for tensor parallelism (None: none); the plan is `model.tp_plan(tp_size, ep)`.
+    fsdp: mesh dimension for FSDP2 (`fully_shard` per block, then the root; None: none).
+    ep: split MoE routed experts across the tp ranks (expert parallel) instead of inside each expert."""
+    from torch.distributed.fsdp import fully_shard
+
+    tp_mesh, dp_mesh = _dim_mesh(mesh, tp), _dim_mesh(mesh, fsdp)
+    size = tp_mesh.size() if tp_mesh is not None else 1
+    model.parallel = {"tp": size, "tp_rank": tp_mesh.get_local_rank() if tp_mesh is not None else 0,
+                      "dp": dp_mesh.size() if dp_mesh is not None else 1, "ep": ep}
+    if tp_mesh is not None and size > 1:
+        parallelize_module(model, tp_mesh, model.tp_plan(size, ep=ep))
+        _localise_head_bias(model, size, tp_mesh.get_local_rank())
+        if model.head is None:  # tied head: logits = x · embed.weightᵀ with a vocab-parallel weight
+            _tied_vocab_parallel_head(model, tp_mesh)
+    if dp_mesh is not None:
+        for block in model.blocks:
+            fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def _localise_head_bias(model: nn.Module, tp: int, rank: int) -> None:
+    """A per-head position bias (ALiBi, T5 buckets) computed for every head, cut to this rank's heads."""
+    positions = model.positions
+    full = positions.bias
+
+    def bias(q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        b = full(q_pos, k_pos)
+        return None if b is None else b.chunk(tp, dim=1)[rank]  # (B, H / tp, T, S)
+
+    positions.bias = bias
+
+
+def _tied_vocab_parallel_head(model: nn.Module, mesh: DeviceMesh) -> None:
+    # the hidden state enters the tied projection as a replicated DTensor, the logits leave whole
+    parallelize_module(model, mesh, {"embed_out": PrepareModuleOutput(
+        output_layouts=Replicate(), desired_output_layouts=Replicate(), use_local_output=False)})
+    if getattr(model, "head_bias", None) is not None:
+        model.head_bias = nn.Parameter(distribute_tensor(model.head_bias, mesh, [Shard(0)]))
+
+    def whole(mod: nn.Module, args: Any, out: Any) -> Any:
+        return out.full_tensor() if isinstance(out, DTensor) else out
+
+    model.register_forward_hook(whole)
+
+
+# ------------------------------------------------------------------------------ per-rank config
+
+
+def local_config(config, tp: int):
+    """The config as one tensor-parallel rank sees its attention: per-rank query and KV heads (MLA's
+    latent stays whole). Used to size a rank's KV cache (StaticCache, kv_cache_bytes)."""
+    blocks = []
+    for i, b in enumerate(config.blocks):
+        a = b.attention
+        if hasattr(a, "kv_lora_rank"):
+            if a.n_heads % tp:
+                raise ValueError(f"blocks.{i}.attention: n_heads ({a.n_heads}) is not divisible by tp ({tp})")
+            a = a.model_copy(update={"n_heads": a.n_heads // tp})
+        else:
+            h, kv = head_split(a.n_heads, a.n_kv_heads, tp, f"blocks.{i}.attention")
+            a = a.model_copy(update={"n_heads": h, "n_kv_heads": kv})
+        blocks.append(b.model_copy(update={"attention": a}))
+    local = config.model_copy()
+    local._blocks = blocks
+    return local
+
+
+def sharded_cache(model: nn.Module, batch: int, max_len: int, **kw):
+    """A StaticCache holding this rank's KV heads (pass it to llmzoo.generate(..., cache=...))."""
+    from .cache import StaticCache
+
+    p = next(model.parameters())
+    kw.setdefault("dtype", p.dtype)
+    kw.setdefault("device", p.device)
+    tp = getattr(model, "parallel", {}).get("tp", 1)
+    return StaticCache(local_config(model.config, tp), batch, max_len, **kw)
+
+
+# ------------------------------------------------------------------------------ local regions
+
+
+def local_region(t: Tensor) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(global shape, global offset, local shape) of the block of `t` this rank holds."""
+    if isinstance(t, DTensor):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+        return tuple(t.shape), tuple(offset), tuple(shape)
+    return tuple(t.shape), (0,) * t.dim(), tuple(t.shape)
+
+
+def _local(t: Tensor) -> Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+# ------------------------------------------------------------------------------ seeded init
+
+BLOCK_ELEMENTS = 1 << 16  # rows drawn together: a function of the tensor's shape only
+
+
+def _normal_block(seed: int, name: str, block: int, shape: tuple[int, ...], std: float) -> Tensor:
+    g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode()) * 65_537 + block) % (1 << 62))
+    return torch.empty(shape).normal_(0.0, std, generator=g)
+
+
+def normal_region(seed: int, name: str, shape: tuple[int, ...], offset: tuple[int, ...],
+                  local: tuple[int, ...], std: float) -> Tensor:
+    """The [offset, offset + local) block of the tensor N(0, std) of `shape` seeded by (seed, name):
+    rows are drawn in blocks of ≈BLOCK_ELEMENTS elements, each from its own generator, so any rank
+    draws only the row blocks it overlaps and every split of the tensor sees the same values."""
+    if len(shape) == 0:
+        return _normal_block(seed, name, 0, (), std)
+    row = math.prod(shape[1:])
+    per = max(1, BLOCK_ELEMENTS // max(row, 1))
+    lo, hi = offset[0], offset[0] + local[0]
+    parts = []
+    for b in range(lo // per, -(-hi // per) if hi > lo else lo // per):
+        r0, r1 = b * per, min((b + 1) * per, shape[0])
+        x = _normal_block(seed, name, b, (r1 - r0, *shape[1:]), std)
+        x = x[max(lo, r0) - r0 : min(hi, r1) - r0]
+        for d in range(1, len(shape)):
+            x = x.narrow(d, offset[d], local[d])
+        parts.append(x)
+    return torch.cat(parts) if parts else torch.empty(local)
+
+
+@torch.no_grad()
+def init_sharded(model: nn.Module, seed: int = 0, std: float = 0.02, device: str | torch.device = "cpu") -> nn.Module:
+    """Materialise a (parallelized, meta) model and initialise it as `llmzoo.builder.init_weights` does
+    (N(0, std) matrices, zero biases and buffers, unit norms, DeepNorm β), each rank drawing only its
+    slices: the result is the same for every world size and every tp/fsdp/ep split."""
+    from .builder import resolve_dtype  # noqa: F401  (same package; keeps import order light)
+    from .norms import LayerNorm, RMSNorm
+
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device=device)
+    beta = {}
+    for i, (block, spec) in enumerate(zip(getattr(model, "blocks", []), model.config.blocks)):
+        if spec.init_beta != 1.0:
+            for m in [getattr(block.attn, n) for n in ("v", "o") if hasattr(block.attn, n)] + list(block.mlp.modules()):
+                beta[id(m)] = spec.init_beta
+    for mname, module in model.named_modules():
+        norm = isinstance(module, (LayerNorm, RMSNorm))
+        for pname, p in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            dst = _local(p)
+            if norm and pname == "weight":
+                dst.fill_(1.0 - getattr(module, "offset", 0.0))
+            elif pname.endswith("bias") or norm:
+                dst.zero_()
+            else:
+                shape, offset, local = local_region(p)
+                dst.copy_(normal_region(seed, full, shape, offset, local, std) * beta.get(id(module), 1.0))
+        for _, b in module.named_buffers(recurse=False):
+            _local(b).zero_()
+    return model
+
+
+def param_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters this rank holds (its local shards)."""
+    return sum(_local(p).numel() * _local(p).element_size() for p in model.parameters())
