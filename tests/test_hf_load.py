@@ -1,0 +1,177 @@
+"""Loading and exporting checkpoints: round trips, sources (folder, file, hub cache, .bin), memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import llmzoo
+from llmzoo.hf import get_adapter, supported_model_types
+from llmzoo.parity import _logits, make_batch
+
+TYPES = supported_model_types()
+
+
+def read_all(folder):
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            out.update({k: h.get_tensor(k) for k in h.keys()})
+    return out
+
+
+def logits(model, ids, mask):
+    with torch.no_grad():
+        return _logits(model(input_ids=ids, attention_mask=mask) if not isinstance(model, llmzoo.CausalLM)
+                       else model(ids, attention_mask=mask))
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_reference_save_load_export_is_byte_identical(model_type, tiny_checkpoint, tmp_path):
+    folder, ref = tiny_checkpoint(model_type)
+    ours = llmzoo.from_pretrained(folder)
+    out = llmzoo.save_pretrained(ours, tmp_path / "export", max_shard_size="20KB")
+    assert len(list(out.glob("*.safetensors"))) >= 3
+    a, b = read_all(folder), read_all(out)
+    ignored = {n for n in a if n.endswith("inv_freq")}
+    assert set(a) - ignored == set(b)
+    for name in b:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        assert a[name].contiguous().view(torch.uint8).equal(b[name].view(torch.uint8)), name
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_export_loads_in_reference(model_type, tiny_checkpoint, tmp_path):
+    """llmzoo export → the reference implementation (transformers, or the published-code reference)
+    loads it → same logits."""
+    folder, _ = tiny_checkpoint(model_type)
+    ours = llmzoo.from_pretrained(folder)
+    ours.hf_model_type = None  # export must find the type from the config's family / content
+    out = llmzoo.save_pretrained(ours, tmp_path / "export", model_type=model_type)
+    ref = get_adapter(model_type).load_reference(str(out), torch.float32)
+    ids, mask = make_batch(ours.config.vocab_size, 20, seed=3)
+    keep = mask.bool()
+    assert (logits(ours, ids, mask)[keep] - logits(ref, ids, mask)[keep]).abs().max() <= 1e-4
+
+
+def test_tiny_zoo_export_loads_in_transformers(tmp_path):
+    """A scaled-down zoo config becomes a checkpoint transformers itself loads (llmzoo tiny)."""
+    from transformers import AutoModelForCausalLM
+
+    from llmzoo.scaling import scale_down
+
+    config = scale_down(llmzoo.get_config("mistral-7b"), preset="tiny")
+    model = llmzoo.build(config, seed=1)
+    llmzoo.save_pretrained(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "mistral"
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids, mask = make_batch(config.vocab_size, 20, seed=4)
+    keep = mask.bool()
+    assert (logits(model, ids, mask)[keep] - logits(ref, ids, mask)[keep]).abs().max() <= 1e-4
+
+
+def test_single_safetensors_file_and_dtype(tiny_checkpoint, tmp_path):
+    folder, ref = tiny_checkpoint("gemma")
+    llmzoo.save_pretrained(llmzoo.from_pretrained(folder), tmp_path, max_shard_size="1GB")
+    assert (tmp_path / "model.safetensors").is_file()
+    ours = llmzoo.from_pretrained(tmp_path / "model.safetensors", dtype="bfloat16")
+    assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
+    assert ours.config.head.tied and not any(n.startswith("head") for n, _ in ours.named_parameters())
+
+
+def test_pickle_bin_checkpoint_loads_weights_only(tiny_checkpoint, tmp_path):
+    folder, ref = tiny_checkpoint("qwen2")
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
+    ours = llmzoo.from_pretrained(tmp_path)
+    ids, mask = make_batch(ours.config.vocab_size, 20, seed=5)
+    keep = mask.bool()
+    assert (logits(ours, ids, mask)[keep] - logits(ref, ids, mask)[keep]).abs().max() <= 1e-4
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model.norm.weight": Evil()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(llmzoo.hf.loader.CheckpointError, match="weights-only"):
+        llmzoo.from_pretrained(tmp_path)
+
+
+def test_hub_id_from_prefilled_cache(tiny_checkpoint, tmp_path):
+    """A hub id resolves through the HF cache layout with HF_HUB_OFFLINE=1 (no network)."""
+    folder, _ = tiny_checkpoint("llama")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in folder.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = textwrap.dedent("""
+        import llmzoo
+        m = llmzoo.from_pretrained("acme/tiny-llama")
+        print("OK", m.config.n_layers, m.config.reference.hf_repo)
+        try:
+            llmzoo.from_pretrained("acme/not-cached")
+        except Exception as e:
+            print("ERR", type(e).__name__, "HF_HUB_OFFLINE=1" in str(e))
+    """)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "OK 3 acme/tiny-llama" in out.stdout, out.stderr
+    assert "ERR CheckpointError True" in out.stdout, out.stderr
+
+
+def test_peak_memory_is_one_copy(tmp_path):
+    """Load a ~270 MB checkpoint in a fresh process: peak RSS stays within 1.3× the model's bytes
+    above the interpreter baseline measured in that process before loading."""
+    writer = textwrap.dedent(f"""
+        import json, torch
+        from safetensors.torch import save_file
+        from llmzoo.hf import get_adapter
+        hf = {{"model_type": "llama", "vocab_size": 8000, "hidden_size": 1024, "intermediate_size": 2560,
+              "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 8,
+              "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+              "tie_word_embeddings": False}}
+        folder = {str(tmp_path)!r}
+        json.dump(hf, open(folder + "/config.json", "w"))
+        d, f, v = 1024, 2560, 8000
+        shapes = {{"model.embed_tokens.weight": (v, d), "lm_head.weight": (v, d), "model.norm.weight": (d,)}}
+        for i in range(6):
+            p = f"model.layers.{{i}}."
+            shapes.update({{p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,)}})
+            shapes.update({{p + f"self_attn.{{x}}_proj.weight": (d, d) for x in "qkvo"}})
+            shapes.update({{p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
+                           p + "mlp.down_proj.weight": (d, f)}})
+        names, shard, weight_map, n = list(shapes), {{}}, {{}}, 0
+        for k, name in enumerate(names):
+            shard[name] = torch.randn(shapes[name]) * 0.02
+            if sum(t.numel() for t in shard.values()) * 4 > 60e6 or k == len(names) - 1:
+                n += 1
+                fname = f"model-{{n:05d}}.safetensors"
+                save_file(shard, folder + "/" + fname, metadata={{"format": "pt"}})
+                weight_map.update({{t: fname for t in shard}})
+                shard = {{}}
+        json.dump({{"weight_map": weight_map}}, open(folder + "/model.safetensors.index.json", "w"))
+    """)
+    subprocess.run([sys.executable, "-c", writer], check=True, timeout=300)
+    loader = textwrap.dedent(f"""
+        import resource, llmzoo, torch
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        m = llmzoo.from_pretrained({str(tmp_path)!r})
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        nbytes = sum(p.numel() * p.element_size() for p in m.parameters())
+        print(base, peak, nbytes)
+    """)
+    out = subprocess.run([sys.executable, "-c", loader], capture_output=True, text=True, timeout=300)
+    base, peak, nbytes = map(int, out.stdout.split())
+    assert nbytes > 200e6
+    assert peak - base <= 1.3 * nbytes, f"peak {peak / 1e6:.0f} MB, baseline {base / 1e6:.0f} MB, model {nbytes / 1e6:.0f} MB"
