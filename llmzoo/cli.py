@@ -114,6 +114,45 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .generation import stream
+    from .hf import from_pretrained
+    from .hf.loader import resolve_source
+    from .tokenizer import Tokenizer
+
+    folder, _ = resolve_source(args.source)
+    tokenizer = Tokenizer(folder)
+    model = from_pretrained(args.source, dtype=args.dtype, device=args.device).eval()
+    ids, mask = tokenizer.encode_batch([args.prompt])
+    sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    seed=args.seed) if args.sample else {}
+    decoder = tokenizer.stream_decoder()
+    print(args.prompt, end="", flush=True)
+    for token in stream(model, ids.to(args.device), mask.to(args.device), max_new_tokens=args.max_new_tokens,
+                        repetition_penalty=args.repetition_penalty, eos_token_id=tokenizer.eos_token_ids,
+                        pad_token_id=tokenizer.pad_token_id, **sampling):
+        print(decoder.push(int(token[0])), end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from .parity import parity
+
+    report = parity(args.source, dtype=args.dtype, seq_len=args.seq_len, seed=args.seed)
+    print(report)
+    return 0 if report.passed else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .parity import verify
+
+    reports = verify(args.model_types or None, seed=args.seed, dtype=args.dtype)
+    return 0 if all(r.passed for r in reports) else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmzoo", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="verb", required=True)
@@ -137,6 +176,33 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_tiny)
+
+    s = sub.add_parser("generate", help="continue a prompt with a checkpoint, printing text as it is produced")
+    s.add_argument("source", help="checkpoint folder (config.json, safetensors, tokenizer.json) or hub id")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--repetition-penalty", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: as stored)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("parity", help="compare llmzoo with transformers on a checkpoint: |Δlogits|, top-1, KL")
+    s.add_argument("source", help="checkpoint folder, .safetensors file or hub id")
+    s.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    s.add_argument("--seq-len", type=int, default=24)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_parity)
+
+    s = sub.add_parser("verify", help="tiny random reference per supported model_type vs llmzoo, one table")
+    s.add_argument("model_types", nargs="*", help="default: every supported model_type")
+    s.add_argument("--dtype", default="float32")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_verify)
 
     return p
 

@@ -285,6 +285,12 @@ def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "fl
 
     file = file or sys.stdout
     reports = []
+    try:  # the table is the output: no per-model progress bars from transformers
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     print(f"{'model_type':<12} {'dtype':<9} {'max|Δlogits|':>13} {'tol':>9} {'top-1':>7} {'KL':>9} {'time':>6}  result",
           file=file)
     for mt in model_types or supported_model_types():
