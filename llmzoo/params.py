@@ -39,8 +39,11 @@ def count_params(source: str | dict | ModelConfig) -> ParamCount:
     n.add("positions", c.position.n_params(d, c.n_heads))
     if c.embedding.norm is not None:
         n.add("norms", c.embedding.norm.n_params(d))
-    for b in c.blocks:
+    encoder_blocks = [c.encoder.block] * c.encoder.n_layers if c.encoder is not None else []
+    for b in [*c.blocks, *encoder_blocks]:  # an encoder-decoder's encoder blocks count the same way
         n.add("attention", b.attention.n_params(d))
+        if b.cross_attention is not None:  # decoder attention over the encoder output (T5)
+            n.add("attention", b.cross_attention.n_params(d))
         if b.mlp.type == "moe":
             p = b.mlp.params_by_part(d)
             n.add("moe_router", p["router"])
@@ -50,9 +53,16 @@ def count_params(source: str | dict | ModelConfig) -> ParamCount:
         else:
             n.add("mlp", b.mlp.n_params(d))
         norms = {"sandwich": 4}.get(b.placement, 1 if b.parallel == "shared_norm" else 2)
+        norms += 1 if b.cross_attention is not None else 0
         n.add("norms", norms * b.norm.n_params(d))
     if c.final_norm is not None:
         n.add("norms", c.final_norm.n_params(d))
+    if c.encoder is not None:  # the encoder's own position table, embedding norm and final norm
+        n.add("positions", c.encoder.position.n_params(d, c.encoder.block.attention.n_heads))
+        if c.embedding.norm is not None:
+            n.add("norms", c.embedding.norm.n_params(d))
+        if c.encoder.final_norm is not None:
+            n.add("norms", c.encoder.final_norm.n_params(d))
     if not c.head.tied:
         n.add("head", c.vocab_size * e + (c.vocab_size if c.head.bias else 0))
     elif c.head.bias:

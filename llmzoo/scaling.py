@@ -96,6 +96,8 @@ class _Scaler:
             b["attention"] = self.attention(b["attention"])
         if "mlp" in b:
             b["mlp"] = self.mlp(b["mlp"])
+        if b.get("cross_attention"):
+            b["cross_attention"] = self.attention(b["cross_attention"])
         return b
 
     def layers(self, selector: str | list[int], n_old: int, n_new: int) -> str | list[int]:
@@ -136,6 +138,8 @@ def scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrid
     if d["embedding"].get("d_embed"):
         d["embedding"]["d_embed"] = s.d // 2
     d["block"] = s.block(d["block"])
+    if d.get("encoder"):  # encoder-decoder (T5): the encoder stack scales like the decoder
+        d["encoder"].update(n_layers=min(c.encoder.n_layers, p["n_layers"]), block=s.block(d["encoder"]["block"]))
     d["overrides"] = [
         {"layers": s.layers(o["layers"], c.n_layers, n_layers), "block": s.block(o["block"])} for o in d["overrides"]
     ]
