@@ -70,7 +70,11 @@ class Router(nn.Module):
 
     V2 (arXiv:2405.04434, §2.2): softmax scores, groups ranked by their best score.
     V3 (arXiv:2412.19437, §2.1.2): sigmoid scores; a bias added for selection only; groups ranked
-    by the sum of their two best scores; chosen weights normalised, then × routed_scale."""
+    by the sum of their two best scores; chosen weights normalised, then × routed_scale.
+    The weight and score bias stay float32 under any model dtype (V3 §3.3.1 keeps gating in full
+    precision; transformers does too): routing is discontinuous, bf16 rounding would flip choices."""
+
+    keep_float32 = ("weight", "score_bias")
 
     def __init__(self, spec: MoESpec, d_model: int):
         super().__init__()
@@ -81,6 +85,16 @@ class Router(nn.Module):
             self.register_buffer("score_bias", torch.zeros(spec.n_experts))
         else:
             self.score_bias = None
+
+    def _apply(self, fn, recurse=True):
+        """Model-wide .to(dtype) / .half() leave the router in float32 (device moves still apply)."""
+        before = {n: t.detach() for n, t in [*self._parameters.items(), *self._buffers.items()] if t is not None}
+        super()._apply(fn, recurse)
+        for n in self.keep_float32:
+            t = getattr(self, n)
+            if t is not None and t.is_floating_point() and t.dtype != torch.float32 and before[n].dtype == torch.float32:
+                t.data = before[n].to(device=t.device)
+        return self
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (N, D) -> weights (N, k) in float32, experts (N, k), scores (N, E) before any bias or mask."""
@@ -118,21 +132,27 @@ class Experts(nn.Module):
             nn.init.normal_(w, std=0.02)
         self.act = activation(spec.activation)
 
-    def expert(self, i: int, x: Tensor) -> Tensor:
-        return F.linear(self.act(F.linear(x, self.gate[i])) * F.linear(x, self.up[i]), self.down[i])
+    def expert(self, i: int, x: Tensor, weights: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """Expert i on its tokens x (n, D); weights: (gate, up, down) stacks to use (local shards)."""
+        gate, up, down = weights if weights is not None else (self.gate, self.up, self.down)
+        return F.linear(self.act(F.linear(x, gate[i])) * F.linear(x, up[i]), down[i])
 
     def forward(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
         """x (N, D); weights, experts (N, k). Tokens are sorted by expert so each expert runs once."""
+        # under expert/tensor parallelism (llmzoo.parallel) the stacked weights are DTensors: compute
+        # with this rank's experts; ids ≥ its expert count belong to other ranks and are skipped
+        gate, up, down = (w.to_local() if hasattr(w, "to_local") else w for w in (self.gate, self.up, self.down))
+        E = gate.shape[0]
         flat = experts.flatten()  # (N·k,)
         order = flat.argsort(stable=True)
         token = order // experts.shape[1]
-        counts = torch.bincount(flat, minlength=self.gate.shape[0]).tolist()
+        counts = torch.bincount(flat, minlength=E).tolist()[:E]
         out = torch.zeros_like(x)
         start = 0
         for i, n in enumerate(counts):
             if n:
                 rows = token[start : start + n]
-                y = self.expert(i, x[rows]) * weights.flatten()[order[start : start + n], None].to(x.dtype)
+                y = self.expert(i, x[rows], (gate, up, down)) * weights.flatten()[order[start : start + n], None].to(x.dtype)
                 out.index_add_(0, rows, y)
                 start += n
         return out
@@ -163,3 +183,11 @@ class MoE(nn.Module):
         if self.shared is not None:
             y = y + self.shared(flat)
         return y.view_as(x)
+
+    def tp_plan(self, tp: int, ep: bool = False) -> dict:
+        """Tensor-parallel plan: routed experts split across ranks (ep: whole experts, E / tp each;
+        otherwise each expert's inner dim), shared experts as a GLU; the router stays whole."""
+        from .parallel import ExpertShards
+
+        shared = {f"shared.{k}": v for k, v in self.shared.tp_plan(tp).items()} if self.shared is not None else {}
+        return {"experts": ExpertShards(ep), **shared}

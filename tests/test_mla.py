@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import llmzoo
-from llmzoo.attention import MLAttention
+from llmzoo.attention import Context, MLAttention
+from llmzoo.cache import StaticCache
 
 
 def mla_config(q_lora_rank: int | None, n_layers: int = 2, yarn: bool = True) -> dict:
@@ -42,24 +43,6 @@ def loud(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-class LatentCache:
-    """Minimal (layer → concatenated K, V) cache, the protocol attention modules use."""
-
-    def __init__(self):
-        self.store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.length = 0
-
-    def update(self, layer, k, v):
-        if layer in self.store:
-            k = torch.cat([self.store[layer][0], k], dim=2)
-            v = torch.cat([self.store[layer][1], v], dim=2)
-        self.store[layer] = (k, v)
-        return k, v
-
-    def advance(self, n):
-        self.length += n
-
-
 IDS = torch.tensor([[3, 17, 42, 8, 55, 1, 9, 30, 12, 7], [5, 44, 2, 19, 60, 33, 0, 0, 0, 0]])
 MASK = (torch.arange(10)[None] < torch.tensor([[10], [6]])).long()
 
@@ -77,42 +60,37 @@ def test_absorbed_equals_naive_per_layer(q_lora_rank):
         assert naive[real].abs().max() > 0.1  # not vacuous
 
 
-def use_absorbed(model):
-    for block in model.blocks:
-        block.attn.forward = block.attn.absorbed  # instance attribute: __call__ dispatches to it
-
-
 @pytest.mark.parametrize("q_lora_rank", [16, None], ids=["q_lora", "q_full"])
 def test_absorbed_cache_holds_latent_only(q_lora_rank):
     cfg = mla_config(q_lora_rank, n_layers=3)
     model = loud(llmzoo.build(cfg))
     full = model(IDS, MASK)
-    use_absorbed(model)
-    cache = LatentCache()
+    cache = StaticCache.for_model(model, batch=2, max_len=10, mla="absorbed")
     prefill = model(IDS[:, :7], MASK[:, :7], cache=cache)
     step = model(IDS[:, 7:], MASK, cache=cache)  # decode the last 3 tokens against the latent cache
     got = torch.cat([prefill, step], dim=1)
     real = MASK.bool()
     assert (got - full)[real].abs().max() <= 1e-5
     a = cfg["block"]["attention"]
-    per_token = sum(k[0, :, 0].numel() + v[0, :, 0].numel() for k, v in cache.store.values())
+    per_token = sum(k[0, :, 0].numel() + v[0, :, 0].numel() for k, v in zip(cache.k, cache.v))
     assert per_token == (a["kv_lora_rank"] + a["qk_rope_head_dim"]) * cfg["n_layers"]
     assert per_token == sum(b.attention.kv_cache_dims for b in llmzoo.get_config(cfg).blocks)
-    assert all(k.shape[2] == 10 for k, _ in cache.store.values())
+    naive = StaticCache.for_model(model, batch=2, max_len=10, mla="naive")
+    naive_per_token = sum(k[0, :, 0].numel() + v[0, :, 0].numel() for k, v in zip(naive.k, naive.v))
+    assert naive_per_token == 4 * (8 + 6 + 10) * 3  # H × (nope + rope + v) × layers: what MLA saves
 
 
 def test_absorbed_accepts_given_latents():
-    """The decode step of a generation helper: latents of earlier tokens passed in explicitly."""
+    """A decode step as a generation helper runs it: latents of earlier tokens passed in explicitly."""
     model = loud(llmzoo.build(mla_config(16)))
     attn = model.blocks[0].attn
     x = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(2))
     ids = torch.zeros(1, 6, dtype=torch.long)
     naive = attn(x, model.context(ids))
     past = attn.compress(x[:, :5], model.context(ids[:, :5]))
-    cache = LatentCache()
-    cache.update(0, *past)
-    cache.advance(5)
-    ctx = model.context(ids[:, 5:], cache=cache)
+    pos = torch.tensor([[5]])
+    ctx = Context(positions=pos, q_index=torch.tensor([5]), k_index=torch.arange(6),
+                  rope=model.positions.rotary(pos), rope_layout=model.rope_layout)
     now = attn.compress(x[:, 5:], ctx)
     latent = tuple(torch.cat([p, n], dim=2) for p, n in zip(past, now))
     last = attn.absorbed(x[:, 5:], ctx, latent)

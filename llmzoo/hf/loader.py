@@ -262,6 +262,8 @@ def _read_file(path: Path, names: list[str]) -> Iterator[tuple[str, Tensor]]:
 def _assign(model: nn.Module, name: str, value: Tensor) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model
+    if leaf in getattr(module, "keep_float32", ()) and value.is_floating_point():
+        value = value.float()  # e.g. the MoE router: kept in float32 whatever dtype was asked for
     if leaf in module._parameters:
         old = module._parameters[leaf]
         module._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
