@@ -60,6 +60,12 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.act(self.up(x)))
 
+    def tp_plan(self, tp: int) -> dict:
+        """Tensor-parallel plan (Megatron-LM, arXiv:1909.08053, §3): up column-, down row-parallel."""
+        from .parallel import ColwiseParallel, RowwiseParallel
+
+        return {"up": ColwiseParallel(), "down": RowwiseParallel()}
+
 
 @register("mlp", "glu", GLUSpec)
 class GLU(nn.Module):
@@ -76,3 +82,9 @@ class GLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.act(self.gate(x)) * self.up(x))
+
+    def tp_plan(self, tp: int) -> dict:
+        """Tensor-parallel plan: gate and up column-parallel (the product is elementwise), down row-parallel."""
+        from .parallel import ColwiseParallel, RowwiseParallel
+
+        return {"gate": ColwiseParallel(), "up": ColwiseParallel(), "down": RowwiseParallel()}

@@ -105,6 +105,22 @@ class CausalLM(nn.Module):
             return F.linear(x, F.normalize(self.head.weight, dim=-1), self.head.bias)
         return self.head(x)
 
+    def tp_plan(self, tp: int, ep: bool = False) -> dict:
+        """Tensor-parallel plan of the whole model (llmzoo.parallel.parallelize): vocab-parallel embedding
+        and head, then each block's attention and MLP plans (their `tp_plan` methods)."""
+        from torch.distributed.tensor import Replicate
+
+        from .parallel import ColwiseParallel, RowwiseParallel
+
+        plan = {"embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())}
+        if self.head is not None and not self.config.head.normalize:
+            plan["head"] = ColwiseParallel(output_layouts=Replicate())
+        for i, block in enumerate(self.blocks):
+            plan.update({f"blocks.{i}.attn.{k}": v for k, v in block.attn.tp_plan(tp).items()})
+            mlp = block.mlp.tp_plan(tp, ep=ep) if hasattr(block.mlp, "router") else block.mlp.tp_plan(tp)
+            plan.update({f"blocks.{i}.mlp.{k}": v for k, v in mlp.items()})
+        return plan
+
     def forward(
         self,
         input_ids: Tensor,

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from .rules import Transform
+from .rules import Lazy, Transform
 
 BLOCK = 128
 SCALE_SUFFIX = "_scale_inv"
@@ -66,6 +66,20 @@ class Dequantize(Transform):
         weight, scale_inv = xs
         return [dequantize_blockwise(weight, scale_inv, self.dtype, self.block)]
 
+    def lazy(self, xs: list[Lazy]) -> list[Lazy]:
+        """A block of W reads the same block of W_fp8 and only the scales of the 128×128 tiles it touches."""
+        weight, scale_inv = xs
+        b = self.block
+
+        def read(r: tuple) -> Tensor:
+            (r0, r1), (c0, c1) = ((t.start, t.stop) for t in r)
+            tiles = scale_inv.read((slice(r0 // b, -(-r1 // b)), slice(c0 // b, -(-c1 // b)))).to(torch.float32)
+            scale = tiles.repeat_interleave(b, 0).repeat_interleave(b, 1)
+            scale = scale[r0 % b : r0 % b + r1 - r0, c0 % b : c0 % b + c1 - c0]
+            return (weight.read(r).to(torch.float32) * scale).to(self.dtype)
+
+        return [Lazy(weight.shape, self.dtype, read)]
+
     def backward(self, xs: list[Tensor]) -> list[Tensor]:
         (weight,) = xs
         return list(quantize_blockwise(weight, self.block))
@@ -106,3 +120,34 @@ def dequantize_stream(
         return x
 
     return [n for n in names if not n.endswith(SCALE_SUFFIX)], reader
+
+
+def split_scales(hf: dict, infos: dict) -> dict:
+    """For an fp8 checkpoint (config.json quantization_config): remove every `X.weight_scale_inv` from
+    the checkpoint index `infos` (name → TensorInfo, edited in place) and return {X.weight: its scale's
+    TensorInfo}, so the adapter's rules see one tensor per weight. {} for other checkpoints."""
+    if fp8_block_size(hf) is None:
+        return {}
+    scales = {n[: -len(SCALE_SUFFIX)]: n for n in infos if n.endswith(SCALE_SUFFIX)}
+    orphans = [s for w, s in scales.items() if w not in infos]
+    unscaled = [n for n, i in infos.items() if i.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and n not in scales]
+    if orphans or unscaled:
+        raise ValueError(f"fp8 checkpoint: scales without a weight {orphans}; fp8 weights without a scale {unscaled}")
+    return {w: (s, infos.pop(s)) for w, s in scales.items()}
+
+
+def dequantize_loaded(name: str, weight: Tensor, scales: dict, hf: dict, dtype: torch.dtype | None) -> Tensor:
+    """The loader's step for one tensor just read: `Dequantize` it if it has a scale (read from its own
+    shard: the pair may be split across files), to `dtype`, else config.json's dtype, else float32."""
+    if name not in scales:
+        return weight
+    from safetensors import safe_open
+
+    scale_name, info = scales[name]
+    with safe_open(str(info.file), framework="pt") as f:
+        scale_inv = f.get_tensor(scale_name)
+    if dtype is None:
+        stored = hf.get("torch_dtype") or hf.get("dtype") or "float32"
+        dtype = getattr(torch, str(stored).removeprefix("torch."), torch.float32)
+    block = fp8_block_size(hf) or BLOCK
+    return dequantize_blockwise(weight, scale_inv, dtype, block, name)

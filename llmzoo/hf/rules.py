@@ -29,11 +29,49 @@ IGNORE = None  # llmzoo side of a rule for checkpoint tensors that have no place
 # ------------------------------------------------------------------------------ transforms
 
 
+Region = tuple  # one slice(start, stop) per dim (step 1): a block of a tensor
+
+
+class Lazy:
+    """A tensor not yet read: its shape and dtype, and `read(region)` giving only that block.
+
+    The sharded loader (llmzoo.parallel.load_hf_sharded) wraps each checkpoint tensor in one whose
+    read is a safetensors `get_slice`, pushes them through the rule's transforms (`Transform.lazy`)
+    and reads each rank's block of each llmzoo tensor: only the bytes that block needs."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, read):
+        self.shape, self.dtype, self._read = tuple(shape), dtype, read
+
+    def read(self, region: Region | None = None) -> Tensor:
+        return self._read(full_region(self.shape) if region is None else tuple(region))
+
+
+def full_region(shape: tuple[int, ...]) -> Region:
+    return tuple(slice(0, n) for n in shape)
+
+
+def _shift(region: Region, dim: int, start: int, stop: int) -> Region:
+    return region[:dim] + (slice(start, stop),) + region[dim + 1 :]
+
+
 class Transform:
     """A reversible step between a list of hf tensors and a list of llmzoo tensors."""
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:  # hf -> llmzoo
         raise NotImplementedError
+
+    def lazy(self, xs: list[Lazy]) -> list[Lazy]:
+        """`forward` on tensors not yet read; each output reads only the input blocks its region needs.
+        This default reads the inputs whole (a transform without a sliced form stays correct)."""
+        metas = self.forward([torch.empty(x.shape, dtype=x.dtype, device="meta") for x in xs])
+        done: list[Tensor] = []
+
+        def read(j: int, region: Region) -> Tensor:
+            if not done:
+                done.extend(self.forward([x.read() for x in xs]))
+            return done[j][region]
+
+        return [Lazy(m.shape, m.dtype, lambda r, j=j: read(j, r)) for j, m in enumerate(metas)]
 
     def backward(self, xs: list[Tensor]) -> list[Tensor]:  # llmzoo -> hf
         raise NotImplementedError
@@ -51,6 +89,9 @@ class Transpose(Transform):
 
     backward = forward
 
+    def lazy(self, xs: list[Lazy]) -> list[Lazy]:
+        return [Lazy(x.shape[::-1], x.dtype, lambda r, x=x: x.read(r[::-1]).t()) for x in xs]
+
 
 class Concat(Transform):
     """Many tensors → one, joined along `dim`; backward splits by the recorded `sizes` (equal if None)."""
@@ -60,6 +101,21 @@ class Concat(Transform):
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         return [torch.cat(xs, dim=self.dim)]
+
+    def lazy(self, xs: list[Lazy]) -> list[Lazy]:
+        d = self.dim % len(xs[0].shape)
+        starts = [0]
+        for x in xs:
+            starts.append(starts[-1] + x.shape[d])
+
+        def read(r: Region) -> Tensor:  # the parts of each input that fall in r along dim
+            lo, hi = r[d].start, r[d].stop
+            parts = [x.read(_shift(r, d, max(lo, a) - a, min(hi, b) - a))
+                     for x, a, b in zip(xs, starts, starts[1:]) if max(lo, a) < min(hi, b)]
+            return torch.cat(parts, dim=d)
+
+        shape = tuple(starts[-1] if i == d else n for i, n in enumerate(xs[0].shape))
+        return [Lazy(shape, xs[0].dtype, read)]
 
     def backward(self, xs: list[Tensor]) -> list[Tensor]:
         (x,) = xs
@@ -89,6 +145,19 @@ class Split(Transform):
     def backward(self, xs: list[Tensor]) -> list[Tensor]:
         return [torch.cat(xs, dim=self.dim)]
 
+    def lazy(self, xs: list[Lazy]) -> list[Lazy]:
+        (x,) = xs
+        d = self.dim % len(x.shape)
+        sizes = self.sizes or [x.shape[d] // self.parts] * self.parts
+        if sum(sizes) != x.shape[d]:
+            return super().lazy(xs)  # forward raises the error that names the mismatch
+        out, a = [], 0
+        for n in sizes:
+            shape = tuple(n if i == d else s for i, s in enumerate(x.shape))
+            out.append(Lazy(shape, x.dtype, lambda r, a=a: x.read(_shift(r, d, r[d].start + a, r[d].stop + a))))
+            a += n
+        return out
+
 
 class SplitInterleavedQKV(Transform):
     """A fused QKV projection stored per KV group as [q × (n_heads / n_kv_heads), k, v] → q, k, v.
@@ -111,6 +180,27 @@ class SplitInterleavedQKV(Transform):
         v = grouped[:, g + 1].reshape(self.n_kv_heads * self.head_dim, *rest)
         return [q.contiguous(), k.contiguous(), v.contiguous()]
 
+    def lazy(self, xs: list[Lazy]) -> list[Lazy]:
+        (x,) = xs
+        g, dh, rest = self.n_heads // self.n_kv_heads, self.head_dim, x.shape[1:]
+
+        def rows(source_block):  # output head block h lives in source head block source_block(h)
+            def read(r: Region) -> Tensor:
+                lo, hi = r[0].start, r[0].stop
+                parts = []
+                for h in range(lo // dh, -(-hi // dh)):
+                    a, b = max(lo, h * dh) - h * dh, min(hi, (h + 1) * dh) - h * dh
+                    s = source_block(h) * dh
+                    parts.append(x.read((slice(s + a, s + b), *r[1:])))
+                return torch.cat(parts) if parts else x.read((slice(0, 0), *r[1:]))
+            return read
+
+        return [
+            Lazy((self.n_heads * dh, *rest), x.dtype, rows(lambda h: h // g * (g + 2) + h % g)),
+            Lazy((self.n_kv_heads * dh, *rest), x.dtype, rows(lambda h: h * (g + 2) + g)),
+            Lazy((self.n_kv_heads * dh, *rest), x.dtype, rows(lambda h: h * (g + 2) + g + 1)),
+        ]
+
     def backward(self, xs: list[Tensor]) -> list[Tensor]:
         q, k, v = xs
         g = self.n_heads // self.n_kv_heads
@@ -129,6 +219,17 @@ class StackExperts(Transform):
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
         return [torch.stack(xs, dim=self.dim)]
+
+    def lazy(self, xs: list[Lazy]) -> list[Lazy]:
+        if self.dim != 0:
+            return super().lazy(xs)
+
+        def read(r: Region) -> Tensor:  # only the experts in r, each read at r's block
+            if r[0].start >= r[0].stop:
+                return torch.empty((0, *(t.stop - t.start for t in r[1:])), dtype=xs[0].dtype)
+            return torch.stack([xs[e].read(r[1:]) for e in range(r[0].start, r[0].stop)])
+
+        return [Lazy((len(xs), *xs[0].shape), xs[0].dtype, read)]
 
     def backward(self, xs: list[Tensor]) -> list[Tensor]:
         (x,) = xs
