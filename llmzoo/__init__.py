@@ -10,10 +10,12 @@ from .params import ParamCount, count_params, kv_cache_bytes
 from .parity import parity, verify
 from .registry import register
 from .scaling import scale_down
+from .seq2seq import EncoderDecoderLM
 from .zoo import get_config, list_models
 
 __all__ = [
     "CausalLM",
+    "EncoderDecoderLM",
     "ModelConfig",
     "ParamCount",
     "StaticCache",

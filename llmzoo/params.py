@@ -76,7 +76,8 @@ def kv_cache_bytes(
     """Bytes of the KV cache for `batch` sequences of `seq_len` tokens.
 
     Per layer: attention.kv_cache_dims elements per cached token (2·n_kv_heads·head_dim; MLA caches
-    kv_lora_rank + qk_rope_head_dim), with sliding-window layers holding at most `window` tokens."""
+    kv_lora_rank + qk_rope_head_dim), with sliding-window layers holding at most `window` tokens.
+    Encoder-decoder (T5): each decoder layer also caches its cross-attention K/V of a `seq_len`-token source."""
     from .builder import resolve_dtype
 
     c = get_config(source) if not isinstance(source, ModelConfig) else source
@@ -86,4 +87,6 @@ def kv_cache_bytes(
         a = b.attention
         tokens = min(seq_len, a.window) if a.window else seq_len
         total += a.kv_cache_dims * tokens
+        if b.cross_attention is not None:
+            total += b.cross_attention.kv_cache_dims * seq_len
     return total * batch * itemsize

@@ -273,3 +273,11 @@ def test_encoder_blocks_have_no_cross_attention():
 def test_cross_attention_rejects_parallel_blocks():
     with pytest.raises(ValueError, match="cross_attention needs placement"):
         ModelConfig.model_validate(_t5_dict(**{"block.parallel": "shared_norm"}))
+
+
+def test_kv_cache_counts_self_and_cross_attention():
+    cfg = llmzoo.get_config("t5-small")
+    a = cfg.block.attention
+    per_token = 2 * a.n_heads * a.head_dim  # K and V, fp32: 4 bytes
+    # each decoder layer caches its own 16 target tokens and the cross-attention K/V of 16 source tokens
+    assert llmzoo.kv_cache_bytes(cfg, seq_len=16, dtype="float32") == cfg.n_layers * per_token * (16 + 16) * 4
