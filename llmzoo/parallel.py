@@ -418,3 +418,91 @@ def from_pretrained_sharded(source, mesh: DeviceMesh, *, tp: str | None = "tp", 
     model.load_stats = load_hf_sharded(model, folder, device=device)
     model.hf_model_type = get_adapter(hf["model_type"]).model_type
     return model.eval()
+
+
+# ------------------------------------------------------------------------------ memory per rank
+
+
+def _chunk(n: int, parts: int, rank: int) -> int:
+    """Rows of rank `rank` when n rows are split like torch.chunk (DTensor Shard, FSDP2)."""
+    c = -(-n // parts)
+    return max(0, min(n, (rank + 1) * c) - rank * c)
+
+
+def _tp_dims(model: nn.Module, tp: int, ep: bool) -> dict[str, int | None]:
+    """Parameter name → the dim its tensor-parallel style shards (None: replicated), from the plans."""
+    dims: dict[str, int | None] = {}
+    for fqn, style in model.tp_plan(tp, ep=ep).items():
+        module = model.get_submodule(fqn)
+        for n, _ in module.named_parameters(recurse=False):
+            if isinstance(style, ExpertShards):
+                d = 0 if style.ep else (2 if n == "down" else 1)
+            elif isinstance(style, ColwiseParallel):
+                d = 1 if isinstance(module, nn.Embedding) else 0
+            elif isinstance(style, RowwiseParallel):
+                d = 0 if isinstance(module, nn.Embedding) else (1 if n == "weight" else None)
+            else:
+                d = None
+            dims[f"{fqn}.{n}"] = d
+    if model.head is None and getattr(model, "head_bias", None) is not None:
+        dims["head_bias"] = 0
+    return dims
+
+
+def memory_estimate(source, *, tp: int = 1, dp: int = 1, ep: bool = False, dtype: str | torch.dtype = "bfloat16",
+                    seq_len: int = 4096, batch: int = 1) -> dict[str, int]:
+    """Bytes per rank of a (dp × tp) `parallelize` split, from the config alone (meta device).
+
+    params: the largest rank's parameter shards (tensor-parallel plans, then FSDP2 over dp), exactly
+    what `param_bytes` measures on that rank; params_ideal: count_params / (tp · dp);
+    kv_cache: kv_cache_bytes of the rank's heads (local_config) for ⌈batch / dp⌉ sequences."""
+    from .builder import build, resolve_dtype
+    from .params import count_params, kv_cache_bytes
+    from .zoo import get_config
+
+    config = get_config(source)
+    itemsize = torch.empty((), dtype=resolve_dtype(dtype)).element_size()
+    model = build(config, device="meta")
+    dims = _tp_dims(model, tp, ep) if tp > 1 else {}
+    per_rank = [[0] * dp for _ in range(tp)]
+    for name, p in model.named_parameters():
+        for t in range(tp):
+            shape = list(p.shape)
+            d = dims.get(name)
+            if d is not None:
+                shape[d] = _chunk(shape[d], tp, t)
+            for r in range(dp):
+                local = shape[:]
+                if local:
+                    local[0] = _chunk(local[0], dp, r)
+                per_rank[t][r] += math.prod(local)
+    total = count_params(config).total
+    return {
+        "params": max(max(r) for r in per_rank) * itemsize,
+        "params_ideal": -(-total * itemsize // (tp * dp)),
+        "params_total": total * itemsize,
+        "kv_cache": kv_cache_bytes(local_config(config, tp), seq_len, -(-batch // dp), dtype),
+    }
+
+
+# ------------------------------------------------------------------------------ distributed checkpoints
+
+
+def save_checkpoint(model: nn.Module, path) -> None:
+    """Save a parallelized model with torch.distributed.checkpoint (each rank writes its shards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    dcp.save(get_model_state_dict(model), checkpoint_id=str(path))
+
+
+def load_checkpoint(model: nn.Module, path) -> None:
+    """Load a `save_checkpoint` directory into a model parallelized in any other way (DCP reshards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device="cpu")
+    state = get_model_state_dict(model)
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(model, state)
