@@ -23,6 +23,7 @@ from ..config import ModelConfig
 from ..model import CausalLM
 from . import get_adapter
 from .adapter import Adapter, closest_zoo_entry
+from .fp8 import dequantize_loaded, split_scales
 from .rules import Group, plan_load
 
 SAFETENSORS_DTYPES = {
@@ -272,9 +273,11 @@ def _assign(model: nn.Module, name: str, value: Tensor) -> None:
 
 
 def load_weights(
-    model: nn.Module, groups: list[Group], infos: dict[str, TensorInfo], dtype: torch.dtype | None, device: Any
+    model: nn.Module, groups: list[Group], infos: dict[str, TensorInfo], dtype: torch.dtype | None, device: Any,
+    hf: dict[str, Any] | None = None, scales: dict | None = None,
 ) -> None:
-    """Stream every group's tensors file by file, transform, cast and assign (one group in memory)."""
+    """Stream every group's tensors file by file, transform, cast and assign (one group in memory).
+    scales: fp8 weight → its block scales (fp8.split_scales); those weights are dequantised as read."""
     owner = {n: g for g in groups for n in g.hf_names}
     by_file: dict[Path, list[str]] = {}
     for name, info in infos.items():
@@ -284,6 +287,8 @@ def load_weights(
     bar = _progress(len(by_file), "loading shards")
     for path, names in by_file.items():
         for name, tensor in _read_file(path, names):
+            if scales:
+                tensor = dequantize_loaded(name, tensor, scales, hf or {}, dtype)
             g = owner[name]
             got = pending.setdefault(id(g), {})
             got[name] = tensor
@@ -341,10 +346,14 @@ def from_pretrained(
                 updates["name"] = match
         config = ModelConfig.model_validate({**config.to_dict(), **updates})
     infos = checkpoint_index(folder, single)
+    try:
+        scales = split_scales(hf, infos)  # fp8 (DeepSeek-V3): rules see dequantised weights
+    except ValueError as e:
+        raise CheckpointError(f"{folder}: {e}") from None
     with torch.device("meta"):
         model = model_class(config)(config)
     groups = check_plan(adapter, config, model, infos, strict)
-    load_weights(model, groups, infos, resolve_dtype(dtype), device)
+    load_weights(model, groups, infos, resolve_dtype(dtype), device, hf, scales)
     model.hf_model_type = adapter.model_type
     model.hf_config = hf
     return model.eval()
