@@ -298,6 +298,9 @@ class Rope2D(PositionEncoding):
 
     def __init__(self, spec: Rope2DSpec, *, d_model: int, n_heads: int, rotary_dim: int):
         super().__init__()
+        if rotary_dim % 4:
+            raise ValueError(f"position.type 'rope_2d': head dim {rotary_dim} must be a multiple of 4 "
+                             "(two rotary streams of even width)")
         self.spec, self.dim = spec, rotary_dim // 2  # table width per position stream
         ar = torch.arange(0, self.dim, 2, dtype=torch.float32, device="cpu")
         self._inv_freq = 1.0 / spec.theta ** (ar / self.dim)  # plain attribute, never on meta

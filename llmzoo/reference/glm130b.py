@@ -93,6 +93,8 @@ def _rotate_half(x: Tensor) -> Tensor:
 def _apply_rotary_index(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_id: Tensor):
     # position_id: [sq, b], q, k: [sq, b, np, hn], cos: [seq, hn] -> [sq, b, 1, hn]
     cos, sin = F.embedding(position_id, cos).unsqueeze(2), F.embedding(position_id, sin).unsqueeze(2)
+    # the official table has the activations' dtype (fp16 runs); an fp32 run promotes it exactly
+    cos, sin = cos.to(q.dtype), sin.to(q.dtype)
     return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
 
 
@@ -302,9 +304,11 @@ class ChatGLMReference(torch.nn.Module):
     forward runs `glm_forward` above (post-LN with α = (2·28)^½ whatever the depth, since GLMBlock's
     num_layers argument is never passed; gelu_tanh MLP; 2-D rotary; fp32 softmax).
 
-    forward(input_ids, attention_mask (b, s) 1 = real token, position_ids (b, 2, s), glm_mask
-    (b, 1, s, s) bool True = masked): without glm_mask the mask is causal with padded keys masked;
-    without position_ids, positions are a range and block positions 0."""
+    forward(input_ids, attention_mask (b, s) 1 = real token, position_ids (b, 2, s) or (b, s), glm_mask
+    (b, 1, s, s) bool True = masked, or prefix_len (b,): the tokens before it are the context):
+    without glm_mask the mask is causal (keys before prefix_len visible to all) with padded keys masked;
+    without position_ids, positions count the real tokens (padding-aware, as the chatglm tokenizer
+    builds them); block positions default to 0."""
 
     def __init__(self, hf: dict):
         super().__init__()
@@ -349,16 +353,20 @@ class ChatGLMReference(torch.nn.Module):
             self.lm_head.weight = self.transformer.word_embeddings.weight
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
-                glm_mask: Tensor | None = None) -> Tensor:
+                glm_mask: Tensor | None = None, prefix_len: Tensor | None = None) -> Tensor:
         b, s = input_ids.shape
-        if glm_mask is None:
+        if glm_mask is None:  # get_masks: ones, tril, the context columns all ones, < 0.5
             glm_mask = torch.ones((b, s, s)).tril_()
+            for i, n in enumerate(prefix_len.tolist() if prefix_len is not None else []):
+                glm_mask[i, :, :n] = 1
             if attention_mask is not None:
                 glm_mask = glm_mask * attention_mask[:, None, :].float()
             glm_mask = (glm_mask < 0.5)[:, None]
-        if position_ids is None:
-            pos = torch.arange(s).expand(b, s)
-            position_ids = torch.stack([pos, torch.zeros_like(pos)], dim=1) if self.two_d else pos
+        if position_ids is None:  # a range over the real tokens, as the chatglm tokenizer pads them
+            ones = attention_mask.long() if attention_mask is not None else torch.ones(b, s, dtype=torch.long)
+            position_ids = (ones.cumsum(-1) - 1).clamp(min=0)
+        if self.two_d and position_ids.dim() == 2:
+            position_ids = torch.stack([position_ids, torch.zeros_like(position_ids)], dim=1)
         sd = {"transformer." + k: t for k, t in self.transformer.state_dict().items()}
         return glm_forward(
             [sd], input_ids, position_ids, glm_mask, num_layers=self.num_layers, num_heads=self.num_heads,
