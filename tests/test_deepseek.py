@@ -139,3 +139,93 @@ def test_rope_layout_follows_rope_interleave():
     assert v3.to_config(variant("deepseek_v3", rope_interleave=True)).position.layout == "interleaved"
     assert v3.to_config(variant("deepseek_v3", rope_interleave=False)).position.layout == "halves"
     assert get_adapter("deepseek_v2").to_config(variant("deepseek_v2")).position.layout == "interleaved"
+
+
+# ------------------------------------------------------------------------------ multi-token prediction
+
+
+def mtp_checkpoint(folder, seed: int = 0):
+    """A tiny V3 checkpoint laid out like DeepSeek-V3's: n main layers, then the MTP layer n (a
+    decoder layer plus enorm, hnorm, eh_proj, shared_head.{norm,head}, embed_tokens copies).
+    Returns (reference of the n main layers, the checkpoint's tensors)."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    hf = variant("deepseek_v3")
+    n = hf["num_hidden_layers"]
+    full = loud_reference("deepseek_v3", {**hf, "num_hidden_layers": n + 1}, seed)
+    state = {k: v.contiguous() for k, v in full.state_dict().items()}
+    g = torch.Generator().manual_seed(seed + 7)
+    d = hf["hidden_size"]
+    extra = {"enorm.weight": 1 + 0.3 * torch.rand(d, generator=g), "hnorm.weight": 1 + 0.3 * torch.rand(d, generator=g),
+             "eh_proj.weight": torch.randn(d, 2 * d, generator=g) / (2 * d) ** 0.5,
+             "shared_head.norm.weight": 1 + 0.3 * torch.rand(d, generator=g),
+             "shared_head.head.weight": state["lm_head.weight"].clone(),
+             "embed_tokens.weight": state["model.embed_tokens.weight"].clone()}
+    state.update({f"model.layers.{n}.{k}": v for k, v in extra.items()})
+    folder.mkdir()
+    names = sorted(state)
+    files = [f"model-{k + 1:05d}-of-00003.safetensors" for k in range(3)]
+    for k, f in enumerate(files):
+        save_file({m: state[m] for m in names[k::3]}, folder / f, metadata={"format": "pt"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {m: files[i % 3] for i, m in enumerate(names)}}))
+    (folder / "config.json").write_text(json.dumps({**hf, "num_nextn_predict_layers": 1,
+                                                   "architectures": ["DeepseekV3ForCausalLM"]}))
+    main = DeepseekV3ForCausalLM(DeepseekV3Config(**{k: v for k, v in hf.items() if k != "model_type"}))
+    main.load_state_dict({k: v for k, v in state.items() if not k.startswith(f"model.layers.{n}.")})
+    # the MTP block alone as a one-layer transformers model: layer n, shared_head.norm, lm_head
+    one = {k: v for k, v in hf.items() if k != "model_type"}
+    one.update(num_hidden_layers=1, first_k_dense_replace=0)
+    block = DeepseekV3ForCausalLM(DeepseekV3Config(**one))
+    block.load_state_dict({
+        **{k.replace(f"model.layers.{n}.", "model.layers.0."): v for k, v in state.items()
+           if k.startswith(f"model.layers.{n}.") and not any(e in k for e in extra)},
+        "model.embed_tokens.weight": state["model.embed_tokens.weight"],
+        "model.norm.weight": extra["shared_head.norm.weight"], "lm_head.weight": state["lm_head.weight"],
+    })
+    return main.eval(), block.eval(), extra
+
+
+def test_mtp_layer_is_skipped_by_default_and_loads_on_request(tmp_path):
+    from llmzoo.mtp import predict_ahead
+
+    main, block, extra = mtp_checkpoint(tmp_path / "ckpt")
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(3))
+    plain = from_pretrained(tmp_path / "ckpt")
+    assert plain.config.mtp is None and not hasattr(plain, "mtp")
+    with torch.no_grad():
+        want = main(input_ids=ids)
+        assert (plain(ids) - want.logits).abs().max() <= 1e-4
+        cfg = type(plain.config).model_validate({**plain.config.to_dict(), "mtp": {"n_layers": 1}})
+        ours = from_pretrained(tmp_path / "ckpt", config=cfg)
+        torch.testing.assert_close(ours.mtp[0].eh_proj.weight, extra["eh_proj.weight"], rtol=0, atol=0)
+        main_logits, ahead = predict_ahead(ours, ids)
+        assert (main_logits - want.logits).abs().max() <= 1e-4
+        # reference for depth 1 (V3 eq. 21-23): h0 = main model's final normed state, token i+1's embedding
+        h0 = main.model(input_ids=ids).last_hidden_state
+        rms = lambda x, w: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w  # noqa: E731
+        emb = main.model.embed_tokens(ids[:, 1:])
+        x = torch.cat([rms(emb, extra["enorm.weight"]), rms(h0[:, :-1], extra["hnorm.weight"])], -1)
+        expected = block(inputs_embeds=x @ extra["eh_proj.weight"].T).logits
+    assert ahead.shape == (2, 11, 96)
+    assert (ahead - expected).abs().max() <= 1e-4
+
+
+def test_layers_past_the_mtp_layer_are_still_unexpected(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from llmzoo.hf.loader import CheckpointError
+
+    mtp_checkpoint(tmp_path / "ckpt")
+    bogus = "model.layers.4.self_attn.o_proj.weight"  # n = 3 main layers, MTP layer 3, nothing at 4
+    save_file({bogus: torch.zeros(48, 48)}, tmp_path / "ckpt" / "extra.safetensors")
+    index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())
+    index["weight_map"][bogus] = "extra.safetensors"
+    (tmp_path / "ckpt" / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=bogus.replace(".", r"\.")):
+        from_pretrained(tmp_path / "ckpt")
