@@ -152,11 +152,3 @@ class FalconAdapter(Adapter):
                 "parallel_attn": True, "bias": False, "alibi": False, "max_position_embeddings": 64,
                 "layer_norm_epsilon": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True}
 
-
-# the tiny variants the classic tests also run: Falcon-7B's and Falcon-RW's layouts
-TINY_VARIANTS = {
-    "falcon-7b": {"new_decoder_architecture": False, "multi_query": True, "parallel_attn": True, "bias": False,
-                  "num_kv_heads": None},
-    "falcon-rw": {"new_decoder_architecture": False, "multi_query": False, "parallel_attn": False, "bias": True,
-                  "alibi": True, "num_attention_heads": 6, "hidden_size": 48, "num_kv_heads": None},
-}

@@ -4,7 +4,8 @@ ALiBi (no position embeddings), pre-LN LayerNorm without bias, no bias in any li
 exact-GELU MLP of 4·d_model, tied head; `attn_config.clip_qkv` clamps the fused q, k, v
 activations and `attn_config.softmax_scale` replaces 1/sqrt(head_dim) when set. `Wqkv` stacks
 [q; k; v] along its output dim (not per head). transformers implements the published layout only:
-ALiBi on, no biases, `expansion_ratio` 4, no qk LayerNorm, no logit scale; anything else is an error.
+ALiBi on with alibi_bias_max 8, no biases, `expansion_ratio` 4, no qk LayerNorm, no logit scale;
+anything else is an error that names the key.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class MptAdapter(Adapter):
         for key, need in UNSUPPORTED_ATTN.items():
             if key in attn and bool(attn[key]) != need:
                 raise ValueError(f"attn_config.{key}: {attn[key]!r} is not supported (transformers' MPT needs {need})")
+        if attn.get("alibi_bias_max", 8) != 8:  # MptModel builds its ALiBi table with the default 8
+            raise ValueError(f"attn_config.alibi_bias_max: {attn['alibi_bias_max']!r} is not supported "
+                             "(transformers' MPT always uses 8)")
         if attn.get("attn_type", "multihead_attention") != "multihead_attention":
             raise ValueError(f"attn_config.attn_type: {attn['attn_type']!r} is not supported (multihead_attention)")
         for key, need in (("no_bias", True), ("expansion_ratio", 4), ("logit_scale", None)):
@@ -55,7 +59,7 @@ class MptAdapter(Adapter):
             "d_model": d,
             "n_layers": int(require(hf, "n_layers")),
             "max_seq_len": int(require(hf, "max_seq_len")),
-            "position": {"type": "alibi", "max_bias": float(attn.get("alibi_bias_max", 8))},
+            "position": {"type": "alibi", "max_bias": 8.0},
             "block": {
                 "placement": "pre",
                 "norm": norm,
@@ -80,8 +84,7 @@ class MptAdapter(Adapter):
             "max_seq_len": config.max_seq_len,
             "no_bias": True,
             "layer_norm_epsilon": config.block.norm.eps,
-            "attn_config": {"alibi": True, "alibi_bias_max": config.position.max_bias
-                            if config.position.type == "alibi" else 8,
+            "attn_config": {"alibi": True, "alibi_bias_max": int(getattr(config.position, "max_bias", 8)),
                             "clip_qkv": a.clip_qkv, "softmax_scale": a.softmax_scale, "qk_ln": False,
                             "attn_type": "multihead_attention", "prefix_lm": False},
             "tie_word_embeddings": config.head.tied,
