@@ -100,6 +100,16 @@ def _logits(out: Any) -> Tensor:
     return out if isinstance(out, Tensor) else out.logits
 
 
+def forward_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, like: nn.Module | None = None) -> Tensor:
+    """Logits of an llmzoo model or a reference on one batch. An encoder-decoder (T5; judged from
+    `like`, the llmzoo model) reads the batch as source and as target; the logits are the target's."""
+    like = model if like is None else like
+    seq2seq = getattr(getattr(like, "config", None), "encoder", None) is not None
+    extra = dict(decoder_input_ids=input_ids, decoder_attention_mask=attention_mask) if seq2seq else {}
+    with torch.no_grad():
+        return _logits(model(input_ids=input_ids, attention_mask=attention_mask, **extra))
+
+
 @dataclass
 class Divergence:
     module: str  # llmzoo module name
@@ -156,9 +166,11 @@ def compare(
     attention_mask: Tensor,
     dtype: torch.dtype = torch.float32,
     model_type: str = "",
+    tolerance: dict[str, float] | None = None,
 ) -> ParityReport:
-    """Run both models on one batch with hooks on paired boundaries; compare at non-pad positions."""
-    tol = TOLERANCES.get(dtype, TOLERANCES[torch.bfloat16])
+    """Run both models on one batch with hooks on paired boundaries; compare at non-pad positions.
+    tolerance: {atol, rtol, layer_rtol} overriding TOLERANCES[dtype] (an adapter's `tolerances`)."""
+    tol = tolerance or TOLERANCES.get(dtype, TOLERANCES[torch.bfloat16])
     pairs = boundary_pairs(rules, ours, ref)
     got_ours: dict[str, Tensor] = {}
     got_ref: dict[str, Tensor] = {}
@@ -177,12 +189,9 @@ def compare(
     for o, h in pairs:
         handles.append(ours.get_submodule(o).register_forward_hook(hook(got_ours, o, True)))
         handles.append(ref.get_submodule(h).register_forward_hook(hook(got_ref, h, False)))
-    # an encoder-decoder model (T5) reads the batch as source and as target; the logits are the target's
-    seq2seq = getattr(getattr(ours, "config", None), "encoder", None) is not None
-    extra = dict(decoder_input_ids=input_ids, decoder_attention_mask=attention_mask) if seq2seq else {}
     try:
-        a = ours(input_ids, attention_mask=attention_mask, **extra).float()
-        b = _logits(ref(input_ids=input_ids, attention_mask=attention_mask, **extra)).float()
+        a = forward_logits(ours, input_ids, attention_mask, like=ours).float()
+        b = forward_logits(ref, input_ids, attention_mask, like=ours).float()
     finally:
         for hd in handles:
             hd.remove()
@@ -258,7 +267,7 @@ def parity(
     elif attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     report = compare(model, reference, adapter.rules(model.config), input_ids, attention_mask, dt,
-                     adapter.model_type)
+                     adapter.model_type, (adapter.tolerances or {}).get(dt))
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 import llmzoo
 from llmzoo.hf import get_adapter, supported_model_types
-from llmzoo.parity import _logits, make_batch
+from llmzoo.parity import forward_logits, make_batch
 
 TYPES = supported_model_types()
 
@@ -27,10 +27,8 @@ def read_all(folder):
     return out
 
 
-def logits(model, ids, mask):
-    with torch.no_grad():
-        return _logits(model(input_ids=ids, attention_mask=mask) if not isinstance(model, llmzoo.CausalLM)
-                       else model(ids, attention_mask=mask))
+def logits(model, ids, mask, like=None):
+    return forward_logits(model, ids, mask, like=like)
 
 
 @pytest.mark.parametrize("model_type", TYPES)
@@ -58,7 +56,7 @@ def test_export_loads_in_reference(model_type, tiny_checkpoint, tmp_path):
     ref = get_adapter(model_type).load_reference(str(out), torch.float32)
     ids, mask = make_batch(ours.config.vocab_size, 20, seed=3)
     keep = mask.bool()
-    assert (logits(ours, ids, mask)[keep] - logits(ref, ids, mask)[keep]).abs().max() <= 1e-4
+    assert (logits(ours, ids, mask)[keep] - logits(ref, ids, mask, like=ours)[keep]).abs().max() <= 1e-4
 
 
 def test_tiny_zoo_export_loads_in_transformers(tmp_path):

@@ -11,18 +11,10 @@ import torch
 
 import llmzoo
 from llmzoo.hf import supported_model_types
-from llmzoo.parity import _logits, make_batch, parity, verify
+from llmzoo.parity import forward_logits, make_batch, parity, verify
 
 TYPES = supported_model_types()
 SEQ = 24  # longer than every tiny config's sliding window (mistral: 8)
-
-
-def masked_max_delta(ours, ref, ids, mask):
-    with torch.no_grad():
-        a = ours(ids, attention_mask=mask).float()
-        b = _logits(ref(input_ids=ids, attention_mask=mask)).float()
-    keep = mask.bool()
-    return float((a[keep] - b[keep]).abs().max()), float(b[keep].abs().max())
 
 
 @pytest.mark.parametrize("model_type", TYPES)
@@ -30,12 +22,16 @@ def test_logits_match_reference_fp32(model_type, tiny_checkpoint):
     folder, ref = tiny_checkpoint(model_type)
     assert len(list(folder.glob("*.safetensors"))) >= 3
     ours = llmzoo.from_pretrained(folder)
-    windows = [b.attention.window for b in ours.config.blocks if getattr(b.attention, "window", None)]
+    blocks = getattr(ours.config, "blocks", [])
+    windows = [b.attention.window for b in blocks if getattr(b.attention, "window", None)]
     assert all(SEQ > w for w in windows)
     ids, mask = make_batch(ours.config.vocab_size, SEQ, pad=5, seed=1)
-    delta, scale = masked_max_delta(ours, ref, ids, mask)
-    assert scale > 1.0  # loud weights: logits far from zero, so 1e-4 is a real bound
-    assert delta <= 1e-4, f"{model_type}: max|Δlogits| {delta:.3g}"
+    assert not mask.all()  # one sequence is right-padded
+    logits = forward_logits(ref, ids, mask, like=ours)
+    assert logits[mask.bool()].abs().max() > 1.0  # loud weights: logits far from zero, 1e-4 is a real bound
+    report = parity(model=ours, reference=ref, input_ids=ids, attention_mask=mask)
+    assert report.max_abs <= 1e-4, str(report)  # max over non-pad positions of both sequences
+    assert report.passed and report.top1 == 1.0
 
 
 # bf16 bound (stated): both sides round every activation to 8 mantissa bits, so we allow
@@ -87,11 +83,11 @@ def test_broken_mlp_is_located(tiny_checkpoint):
 
 def test_verify_all_families_fast():
     out = io.StringIO()
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU seconds: wall time depends on what else shares the 2 cores
     reports = verify(file=out)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     table = out.getvalue()
     assert [r.model_type for r in reports] == TYPES
     assert all(r.passed for r in reports), table
     assert all(mt in table for mt in TYPES) and "FAIL" not in table
-    assert elapsed < 45, f"verify took {elapsed:.1f}s"
+    assert elapsed < 45, f"verify took {elapsed:.1f} CPU seconds"
