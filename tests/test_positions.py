@@ -152,3 +152,22 @@ def test_banded_layer_ignores_tokens_outside_the_band():
     torch.testing.assert_close(local(changed)[0, t], local(ids)[0, t], rtol=0, atol=0)
     assert not torch.allclose(local(inside)[0, t], local(ids)[0, t])
     assert not torch.allclose(dense(changed)[0, t], dense(ids)[0, t])
+
+
+@pytest.mark.parametrize("n_heads", [6, 8])
+def test_falcon_alibi_table_matches_transformers(n_heads):
+    """Falcon's ALiBi (its alibi: true checkpoints): bf16(bf16(m_h) · j) over key positions, added
+    before the 1/sqrt(head_dim) scaling. Our bfloat16 table must equal transformers' bit for bit."""
+    falcon = pytest.importorskip("transformers.models.falcon.modeling_falcon")
+    head_dim, T = 8, 300  # positions past 256 are themselves rounded by bfloat16
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[1, T - 7 :] = 0
+    want = falcon.build_alibi_tensor(mask, n_heads, torch.float32).view(2, n_heads, 1, T) / math.sqrt(head_dim)
+    module = ALiBi(AlibiSpec(scale=head_dim**-0.5, table_dtype="bfloat16"), d_model=n_heads * head_dim,
+                   n_heads=n_heads, rotary_dim=0)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    got = module.bias(pos[:, :5], pos)  # (B, H, 5, T): the same row for every query
+    keep = mask.bool()[:, None, None, :].expand_as(got)
+    torch.testing.assert_close(got[keep], want.expand_as(got)[keep], rtol=1e-6, atol=0)
+    float_table = ALiBi(AlibiSpec(scale=head_dim**-0.5), d_model=n_heads * head_dim, n_heads=n_heads, rotary_dim=0)
+    assert not torch.allclose(float_table.bias(pos[:, -1:], pos)[0, :, 0], got[0, :, 0] - got[0, :, 0, -1:], atol=1e-4)
