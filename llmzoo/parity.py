@@ -272,13 +272,14 @@ def parity(
     return report
 
 
-def tiny_reference(model_type: str, seed: int = 0) -> nn.Module:
-    """The adapter's tiny reference model for `model_type`, with loud seeded weights."""
+def tiny_reference(model_type: str, seed: int = 0, overrides: dict[str, Any] | None = None) -> nn.Module:
+    """The adapter's tiny reference model for `model_type` (config.json keys in `overrides` replace
+    those of `tiny_hf_config()`), with loud seeded weights."""
     from .hf import get_adapter
 
     adapter = get_adapter(model_type)
     torch.manual_seed(seed)
-    return loud_init_(adapter.reference(adapter.tiny_hf_config()), seed)
+    return loud_init_(adapter.reference({**adapter.tiny_hf_config(), **(overrides or {})}), seed)
 
 
 def shard_size_for(model: nn.Module, n_shards: int = 4) -> int:

@@ -19,25 +19,28 @@ def loud():
     return loud_init_
 
 
-def save_tiny_checkpoint(model_type: str, folder: Path, seed: int = 0, n_shards: int = 4) -> torch.nn.Module:
-    """Build the adapter's tiny reference (loud, seeded), save it sharded into ~n_shards safetensors."""
+def save_tiny_checkpoint(
+    model_type: str, folder: Path, seed: int = 0, n_shards: int = 4, overrides: dict | None = None
+) -> torch.nn.Module:
+    """Build the adapter's tiny reference (loud, seeded; `overrides` replace config.json keys of
+    tiny_hf_config()), save it sharded into ~n_shards safetensors."""
     from llmzoo.hf import get_adapter
 
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    ref = tiny_reference(model_type, seed)
+    ref = tiny_reference(model_type, seed, overrides)
     get_adapter(model_type).save_reference(ref, str(folder), shard_size_for(ref, n_shards))
     return ref
 
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
-    """tiny_checkpoint(model_type, seed=0) -> (folder, reference model) with ≥ 3 safetensors shards."""
+    """tiny_checkpoint(model_type, seed=0, overrides=None) -> (folder, reference) with ≥ 3 shards."""
 
-    def make(model_type: str, seed: int = 0, name: str = "ckpt"):
-        folder = tmp_path / f"{name}-{model_type}-{seed}"
-        ref = save_tiny_checkpoint(model_type, folder, seed)
+    def make(model_type: str, seed: int = 0, name: str = "ckpt", overrides: dict | None = None):
+        folder = tmp_path / f"{name}-{model_type}-{seed}-{len(list(tmp_path.iterdir()))}"
+        ref = save_tiny_checkpoint(model_type, folder, seed, overrides=overrides)
         return folder, ref
 
     return make

@@ -91,3 +91,40 @@ def test_verify_all_families_fast():
     assert all(r.passed for r in reports), table
     assert all(mt in table for mt in TYPES) and "FAIL" not in table
     assert elapsed < 45, f"verify took {elapsed:.1f} CPU seconds"
+
+
+# Variants the tiny configs above do not cover: each is a published configuration of the type.
+VARIANTS = {
+    "llama-tied-biases": ("llama", {"tie_word_embeddings": True, "attention_bias": True, "mlp_bias": True,
+                                    "rope_scaling": None}),
+    "llama-linear-rope": ("llama", {"rope_scaling": {"type": "linear", "factor": 2.0}}),
+    "llama-dynamic-ntk": ("llama", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0},
+                                    "max_position_embeddings": 16}),  # the batch (24) passes it
+    "llama-mha": ("llama", {"num_key_value_heads": 4, "rope_scaling": None}),
+    "qwen2-sliding-upper-layers": ("qwen2", {"use_sliding_window": True, "max_window_layers": 1}),
+    "gemma-7b-like-mha": ("gemma", {"num_key_value_heads": 4, "hidden_act": "gelu"}),
+    "internlm2-bias": ("internlm2", {"bias": True, "num_key_value_heads": 8}),
+    "baichuan-7b-rotary": ("baichuan", {"max_position_embeddings": 128, "num_attention_heads": 4}),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variant_logits_match_reference(variant, tiny_checkpoint):
+    model_type, overrides = VARIANTS[variant]
+    folder, ref = tiny_checkpoint(model_type, overrides=overrides)
+    report = parity(folder, reference=ref, seq_len=SEQ)
+    assert report.max_abs <= 1e-4 and report.passed, str(report)
+
+
+def test_variant_configs_read_as_published():
+    from llmzoo.hf import get_adapter
+
+    def cfg(name):
+        t, o = VARIANTS[name]
+        return get_adapter(t).to_config({**get_adapter(t).tiny_hf_config(), **o})
+
+    assert [b.attention.window for b in cfg("qwen2-sliding-upper-layers").blocks] == [None, 8, 8]
+    assert cfg("baichuan-7b-rotary").position.type == "rope"
+    assert get_adapter("baichuan").to_config(get_adapter("baichuan").tiny_hf_config()).position.type == "alibi"
+    g = cfg("gemma-7b-like-mha")
+    assert g.block.mlp.activation == "gelu_tanh" and g.block.norm.unit_offset and g.embedding.scale == "sqrt_d_model"
