@@ -25,6 +25,10 @@ class RMSNormSpec(ComponentSpec):
     type: Literal["rmsnorm"] = "rmsnorm"
     eps: float = Field(1e-6, gt=0)
     unit_offset: bool = False
+    round_before_weight: bool = Field(
+        False, description="round x/rms(x) to the input dtype, then multiply by g in it (T5LayerNorm, "
+        "HF LlamaRMSNorm); False multiplies in float32 and rounds once (Gemma). Same result in float32"
+    )
 
     def n_params(self, dim: int) -> int:
         return dim
@@ -55,17 +59,21 @@ class LayerNorm(nn.Module):
 class RMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich, arXiv:1910.07467): y = x / sqrt(mean(x²) + eps) * g.
 
-    unit_offset: scale by (1 + g), for checkpoints that store g - 1 (Gemma)."""
+    unit_offset: scale by (1 + g), for checkpoints that store g - 1 (Gemma).
+    round_before_weight: in half precision, round x/rms(x) before multiplying by g (T5LayerNorm)."""
 
     def __init__(self, spec: RMSNormSpec, dim: int):
         super().__init__()
         self.eps = spec.eps
         self.offset = 1.0 if spec.unit_offset else 0.0
+        self.round_before_weight = spec.round_before_weight
         self.weight = nn.Parameter(torch.full((dim,), 1.0 - self.offset))
 
     def forward(self, x: Tensor) -> Tensor:  # (..., D)
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.round_before_weight:  # half precision: two roundings, as the reference implementation
+            return (self.offset + self.weight) * y.type_as(x)
         return (y * (self.offset + self.weight.float())).type_as(x)
 
     def reset_parameters(self) -> None:

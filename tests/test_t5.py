@@ -43,7 +43,7 @@ def config_from_reference(ref) -> ModelConfig:
     act = {"relu": "relu", "gelu_new": "gelu_tanh"}[c.dense_act_fn]
     mlp = {"type": "glu" if gated else "mlp", "activation": act, "d_ff": c.d_ff, "bias": False}
     attn = {"type": "mha", "n_heads": c.num_heads, "head_dim": c.d_kv, "softmax_scale": 1.0}
-    norm = {"type": "rmsnorm", "eps": c.layer_norm_epsilon}
+    norm = {"type": "rmsnorm", "eps": c.layer_norm_epsilon, "round_before_weight": True}
     rel = {"type": "relative", "num_buckets": c.relative_attention_num_buckets,
            "max_distance": c.relative_attention_max_distance}
     return ModelConfig.model_validate(dict(
@@ -281,3 +281,27 @@ def test_kv_cache_counts_self_and_cross_attention():
     per_token = 2 * a.n_heads * a.head_dim  # K and V, fp32: 4 bytes
     # each decoder layer caches its own 16 target tokens and the cross-attention K/V of 16 source tokens
     assert llmzoo.kv_cache_bytes(cfg, seq_len=16, dtype="float32") == cfg.n_layers * per_token * (16 + 16) * 4
+
+
+def test_rmsnorm_rounds_like_t5layernorm_in_bf16():
+    """round_before_weight: x/rms(x) is rounded to bf16, then multiplied by g in bf16, bit for bit."""
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    from llmzoo.norms import RMSNorm, RMSNormSpec
+
+    g = torch.Generator().manual_seed(0)
+    ref = T5LayerNorm(48, eps=1e-6)
+    with torch.no_grad():
+        ref.weight.copy_(1 + 0.3 * torch.randn(48, generator=g))
+    ref = ref.to(torch.bfloat16)
+    x = (3 * torch.randn(4, 7, 48, generator=g)).to(torch.bfloat16)
+    outs = {}
+    for rounds in (True, False):
+        ours = RMSNorm(RMSNormSpec(eps=1e-6, round_before_weight=rounds), 48).to(torch.bfloat16)
+        with torch.no_grad():
+            ours.weight.copy_(ref.weight)
+            outs[rounds] = ours(x)
+    with torch.no_grad():
+        want = ref(x)
+    assert torch.equal(outs[True], want)
+    assert not torch.equal(outs[False], want)  # single rounding differs: the field is what matches

@@ -87,7 +87,8 @@ class T5Adapter(Adapter):
         n_heads, head_dim = int(require(hf, "num_heads")), int(require(hf, "d_kv"))
         attn = {"type": "mha", "n_heads": n_heads, "head_dim": head_dim, "qkv_bias": False, "o_bias": False,
                 "softmax_scale": 1.0}
-        norm = {"type": "rmsnorm", "eps": float(hf.get("layer_norm_epsilon", 1e-6))}
+        norm = {"type": "rmsnorm", "eps": float(hf.get("layer_norm_epsilon", 1e-6)), "unit_offset": False,
+                "round_before_weight": True}
         rel = {"type": "relative", "num_buckets": int(hf.get("relative_attention_num_buckets", 32)),
                "max_distance": int(hf.get("relative_attention_max_distance", 128))}
         n_enc = int(require(hf, "num_layers"))
@@ -149,7 +150,9 @@ class T5Adapter(Adapter):
             "num_layers": 2, "num_decoder_layers": 3,  # head_dim·heads ≠ d_model, unequal stacks
             "relative_attention_num_buckets": 8, "relative_attention_max_distance": 12,  # log buckets in 16 tokens
             "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-6, "dropout_rate": 0.0,
-            "tie_word_embeddings": True, "scale_decoder_outputs": True,  # gated MLP and the v1.0 head rescale
+            # tied and unscaled, as transformers 5 builds v1.1: logits stay loud (> 1) under loud_init_;
+            # the v1.0 d_model^-0.5 rescale and the untied hub head are tested in tests/test_t5.py
+            "tie_word_embeddings": True, "scale_decoder_outputs": False,
         }
 
     # ------------------------------------------------------------------ references
@@ -158,10 +161,10 @@ class T5Adapter(Adapter):
 
         kwargs = {k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}
         cfg = AutoConfig.for_model(self.model_type, **kwargs)
-        cfg._attn_implementation = "eager"
+        cfg._attn_implementation = "sdpa"  # transformers' default for T5; eager runs softmax in half precision
         return AutoModelForSeq2SeqLM.from_config(cfg, dtype=torch.float32).eval()
 
     def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
         from transformers import AutoModelForSeq2SeqLM
 
-        return AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager").eval()
+        return AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
