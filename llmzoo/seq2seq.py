@@ -22,10 +22,6 @@ from .positions import PositionEncoding
 from .registry import build
 
 
-def rotary_dim(position, block: BlockSpec) -> int:
-    return int(block.attention.rotary_head_dim * position.fraction) if position.type == "rope" else 0
-
-
 def stack_context(
     positions: PositionEncoding, ids: Tensor, padding: Tensor | None, causal: bool, rope_layout: str
 ) -> Context:
@@ -87,9 +83,8 @@ class Encoder(nn.Module):
     def __init__(self, spec: EncoderSpec, config: ModelConfig):
         super().__init__()
         d, a = config.d_model, spec.block.attention
-        self.positions = build(
-            "position", spec.position, d_model=d, n_heads=a.n_heads, rotary_dim=rotary_dim(spec.position, spec.block)
-        )
+        rotary = ModelConfig.rotary_dim.fget(spec)  # the decoder's rule, read from the encoder's position and block
+        self.positions = build("position", spec.position, d_model=d, n_heads=a.n_heads, rotary_dim=rotary)
         self.embed_norm = build("norm", config.embedding.norm, d) if config.embedding.norm else nn.Identity()
         mult = self.positions.softmax_scale_mult
         self.blocks = nn.ModuleList(Block(spec.block, d, i, mult) for i in range(spec.n_layers))

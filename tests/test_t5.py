@@ -143,6 +143,55 @@ def test_decoder_is_causal_and_encoder_bidirectional():
         assert not torch.allclose(memory[:, 0], late_memory[:, 0])  # the first source token sees the last
 
 
+def test_post_norm_encoder_decoder_matches_bart():
+    """The other wiring of EncoderDecoderLM, against transformers' BART (hand-mapped, no adapter):
+    post-norm blocks, learned positions per stack (offset 2), an embedding LayerNorm per stack,
+    sqrt(d) embedding scale, biases everywhere, tied head with a logits bias."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from llmzoo.parity import loud_init_
+
+    hf = BartConfig(vocab_size=96, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+                    decoder_attention_heads=4, encoder_ffn_dim=40, decoder_ffn_dim=40, max_position_embeddings=40,
+                    activation_function="gelu", scale_embedding=True, dropout=0.0, attention_dropout=0.0,
+                    activation_dropout=0.0, tie_word_embeddings=True)
+    ref = loud_init_(BartForConditionalGeneration(hf).eval(), seed=7)
+    with torch.no_grad():
+        ref.final_logits_bias.normal_(0.0, 0.5)
+    norm = {"type": "layernorm", "eps": 1e-5, "bias": True}
+    attn = {"type": "mha", "n_heads": 4, "head_dim": 8, "qkv_bias": True, "o_bias": True}
+    mlp = {"type": "mlp", "d_ff": 40, "activation": "gelu", "bias": True}
+    learned = {"type": "learned", "max_positions": 40, "offset": 2}
+    cfg = ModelConfig.model_validate(dict(
+        name="bart-tiny", family="bart", vocab_size=96, d_model=32, n_layers=3, max_seq_len=40, position=learned,
+        embedding={"scale": "sqrt_d_model", "norm": norm},
+        block={"placement": "post", "norm": norm, "attention": attn, "cross_attention": attn, "mlp": mlp},
+        final_norm=None, head={"tied": True, "bias": True},
+        encoder={"n_layers": 2, "position": learned, "final_norm": None,
+                 "block": {"placement": "post", "norm": norm, "attention": attn, "mlp": mlp}},
+    ))
+    ours = llmzoo.build(cfg)
+    names = {"self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k", "self_attn.v_proj": "attn.v",
+             "self_attn.out_proj": "attn.o", "self_attn_layer_norm": "attn_norm", "encoder_attn.q_proj": "cross_attn.q",
+             "encoder_attn.k_proj": "cross_attn.k", "encoder_attn.v_proj": "cross_attn.v",
+             "encoder_attn.out_proj": "cross_attn.o", "encoder_attn_layer_norm": "cross_attn_norm",
+             "fc1": "mlp.up", "fc2": "mlp.down", "final_layer_norm": "mlp_norm",
+             "embed_positions": "positions", "layernorm_embedding": "embed_norm"}
+    state = {"embed.weight": ref.model.shared.weight, "head_bias": ref.final_logits_bias[0]}
+    for name, t in ref.model.named_parameters():
+        stack, _, rest = name.partition(".")
+        if stack == "shared" or rest.startswith("embed_tokens"):
+            continue
+        prefix = "encoder." if stack == "encoder" else ""
+        if rest.startswith("layers."):
+            _, i, rest = rest.split(".", 2)
+            prefix += f"blocks.{i}."
+        module, leaf = rest.rsplit(".", 1)
+        state[prefix + names[module] + "." + leaf] = t
+    ours.load_state_dict(state, strict=True)
+    assert_logits_match(ours.eval(), ref)
+
+
 # ------------------------------------------------------------------- the `t5` adapter (sharded checkpoint)
 
 
