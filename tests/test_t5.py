@@ -129,7 +129,7 @@ def test_hand_copied_weights_match_transformers(ff, tied):
 
 
 def test_decoder_is_causal_and_encoder_bidirectional():
-    cfg = config_from_reference(tiny_reference("relu", True))
+    cfg = llmzoo.scale_down("t5-small")
     model = llmzoo.build(cfg).eval()
     src, tgt, _, _ = padded_batch(cfg.vocab_size)
     with torch.no_grad():
