@@ -153,6 +153,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in reports) else 1
 
 
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "float8_e4m3fn"}
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from .parallel import memory_estimate
+
+    dtype = DTYPE_ALIASES.get(args.dtype, args.dtype)
+    m = memory_estimate(args.name, tp=args.tp, dp=args.dp, ep=args.ep, dtype=dtype, seq_len=args.seq, batch=args.batch)
+    gib = 2**30
+    print(f"{args.name}: tp={args.tp} dp={args.dp}{' ep' if args.ep else ''} ({args.tp * args.dp} ranks), {dtype}, "
+          f"{args.batch} × {args.seq} tokens")
+    rows = [
+        ("parameters, whole model", f"{m['params_total'] / gib:.2f}"),
+        ("parameters per rank", f"{m['params'] / gib:.2f}"),
+        ("  (count_params / ranks)", f"{m['params_ideal'] / gib:.2f}"),
+        (f"KV cache per rank (⌈{args.batch}/{args.dp}⌉ seqs)", f"{m['kv_cache'] / gib:.2f}"),
+        ("total per rank (no activations)", f"{(m['params'] + m['kv_cache']) / gib:.2f}"),
+    ]
+    print(format_table(rows, ["bytes per rank", "GiB"]))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmzoo", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="verb", required=True)
@@ -203,6 +225,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float32")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("memory", help="bytes per rank under llmzoo.parallel (tensor parallel × FSDP2)")
+    s.add_argument("name")
+    s.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks")
+    s.add_argument("--dp", type=int, default=1, help="FSDP2 (data-parallel) ranks")
+    s.add_argument("--ep", action="store_true", help="split MoE experts across the tp ranks")
+    s.add_argument("--dtype", default="bf16", help="bf16, fp16, fp32 or a torch dtype name")
+    s.add_argument("--seq", type=int, default=4096, help="tokens per sequence in the KV cache")
+    s.add_argument("--batch", type=int, default=1, help="sequences across the dp ranks")
+    s.set_defaults(func=cmd_memory)
 
     return p
 

@@ -58,8 +58,8 @@ MLP = [
     Rule("model.layers.{i}.mlp.experts.{e}.down_proj.weight",          "blocks.{i}.mlp.experts.down", StackExperts()),
     # transformers 5's in-memory layout, should a checkpoint be written in it
     Rule("model.layers.{i}.mlp.experts.gate_up_proj",                  "blocks.{i}.mlp.experts.{gate,up}",
-         Split(dim=1, parts=2)),
-    Rule("model.layers.{i}.mlp.experts.down_proj",                     "blocks.{i}.mlp.experts.down"),
+         Split(dim=1, parts=2), variant=True),
+    Rule("model.layers.{i}.mlp.experts.down_proj",                     "blocks.{i}.mlp.experts.down", variant=True),
     Rule("model.layers.{i}.mlp.shared_experts.{gate,up,down}_proj.weight",
          "blocks.{i}.mlp.shared.{gate,up,down}.weight"),
     Rule("model.layers.{i}.mlp.shared_experts.{gate,up,down}_proj.bias",
@@ -102,7 +102,7 @@ def mtp_rules(config: ModelConfig, n_mtp: int) -> list[Rule]:
                 else:  # an expert index {e} stays a plain slot: every expert is skipped
                     out.append(Rule(hf, None))
             else:
-                out.append(Rule(hf, ours, *r.transforms))
+                out.append(Rule(hf, ours, *r.transforms, variant=r.variant))
     return out
 
 
@@ -119,7 +119,7 @@ class _MainLayer(Pattern):
 
 def main_layers(rule: Rule, n_layers: int) -> Rule:
     """The same rule, blind to layer n_layers and above (where V3 keeps its MTP layer)."""
-    out = Rule(rule.hf.text, rule.ours.text if rule.ours else None, *rule.transforms)
+    out = Rule(rule.hf.text, rule.ours.text if rule.ours else None, *rule.transforms, variant=rule.variant)
     out.hf = _MainLayer(rule.hf.text, n_layers)
     return out
 
