@@ -160,15 +160,25 @@ class Attention(nn.Module):
         if self.spec.clip_qkv is not None:
             c = self.spec.clip_qkv
             q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        k = k.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, KV, T, Dh)
-        v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        # heads as -1: under tensor parallelism (llmzoo.parallel) q, k, v hold this rank's heads only
+        q = q.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, KV, T, Dh)
+        v = v.view(B, T, -1, self.head_dim).transpose(1, 2)
         if ctx.rope is not None:
             q, k = ctx.rope_apply(q), ctx.rope_apply(k)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer, k, v)
         y = sdpa(q, k, v, ctx.mask(self.window), self.scale)  # (B, H, T, Dh)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+    def tp_plan(self, tp: int) -> dict:
+        """Tensor-parallel plan (llmzoo.parallel): heads split across ranks, q/k/v column-parallel and o
+        row-parallel; with fewer KV heads than ranks (MQA) each rank keeps the KV head it needs."""
+        from .parallel import ColwiseParallel, ReplicatedHeads, RowwiseParallel, head_split
+
+        head_split(self.n_heads, self.n_kv, tp, f"blocks.{self.layer}.attn")  # checks divisibility
+        kv = ColwiseParallel if self.n_kv % tp == 0 else lambda: ReplicatedHeads(self.n_kv, self.head_dim)
+        return {"q": ColwiseParallel(), "k": kv(), "v": kv(), "o": RowwiseParallel()}
 
 
 for _name in ("mha", "gqa", "mqa"):
@@ -255,23 +265,34 @@ class MLAttention(nn.Module):
             return self.q(x)
         return self.q_b(self.q_norm(self.q_a(x)))
 
+    def tp_plan(self, tp: int) -> dict:
+        """Tensor-parallel plan (llmzoo.parallel): the per-head up-projections (q or q_b, kv_b) column-
+        parallel and o row-parallel; the latents (q_a, kv_a) and their norms stay whole on every rank.
+        The absorbed decode path is not split (it reads kv_b's weight directly)."""
+        from .parallel import ColwiseParallel, RowwiseParallel
+
+        if self.n_heads % tp:
+            raise ValueError(f"blocks.{self.layer}.attn: n_heads ({self.n_heads}) is not divisible by tp ({tp})")
+        q = "q" if self.spec.q_lora_rank is None else "q_b"
+        return {q: ColwiseParallel(), "kv_b": ColwiseParallel(), "o": RowwiseParallel()}
+
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         s = self.spec
         B, T, _ = x.shape
-        q = self.query(x).view(B, T, self.n_heads, self.qk_dim).transpose(1, 2)  # (B, H, T, nope+rope)
+        q = self.query(x).view(B, T, -1, self.qk_dim).transpose(1, 2)  # (B, H, T, nope+rope)
         q_nope, q_pe = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
         c_kv, k_pe = self.kv_a(x).split([s.kv_lora_rank, s.qk_rope_head_dim], dim=-1)
         k_pe = k_pe[:, None]  # (B, 1, T, rope): one rotary key shared by all heads
         if ctx.rope is not None:
             q_pe, k_pe = ctx.rope_apply(q_pe), ctx.rope_apply(k_pe)
-        kv = self.kv_b(self.kv_norm(c_kv)).view(B, T, self.n_heads, -1).transpose(1, 2)
+        kv = self.kv_b(self.kv_norm(c_kv)).view(B, T, -1, s.qk_nope_head_dim + s.v_head_dim).transpose(1, 2)
         k_nope, v = kv.split([s.qk_nope_head_dim, s.v_head_dim], dim=-1)  # (B, H, T, ·)
         q = torch.cat([q_nope, q_pe], dim=-1)
-        k = torch.cat([k_nope, k_pe.expand(-1, self.n_heads, -1, -1)], dim=-1)
+        k = torch.cat([k_nope, k_pe.expand(-1, q.shape[1], -1, -1)], dim=-1)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer, k, v)
         y = sdpa(q, k, v, ctx.mask(self.window), self.scale)  # (B, H, T, v_head_dim)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * s.v_head_dim))
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
     def compress(self, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
         """What the absorbed cache holds per token: normed latent c_kv (B, 1, T, kv_lora_rank) and the
