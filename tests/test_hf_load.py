@@ -59,20 +59,48 @@ def test_export_loads_in_reference(model_type, tiny_checkpoint, tmp_path):
     assert (logits(ours, ids, mask)[keep] - logits(ref, ids, mask, like=ours)[keep]).abs().max() <= 1e-4
 
 
-def test_tiny_zoo_export_loads_in_transformers(tmp_path):
-    """A scaled-down zoo config becomes a checkpoint transformers itself loads (llmzoo tiny)."""
-    from transformers import AutoModelForCausalLM
+def _one_zoo_entry_per_family():
+    """(zoo name, model_type): the first zoo entry of each family an adapter exports to."""
+    seen, out = set(), []
+    for name in llmzoo.list_models():
+        try:
+            family = llmzoo.get_config(name).family
+        except Exception:
+            continue
+        for t in TYPES:
+            if family in get_adapter(t).families and family not in seen:
+                seen.add(family)
+                out.append((name, t))
+    return out
 
+
+@pytest.mark.parametrize("name, model_type", _one_zoo_entry_per_family())
+def test_tiny_zoo_export_loads_in_reference(name, model_type, tmp_path):
+    """`llmzoo tiny NAME --out DIR`: a scaled-down zoo config becomes a checkpoint that transformers
+    itself (or the published-code reference) loads, with the same logits."""
+    from llmzoo.cli import main
     from llmzoo.scaling import scale_down
 
-    config = scale_down(llmzoo.get_config("mistral-7b"), preset="tiny")
-    model = llmzoo.build(config, seed=1)
-    llmzoo.save_pretrained(model, tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "mistral"
-    ref = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
-    ids, mask = make_batch(config.vocab_size, 20, seed=4)
+    assert main(["tiny", name, "--out", str(tmp_path), "--seed", "1"]) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == model_type
+    ours = llmzoo.from_pretrained(tmp_path)
+    assert ours.config.d_model == scale_down(llmzoo.get_config(name), preset="tiny").d_model
+    ref = get_adapter(model_type).load_reference(str(tmp_path), torch.float32)
+    ids, mask = make_batch(ours.config.vocab_size, 20, seed=4)
     keep = mask.bool()
-    assert (logits(model, ids, mask)[keep] - logits(ref, ids, mask)[keep]).abs().max() <= 1e-4
+    assert (logits(ours, ids, mask)[keep] - logits(ref, ids, mask, like=ours)[keep]).abs().max() <= 1e-4
+
+
+def test_closest_zoo_entry_is_named(tmp_path):
+    from llmzoo.hf.adapter import closest_zoo_entry
+
+    adapter = get_adapter("mistral")
+    config = adapter.to_config(adapter.export_config(llmzoo.get_config("mistral-7b")))
+    assert closest_zoo_entry(config) == ("mistral-7b", [])
+    hf = adapter.export_config(llmzoo.get_config("mistral-7b"))
+    config = adapter.to_config({**hf, "rope_theta": 1e6})
+    name, diff = closest_zoo_entry(config)
+    assert name == "mistral-7b" and diff == ["position.theta: 10000.0 became 1000000.0"]
 
 
 def test_single_safetensors_file_and_dtype(tiny_checkpoint, tmp_path):
