@@ -72,6 +72,9 @@ class BlockSpec(Spec):
                 raise ValueError(f"cross_attention.type: {self.cross_attention.type!r} is not one of gqa, mha, mqa")
             if self.placement not in ("pre", "post") or self.parallel != "none":
                 raise ValueError("cross_attention needs placement 'pre' or 'post' and parallel 'none'")
+            a = self.cross_attention
+            if a.window is not None or a.prefix_lm or a.clip_qkv is not None:
+                raise ValueError("cross_attention: window, prefix_lm and clip_qkv apply to self-attention only")
         if self.parallel != "none" and self.placement != "pre":
             raise ValueError(f"parallel: {self.parallel!r} needs placement 'pre', not {self.placement!r}")
         if self.alpha != 1.0 and self.placement not in ("post", "deepnorm"):

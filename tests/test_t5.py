@@ -354,3 +354,8 @@ def test_rmsnorm_rounds_like_t5layernorm_in_bf16():
         want = ref(x)
     assert torch.equal(outs[True], want)
     assert not torch.equal(outs[False], want)  # single rounding differs: the field is what matches
+
+
+def test_cross_attention_rejects_self_attention_only_fields():
+    with pytest.raises(ValueError, match="apply to self-attention only"):
+        ModelConfig.model_validate(_t5_dict(**{"block.cross_attention.window": 8}))
