@@ -359,3 +359,17 @@ def test_rmsnorm_rounds_like_t5layernorm_in_bf16():
 def test_cross_attention_rejects_self_attention_only_fields():
     with pytest.raises(ValueError, match="apply to self-attention only"):
         ModelConfig.model_validate(_t5_dict(**{"block.cross_attention.window": 8}))
+
+
+def test_hub_config_json_of_t5_11b_is_the_zoo_entry():
+    """google-t5/t5-11b's config.json (keys as published on the hub) converts to the zoo's t5-11b."""
+    from llmzoo.hf import get_adapter
+    from llmzoo.hf.adapter import config_diff
+
+    hub = {"architectures": ["T5WithLMHeadModel"], "d_ff": 65536, "d_kv": 128, "d_model": 1024,
+           "decoder_start_token_id": 0, "dropout_rate": 0.1, "eos_token_id": 1, "initializer_factor": 1.0,
+           "is_encoder_decoder": True, "layer_norm_epsilon": 1e-06, "model_type": "t5", "n_positions": 512,
+           "num_heads": 128, "num_layers": 24, "output_past": True, "pad_token_id": 0,
+           "relative_attention_num_buckets": 32, "vocab_size": 32128}
+    cfg = get_adapter("t5").to_config(hub)
+    assert config_diff(llmzoo.get_config("t5-11b"), cfg) == []
