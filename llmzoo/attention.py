@@ -8,7 +8,7 @@ padding. `Context` builds each distinct mask once per forward and shares it acro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,11 @@ class Context:
     prefix_len: Tensor | None = None  # (B,)
     cache: Any = None
     causal: bool = True  # False: encoder self-attention and cross-attention see every key
+    # with a cache: keys(window, q_index) -> (k_index (S,), key_padding (B, S), key positions (B, S))
+    # of the slots a layer attends to (a rolling window buffer holds other slots than a full one),
+    # and the position bias recomputed over them: bias_fn(q_pos, k_pos) -> (B, H, T, S) or None
+    keys: Callable[[int | None, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None
+    bias_fn: Callable[[Tensor, Tensor], Tensor | None] | None = None
     _masks: dict = field(default_factory=dict)
 
     def rope_apply(self, x: Tensor) -> Tensor:
@@ -72,14 +77,18 @@ class Context:
         """SDPA attn_mask for a layer with this window; None means plain causal (is_causal)."""
         T, S = len(self.q_index), len(self.k_index)
         plain = self.causal and self.key_padding is None and self.prefix_len is None and self.bias is None
-        if plain and T == S and (window is None or window >= S):
+        if plain and self.keys is None and T == S and (window is None or window >= S):
             return None
         if window not in self._masks:
-            allowed = attention_mask(self.q_index, self.k_index, self.key_padding, self.prefix_len, window, self.causal)
-            if self.bias is None:
+            k_index, key_padding, bias = self.k_index, self.key_padding, self.bias
+            if self.keys is not None:
+                k_index, key_padding, key_pos = self.keys(window, self.q_index)
+                bias = self.bias_fn(self.positions, key_pos) if self.bias_fn is not None else None
+            allowed = attention_mask(self.q_index, k_index, key_padding, self.prefix_len, window, self.causal)
+            if bias is None:
                 self._masks[window] = allowed
             else:
-                self._masks[window] = self.bias.masked_fill(~allowed, float("-inf"))
+                self._masks[window] = bias.masked_fill(~allowed, float("-inf"))
         return self._masks[window]
 
 
@@ -277,6 +286,8 @@ class MLAttention(nn.Module):
         return {q: ColwiseParallel(), "kv_b": ColwiseParallel(), "o": RowwiseParallel()}
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        if getattr(ctx.cache, "absorbed", False):  # a latent cache (llmzoo.cache.StaticCache, mla="absorbed")
+            return self.absorbed(x, ctx)
         s = self.spec
         B, T, _ = x.shape
         q = self.query(x).view(B, T, -1, self.qk_dim).transpose(1, 2)  # (B, H, T, nope+rope)

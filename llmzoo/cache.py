@@ -112,7 +112,8 @@ class StaticCache:
         if position_ids is None:  # padding-aware: count the real tokens before each slot
             position_ids = (self.seen[:, None] + real.long().cumsum(-1) - 1).clamp(min=0)
         self.valid.index_copy_(1, write, real)
-        self.pos.index_copy_(1, write, position_ids.to(self.pos.dtype))
+        flat = position_ids if position_ids.dim() == 2 else position_ids[:, 0]  # GLM 2-D: (B, 2, T)
+        self.pos.index_copy_(1, write, flat.to(self.pos.dtype))
         self.seen.add_(real.long().sum(-1))
         return Context(
             positions=position_ids,

@@ -91,8 +91,9 @@ def stream(
     stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
     vocab = model.config.vocab_size
     seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
-    if repetition_penalty is not None:  # transformers penalises prompt tokens too, padding included
-        seen.scatter_(1, input_ids, True)
+    if repetition_penalty is not None:  # prompt tokens count too, padding does not (as in transformers)
+        real = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, vocab)
+        seen = torch.zeros(B, vocab + 1, dtype=torch.bool, device=device).scatter_(1, real, True)[:, :vocab]
     prefix_len = torch.full((B,), P, dtype=torch.long, device=device) if model.prefix_lm else None
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     step_mask = torch.ones(B, 1, dtype=torch.long, device=device)

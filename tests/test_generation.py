@@ -1,0 +1,203 @@
+"""generate / stream: token ids equal transformers' `generate` on tiny random checkpoints, equal a
+cache-free greedy loop for every zoo family, and the logits processors equal transformers' own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llmzoo
+from llmzoo.generation import generate, repetition_penalty_, stream, top_k_filter, top_p_filter
+from llmzoo.model import CausalLM
+from llmzoo.parity import forward_logits, loud_init_
+
+from test_cache import KINDS, loud  # noqa: E402  (tests/ is on sys.path under pytest)
+
+NEW_TOKENS = 32
+
+
+def left_padded(vocab: int, lengths: tuple[int, int], seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two prompts of different lengths, left-padded with id 0."""
+    g = torch.Generator().manual_seed(seed)
+    P = max(lengths)
+    ids = torch.zeros(2, P, dtype=torch.long)
+    mask = torch.zeros(2, P, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, P - n :] = torch.randint(1, vocab, (n,), generator=g)
+        mask[row, P - n :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def greedy_without_cache(model: CausalLM, ids, mask, n: int) -> torch.Tensor:
+    """The oracle for our own families: a full forward over the whole sequence at every step."""
+    prefix = torch.full((ids.shape[0],), ids.shape[1]) if model.prefix_lm else None
+    for _ in range(n):
+        logits = model(ids, attention_mask=mask, prefix_len=prefix)[:, -1]
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return ids
+
+
+def min_window(config) -> int | None:
+    windows = [b.attention.window for b in config.blocks if b.attention.window]
+    return min(windows) if windows else None
+
+
+# ------------------------------------------------------------------ vs transformers' generate
+
+
+def hf_types() -> list[str]:
+    from llmzoo import hf
+
+    return hf.supported_model_types()
+
+
+@pytest.mark.parametrize("model_type", hf_types())
+def test_greedy_tokens_equal_transformers_generate(model_type, tmp_path):
+    from llmzoo import hf
+
+    adapter = hf.get_adapter(model_type)
+    hf_config = adapter.tiny_hf_config()
+    ref = loud_init_(adapter.reference(hf_config)).eval()
+    adapter.save_reference(ref, str(tmp_path), max_shard_size="40KB")
+    ours = hf.from_pretrained(tmp_path).eval()
+    if not isinstance(ours, CausalLM):
+        pytest.skip(f"{model_type} loads as {type(ours).__name__}: generate() drives decoder-only models")
+    if ours.prefix_lm:  # ChatGLM: the prompt must end in [gMASK] [sop], generated tokens get 2-D positions
+        pytest.skip(f"{model_type} needs its own prompt format and position ids for generation")
+    window = min_window(ours.config)
+    long = max(12, window + 4) if window else 12  # prompts longer than the sliding window
+    ids, mask = left_padded(ours.config.vocab_size, (long, long - 5))
+    got = generate(ours, ids, mask, max_new_tokens=NEW_TOKENS)
+    if adapter.remote_code or not hasattr(ref, "generate"):
+        want = greedy_without_cache_ref(ref, ids, mask, NEW_TOKENS)
+    else:
+        ref.generation_config.eos_token_id = None  # run all NEW_TOKENS steps
+        with torch.no_grad():
+            want = ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS,
+                                min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+    assert got.shape == (2, ids.shape[1] + NEW_TOKENS)
+    assert torch.equal(got, want), f"first difference at step {(got != want).any(0).nonzero()[0].item() - ids.shape[1]}"
+
+
+@torch.no_grad()
+def greedy_without_cache_ref(ref: torch.nn.Module, ids, mask, n: int) -> torch.Tensor:
+    """Remote-code references have no `generate` (and not all take position ids): greedy over full
+    forwards of each prompt alone, unpadded; returned left-padded like `ids`."""
+    rows = []
+    for row, row_mask in zip(ids, mask):
+        seq = row[row_mask.bool()][None]
+        for _ in range(n):
+            logits = forward_logits(ref, seq, torch.ones_like(seq))
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        rows.append(torch.cat([row[~row_mask.bool()], seq[0]]))
+    return torch.stack(rows)
+
+
+def tiny_llama(tmp_path):
+    from llmzoo import hf
+
+    adapter = hf.get_adapter("llama")
+    ref = loud_init_(adapter.reference(adapter.tiny_hf_config())).eval()
+    adapter.save_reference(ref, str(tmp_path), max_shard_size="40KB")
+    return ref, hf.from_pretrained(tmp_path).eval()
+
+
+def test_eos_and_repetition_penalty_equal_transformers(tmp_path):
+    """Rows stop at their own eos and are padded afterwards, as transformers does."""
+    ref, ours = tiny_llama(tmp_path)
+    ids, mask = left_padded(ours.config.vocab_size, (10, 6), seed=5)
+    free = generate(ours, ids, mask, max_new_tokens=12, repetition_penalty=1.5)
+    eos = int(free[0, ids.shape[1] + 3])  # row 0 stops after 4 tokens (row 1 may stop too)
+    kw = dict(max_new_tokens=12, repetition_penalty=1.5, eos_token_id=eos, pad_token_id=7)
+    got = generate(ours, ids, mask, **kw)
+    with torch.no_grad():
+        want = ref.generate(input_ids=ids, attention_mask=mask, do_sample=False, **kw)
+    assert torch.equal(got, want)
+    new = got[0, ids.shape[1] :]
+    stop = int((new == eos).nonzero()[0])
+    assert stop <= 3 and (new[stop + 1 :] == 7).all()
+
+
+# --------------------------------------------------------------------- every zoo family
+
+
+def zoo_families() -> list[str]:
+    firsts: dict[str, str] = {}
+    for name in llmzoo.list_models():
+        firsts.setdefault(llmzoo.get_config(name).family, name)
+    return sorted(firsts.values())
+
+
+@pytest.mark.parametrize("name", zoo_families())
+def test_zoo_greedy_equals_cache_free_greedy(name):
+    model = llmzoo.build(name, scale="tiny")
+    if not isinstance(model, CausalLM):
+        pytest.skip(f"{name} builds a {type(model).__name__}, not a decoder-only CausalLM")
+    model = loud(model)
+    window = min_window(model.config)
+    long = max(10, window + 3) if window else 10
+    ids, mask = left_padded(model.config.vocab_size, (long, long - 4))
+    got = generate(model, ids, mask, max_new_tokens=12)  # the cache itself is checked per family in test_cache
+    torch.testing.assert_close(got, greedy_without_cache(model, ids, mask, 12), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["sliding-window", "alibi-6-heads", "mla", "prefix-lm-deepnorm"])
+def test_kinds_greedy_equals_cache_free_greedy(kind):
+    model = loud(llmzoo.build(KINDS[kind]))
+    ids, mask = left_padded(model.config.vocab_size, (9, 5))
+    got = generate(model, ids, mask, max_new_tokens=NEW_TOKENS)
+    torch.testing.assert_close(got, greedy_without_cache(model, ids, mask, NEW_TOKENS), atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------ sampling
+
+
+def test_stream_yields_what_generate_returns():
+    model = loud(llmzoo.build(KINDS["gqa-rope"]))
+    ids, mask = left_padded(model.config.vocab_size, (7, 4))
+    kw = dict(max_new_tokens=6, do_sample=True, temperature=0.8, top_k=20, top_p=0.9, seed=11)
+    steps = list(stream(model, ids, mask, **kw))
+    assert len(steps) == 6 and all(s.shape == (2,) for s in steps)
+    assert torch.equal(torch.stack(steps, 1), generate(model, ids, mask, **kw)[:, ids.shape[1] :])
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent():
+    model = loud(llmzoo.build(KINDS["gqa-rope"]))
+    ids, mask = left_padded(model.config.vocab_size, (7, 4))
+    kw = dict(max_new_tokens=16, do_sample=True, temperature=1.5)
+    a = generate(model, ids, mask, seed=1, **kw)
+    assert torch.equal(a, generate(model, ids, mask, seed=1, **kw))
+    assert not torch.equal(a, generate(model, ids, mask, seed=2, **kw))
+    # top_k=1 leaves one candidate: sampling becomes greedy
+    greedy = generate(model, ids, mask, max_new_tokens=16)
+    assert torch.equal(generate(model, ids, mask, seed=3, top_k=1, **kw), greedy)
+
+
+def test_processors_equal_transformers():
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 50, generator=g) * 3
+    ids = torch.randint(0, 50, (3, 9), generator=g)
+    seen = torch.zeros(3, 50, dtype=torch.bool).scatter_(1, ids, True)
+    torch.testing.assert_close(
+        repetition_penalty_(scores, seen, 1.7), RepetitionPenaltyLogitsProcessor(1.7)(ids, scores.clone())
+    )
+    torch.testing.assert_close(top_k_filter(scores, 7), TopKLogitsWarper(7)(ids, scores.clone()))
+    for p in (0.05, 0.5, 0.9, 0.999):
+        ours, theirs = top_p_filter(scores, p), TopPLogitsWarper(p)(ids, scores.clone())
+        assert torch.equal(ours.isinf(), theirs.isinf()), p
+
+
+def test_generate_checks_its_inputs():
+    model = llmzoo.build(KINDS["gqa-rope"])
+    with pytest.raises(ValueError, match="input_ids must be"):
+        generate(model, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, torch.zeros(1, 3, dtype=torch.long), do_sample=True, temperature=0.0)
