@@ -201,3 +201,61 @@ def test_generate_checks_its_inputs():
         generate(model, torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="temperature"):
         generate(model, torch.zeros(1, 3, dtype=torch.long), do_sample=True, temperature=0.0)
+
+
+# ---------------------------------------------------------------------- tokenizer and CLI
+
+
+def byte_tokenizer_json(path) -> None:
+    """A byte-level BPE without merges: 256 tokens, one per byte (any text encodes, ids < 256)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = HFTokenizer(models.BPE({c: i for i, c in enumerate(alphabet)}, []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(path))
+
+
+def test_cli_generate_prints_the_decoded_continuation(tmp_path, capsys):
+    from llmzoo import hf
+    from llmzoo.cli import main
+    from llmzoo.tokenizer import Tokenizer
+
+    model = loud(llmzoo.build("llama-2-70b", scale="tiny"))
+    assert model.config.vocab_size >= 256
+    hf.save_pretrained(model, tmp_path)
+    byte_tokenizer_json(tmp_path / "tokenizer.json")
+    prompt = "Zoo: é ok"
+    assert main(["generate", str(tmp_path), "--prompt", prompt, "--max-new-tokens", "10"]) == 0
+    printed = capsys.readouterr().out
+    tok = Tokenizer(tmp_path)
+    ids, mask = tok.encode_batch([prompt])
+    assert tok.decode(ids[0].tolist()) == prompt
+    out = generate(hf.from_pretrained(tmp_path).eval(), ids, mask, max_new_tokens=10,
+                   eos_token_id=tok.eos_token_ids, pad_token_id=tok.pad_token_id)
+    continuation = tok.decode(out[0, ids.shape[1] :].tolist())
+    # a trailing partial UTF-8 character is held back by the stream decoder
+    assert printed == prompt + continuation.rstrip("\ufffd") + "\n"
+
+
+def test_tokenizer_left_pads_a_batch(tmp_path):
+    from llmzoo.tokenizer import Tokenizer
+
+    byte_tokenizer_json(tmp_path / "tokenizer.json")
+    (tmp_path / "config.json").write_text('{"eos_token_id": 3}')
+    tok = Tokenizer(tmp_path)
+    ids, mask = tok.encode_batch(["abcd", "é"])  # é is two bytes
+    assert mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    assert tok.eos_token_ids == [3] and (ids[1, :2] == tok.pad_token_id).all()
+    assert tok.decode(ids[1, 2:].tolist()) == "é"
+    stream_dec = tok.stream_decoder()
+    assert [stream_dec.push(i) for i in ids[1, 2:].tolist()] == ["", "é"]
+
+
+def test_tokenizer_names_the_missing_file(tmp_path):
+    from llmzoo.tokenizer import Tokenizer
+
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        Tokenizer(tmp_path)
