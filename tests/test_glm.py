@@ -24,8 +24,11 @@ TOL = 1e-4
 
 def tiny_state(cfg, seed=0):
     a = cfg.block.attention
-    return random_official_state(vocab=cfg.vocab_size, hidden=cfg.d_model, num_layers=cfg.n_layers,
-                                 num_heads=a.n_heads, inner=cfg.block.mlp.d_ff, seed=seed)
+    state = random_official_state(vocab=cfg.vocab_size, hidden=cfg.d_model, num_layers=cfg.n_layers,
+                                  num_heads=a.n_heads, inner=cfg.block.mlp.d_ff, seed=seed)
+    # SAT 0.2.12 keeps the rotary buffer in the mixin: replicated on every rank, never loaded
+    state["mixins.rotary-embedding.rotary_emb.inv_freq"] = state["transformer.layers.0.attention.rotary_emb.inv_freq"]
+    return state
 
 
 # ------------------------------------------------------------------------------ size

@@ -126,7 +126,10 @@ def rank_files(folder: str | Path) -> list[Path]:
 
 def read_rank(path: Path) -> dict[str, Tensor]:
     """One rank's state dict: weights_only (no pickled code runs), mmap'd (nothing copied until used)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (pre-zipfile) torch.save cannot be mmap'd
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or "module" not in blob:
         raise ValueError(f"{path}: expected a dict with a 'module' state dict, got keys {list(blob)[:5]}")
     return blob["module"]
@@ -170,7 +173,12 @@ def convert_to_safetensors(
     weight_map: dict[str, str] = {}
     for n, keys in enumerate(buckets, 1):
         fname = f"model-{n:05d}-of-{len(buckets):05d}.safetensors"
-        save_file({k: merge_tp(shards, k).contiguous() for k in keys}, str(out / fname), metadata={"format": "pt"})
+        tensors, seen = {}, set()
+        for k in keys:  # safetensors refuses tensors that share storage: copy any repeat
+            t = merge_tp(shards, k).contiguous()
+            tensors[k] = t.clone() if t.data_ptr() in seen else t
+            seen.add(t.data_ptr())
+        save_file(tensors, str(out / fname), metadata={"format": "pt"})
         weight_map.update({k: fname for k in keys})
     meta = {"source": "SwissArmyTransformer", "tp_ranks": len(shards)}
     (out / INDEX).write_text(json.dumps({"metadata": meta, "weight_map": weight_map}, indent=1))
