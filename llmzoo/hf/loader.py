@@ -252,12 +252,15 @@ def _read_file(path: Path, names: list[str]) -> Iterator[tuple[str, Tensor]]:
         return
     from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            for n in names:
-                yield n, f.get_tensor(n)
-    except Exception as e:
-        raise CheckpointError(f"{path}: reading failed: {e}") from None
+    # one mmap per tensor: the pages a tensor touches (e.g. to cast it) leave RSS with its mapping,
+    # so a shard never sits in memory next to the model it is being copied into
+    for n in names:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                t = f.get_tensor(n)
+        except Exception as e:
+            raise CheckpointError(f"{path}: reading {n!r} failed: {e}") from None
+        yield n, t
 
 
 def _assign(model: nn.Module, name: str, value: Tensor) -> None:
