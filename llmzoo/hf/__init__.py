@@ -17,14 +17,25 @@ How to add an adapter (e.g. for `model_type: gpt2`) — one module, one registra
    - `tiny_hf_config() -> dict`: a small config.json (≤ 4 layers, d_model ≤ 64, every quirk on).
      Tests and `llmzoo verify` build the transformers reference from it, re-draw its weights
      loudly (`llmzoo.parity.loud_init_`) and compare logits.
-   - Remote-code types with no transformers class also override `reference(hf_config)` (and
-     `load_reference`, `save_reference`) with a small nn.Module written from the published
-     modeling file whose parameter names are the checkpoint's (see internlm2.py).
+   - Remote-code types with no transformers class subclass `adapter.RemoteCodeAdapter` instead
+     and override `reference(hf_config)` with a small nn.Module written from the published
+     modeling file, parameter names equal to the checkpoint's (see internlm2.py and
+     remote_reference.py); loading and saving that reference come with the base class.
+   - optional `tolerances = {torch.bfloat16: {"atol": .., "rtol": .., "layer_rtol": ..}}` when
+     the type's numerics need a looser half-precision parity bound (say why in a comment).
 2. Add the module name to `ADAPTER_MODULES` below (it registers itself with `@register_adapter`).
 
 tests/test_hf_rules.py, tests/test_hf_load.py and tests/test_parity.py are parametrised over
-`supported_model_types()`, so the new type is tested (parity fp32 ≤ 1e-4, bf16, round trip,
-sharded load) with no new test code.
+`supported_model_types()` (and the zoo entries of `families`), so the new type is tested with no
+new test code: fp32 logits ≤ 1e-4 and bf16 on a padded batch from a ≥ 3-shard checkpoint, config
+round trip in both config.json dialects, transformers save → load → export byte-identical,
+export → reference loads it with the same logits, `llmzoo tiny` for one zoo entry per family,
+and `llmzoo verify`. Variants the tiny config does not cover go in test_parity.VARIANTS as
+(model_type, config.json overrides).
+
+Loading rules (loader.py): every checkpoint tensor matches exactly one rule (IGNORE counts), every
+model tensor is written exactly once, shapes are checked on the meta device from the safetensors
+headers before any weight is read; any mismatch raises one CheckpointError listing every tensor.
 """
 
 from __future__ import annotations

@@ -117,8 +117,13 @@ def _safetensors_header(path: Path) -> dict[str, TensorInfo]:
 def _bin_file(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: shard is missing")
-    try:  # never unpickle code: plain tensors only
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # never unpickle code: plain tensors only; mmap needs the zip format (torch >= 1.6 saves)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e) and "zip" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable weights-only torch file: {e}") from None
 
