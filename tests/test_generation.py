@@ -53,12 +53,24 @@ def hf_types() -> list[str]:
     return hf.supported_model_types()
 
 
-@pytest.mark.parametrize("model_type", hf_types())
-def test_greedy_tokens_equal_transformers_generate(model_type, tmp_path):
+# extra config.json variants: windows on the upper layers only (Qwen2's max_window_layers)
+VARIANTS = {"qwen2": [{"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}]}
+
+
+def hf_cases() -> list:
+    cases = []
+    for t in hf_types():
+        cases.append(pytest.param(t, {}, id=t))
+        cases += [pytest.param(t, v, id=f"{t}-variant{i}") for i, v in enumerate(VARIANTS.get(t, []))]
+    return cases
+
+
+@pytest.mark.parametrize("model_type, variant", hf_cases())
+def test_greedy_tokens_equal_transformers_generate(model_type, variant, tmp_path):
     from llmzoo import hf
 
     adapter = hf.get_adapter(model_type)
-    hf_config = adapter.tiny_hf_config()
+    hf_config = {**adapter.tiny_hf_config(), **variant}
     ref = loud_init_(adapter.reference(hf_config)).eval()
     adapter.save_reference(ref, str(tmp_path), max_shard_size="40KB")
     ours = hf.from_pretrained(tmp_path).eval()
