@@ -180,6 +180,8 @@ def test_verify_tiny_passes():
     result = glm.verify_tiny()
     assert result["ok"] and set(result["cases"]) == {"context", "gmask", "mask"}
     assert result["max_abs_diff"] <= TOL
+    report = glm.verify_report()
+    assert report.passed and report.top1 == 1.0 and report.model_type == "glm-130b"
 
 
 # ------------------------------------------------------------------------------ ChatGLM-6B

@@ -360,6 +360,7 @@ def verify_tiny(tp: int = 2, seed: int = 0) -> dict[str, Any]:
                                   num_heads=a.n_heads, inner=cfg.block.mlp.d_ff, seed=seed)
     shards = split_tp(state, tp)
     cases: dict[str, float] = {}
+    pairs: list[tuple[Tensor, Tensor]] = []
     with tempfile.TemporaryDirectory() as tmp:
         save_sat_checkpoint(shards, tmp)
         model = load_glm(tmp, cfg, dtype=torch.float32)
@@ -369,6 +370,25 @@ def verify_tiny(tp: int = 2, seed: int = 0) -> dict[str, Any]:
                 ref = glm_forward(shards, batch["input_ids"], batch["position_ids"], batch["official_mask"],
                                   num_layers=cfg.n_layers, num_heads=a.n_heads)
                 cases[kind] = float((ours - ref).abs().max())
+                pairs.append((ours.flatten(0, 1), ref.flatten(0, 1)))
     worst = max(cases.values())
     return {"model": "glm-130b (tiny)", "reference": "llmzoo.reference.glm130b (SAT 0.2.12 GLM130B)", "tp": tp,
-            "cases": cases, "max_abs_diff": worst, "tolerance": 1e-4, "ok": worst <= 1e-4}
+            "cases": cases, "max_abs_diff": worst, "tolerance": 1e-4, "ok": worst <= 1e-4, "logits": pairs}
+
+
+def verify_report(tp: int = 2, seed: int = 0):
+    """`verify_tiny` as an `llmzoo.parity.ParityReport` (a row of the `llmzoo verify` table)."""
+    import time
+
+    import torch.nn.functional as F
+
+    from ..parity import ParityReport
+
+    t0 = time.perf_counter()
+    r = verify_tiny(tp, seed)
+    a = torch.cat([p[0] for p in r["logits"]])
+    b = torch.cat([p[1] for p in r["logits"]])
+    kl = float(F.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="batchmean"))
+    top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+    return ParityReport("glm-130b", "float32", r["max_abs_diff"], float((a - b).abs().mean()), top1, kl,
+                        r["tolerance"], r["ok"], seconds=time.perf_counter() - t0)
