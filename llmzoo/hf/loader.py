@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ def resolve_source(source: str | os.PathLike) -> tuple[Path, Path | None]:
             raise CheckpointError(f"{path}: expected a checkpoint folder or a .safetensors file")
         return path.parent, path
     text = str(source)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text):  # "owner/name", or a legacy bare name ("gpt2")
         return _snapshot(text), None
     raise CheckpointError(f"{source}: no such folder or file, and not a hub repo id (owner/name)")
 
