@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -320,9 +321,8 @@ def glm_test_batch(config: ModelConfig, seed: int = 0) -> dict[str, dict[str, Te
         ids, pos, masks, prefix = [], [], [], []
         for b, ctx_len in enumerate((T - gen - 1, T - gen - 3)):  # tokens before [sop]
             seq = torch.randint(0, V, (T,), generator=g)
-            if kind == "context":
-                mask_pos, context = ctx_len, T + 1  # a context of T tokens: all before a (future) [sop]
-                m, p = glm130b_masks_and_position_ids(list(range(T + 1)), mask_pos, 0, gmask=True)
+            if kind == "context":  # T context tokens, all before a [sop] not yet fed
+                m, p = glm130b_masks_and_position_ids(list(range(T + 1)), ctx_len, 0, gmask=True)
                 m, p = m[..., :T, :T], p[:, :T]
                 prefix.append(T)
             else:
