@@ -39,6 +39,7 @@ from torch.distributed.tensor.parallel import (
 
 __all__ = [
     "ColwiseParallel",
+    "ExpertAllToAll",
     "ExpertShards",
     "ReplicatedHeads",
     "RowwiseParallel",
@@ -143,6 +144,58 @@ class ExpertShards(ParallelStyle):
         return distribute_module(module, mesh, partition, inputs, outputs)
 
 
+class ExpertAllToAll(ParallelStyle):
+    """Expert parallelism across ranks that hold different tokens (GShard, arXiv:2006.16668, §2.2):
+    each rank keeps E / n whole experts; every (token, slot) route is sent to the rank owning its
+    expert with one all-to-all, run there, and the weighted results come back with a second one.
+    Uses `all_to_all_single` with per-rank split sizes (NCCL; gloo supports it too on torch ≥ 2.x)."""
+
+    def _apply(self, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
+        from torch.distributed.nn.functional import all_to_all_single
+
+        n, group = mesh.size(), mesh.get_group()
+        n_experts = module.gate.shape[0]
+        if n_experts % n:
+            raise ValueError(f"expert parallel: n_experts ({n_experts}) is not divisible by the ep size ({n})")
+        local = n_experts // n
+        state: dict[str, Any] = {}
+
+        def exchange(t: Tensor, out_splits: list[int], in_splits: list[int]) -> Tensor:
+            out = t.new_empty((sum(out_splits), *t.shape[1:]))
+            if t.requires_grad:
+                return all_to_all_single(out, t, out_splits, in_splits, group=group)
+            dist.all_to_all_single(out, t.contiguous(), out_splits, in_splits, group=group)
+            return out
+
+        def partition(name: str, mod: nn.Module, mesh: DeviceMesh) -> None:
+            if mod is module:
+                for n_ in ("gate", "up", "down"):
+                    p = getattr(mod, n_)
+                    mod.register_parameter(n_, nn.Parameter(distribute_tensor(p, mesh, [Shard(0)]), p.requires_grad))
+
+        def inputs(mod: nn.Module, args: tuple, mesh: DeviceMesh) -> tuple:
+            x, weights, experts = args  # (N, D), (N, k), (N, k)
+            flat = experts.flatten()
+            order = flat.argsort(stable=True)  # routes sorted by expert, hence by owning rank
+            owner = flat[order] // local
+            send = torch.bincount(owner, minlength=n)
+            recv = torch.empty_like(send)
+            dist.all_to_all_single(recv, send, group=group)
+            send_l, recv_l = send.tolist(), recv.tolist()
+            token = order // experts.shape[1]
+            state.update(token=token, send=send_l, recv=recv_l, shape=x.shape)
+            rx = exchange(x[token], recv_l, send_l)  # (M, D): the routes to this rank's experts
+            rw = exchange(weights.flatten()[order].float(), recv_l, send_l)
+            rid = exchange(flat[order] - owner * local, recv_l, send_l)
+            return rx, rw[:, None], rid[:, None]  # one route per row: k = 1
+
+        def outputs(mod: nn.Module, out: Tensor, mesh: DeviceMesh) -> Tensor:
+            back = exchange(out, state["send"], state["recv"])  # (routes sent, D), in sent order
+            return back.new_zeros(state["shape"]).index_add(0, state["token"], back)
+
+        return distribute_module(module, mesh, partition, inputs, outputs)
+
+
 # ------------------------------------------------------------------------------ parallelize
 
 
@@ -160,29 +213,43 @@ def parallelize(
     *,
     tp: str | None = "tp",
     fsdp: str | None = "dp",
-    ep: bool = False,
+    ep: bool | str = False,
     reshard_after_forward: bool = True,
 ) -> nn.Module:
     """Shard a CausalLM in place (best on the meta device, before `init_sharded` / `load_hf_sharded`).
 
     tp: mesh dimension for tensor parallelism (None: none); the plan is `model.tp_plan(tp_size, ep)`.
     fsdp: mesh dimension for FSDP2 (`fully_shard` per block, then the root; None: none).
-    ep: split MoE routed experts across the tp ranks (expert parallel) instead of inside each expert."""
+    ep: MoE routed experts split whole across ranks. True: across the tp ranks, whose tokens are the
+    same (one all-reduce, `ExpertShards`). A mesh dimension name (e.g. "dp"): across those ranks,
+    which hold different tokens, exchanged with all-to-all (`ExpertAllToAll`); FSDP2 leaves the
+    experts to it. False: under tp, each expert's inner dim is split instead."""
     from torch.distributed.fsdp import fully_shard
 
     tp_mesh, dp_mesh = _dim_mesh(mesh, tp), _dim_mesh(mesh, fsdp)
+    ep_mesh = _dim_mesh(mesh, ep) if isinstance(ep, str) else None
     size = tp_mesh.size() if tp_mesh is not None else 1
     model.parallel = {"tp": size, "tp_rank": tp_mesh.get_local_rank() if tp_mesh is not None else 0,
                       "dp": dp_mesh.size() if dp_mesh is not None else 1, "ep": ep}
     if tp_mesh is not None and size > 1:
-        parallelize_module(model, tp_mesh, model.tp_plan(size, ep=ep))
+        plan = model.tp_plan(size, ep=ep is True)
+        if ep_mesh is not None:  # the experts belong to the all-to-all split
+            plan = {k: v for k, v in plan.items() if not k.endswith(".experts")}
+        parallelize_module(model, tp_mesh, plan)
         _localise_head_bias(model, size, tp_mesh.get_local_rank())
         if model.head is None:  # tied head: logits = x · embed.weightᵀ with a vocab-parallel weight
             _tied_vocab_parallel_head(model, tp_mesh)
+    from .moe import Experts
+
+    experts = [m for m in model.modules() if isinstance(m, Experts)]
+    if ep_mesh is not None:
+        for m in experts:
+            ExpertAllToAll()._apply(m, ep_mesh)
     if dp_mesh is not None:
+        ignored = {p for m in experts for p in m.parameters()} if ep_mesh is not None else None
         for block in model.blocks:
-            fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
-        fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+            fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward, ignored_params=ignored)
+        fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward, ignored_params=ignored)
     return model
 
 
@@ -449,12 +516,13 @@ def _tp_dims(model: nn.Module, tp: int, ep: bool) -> dict[str, int | None]:
     return dims
 
 
-def memory_estimate(source, *, tp: int = 1, dp: int = 1, ep: bool = False, dtype: str | torch.dtype = "bfloat16",
+def memory_estimate(source, *, tp: int = 1, dp: int = 1, ep: bool | str = False, dtype: str | torch.dtype = "bfloat16",
                     seq_len: int = 4096, batch: int = 1) -> dict[str, int]:
     """Bytes per rank of a (dp × tp) `parallelize` split, from the config alone (meta device).
 
     params: the largest rank's parameter shards (tensor-parallel plans, then FSDP2 over dp), exactly
     what `param_bytes` measures on that rank; params_ideal: count_params / (tp · dp);
+    ep: as in `parallelize` (True: experts over the tp ranks; "dp": over the dp ranks, outside FSDP2);
     kv_cache: kv_cache_bytes of the rank's heads (local_config) for ⌈batch / dp⌉ sequences."""
     from .builder import build, resolve_dtype
     from .params import count_params, kv_cache_bytes
@@ -463,15 +531,18 @@ def memory_estimate(source, *, tp: int = 1, dp: int = 1, ep: bool = False, dtype
     config = get_config(source)
     itemsize = torch.empty((), dtype=resolve_dtype(dtype)).element_size()
     model = build(config, device="meta")
-    dims = _tp_dims(model, tp, ep) if tp > 1 else {}
+    if isinstance(ep, str) and ep != "dp":
+        raise ValueError(f"ep: {ep!r} is not one of True, False, 'dp'")
+    dims = _tp_dims(model, tp, ep is True) if tp > 1 else {}
+    a2a = {n for n, _ in model.named_parameters() if ".experts." in n} if ep == "dp" else set()
     per_rank = [[0] * dp for _ in range(tp)]
     for name, p in model.named_parameters():
         for t in range(tp):
             shape = list(p.shape)
-            d = dims.get(name)
+            d = dims.get(name) if name not in a2a else None
             if d is not None:
                 shape[d] = _chunk(shape[d], tp, t)
-            for r in range(dp):
+            for r in range(dp):  # FSDP2's dim-0 shard, or the all-to-all expert split
                 local = shape[:]
                 if local:
                     local[0] = _chunk(local[0], dp, r)
