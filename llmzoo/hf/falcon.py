@@ -37,6 +37,9 @@ class FalconAdapter(Adapter):
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         hf = {LEGACY_KEYS.get(k, k): v for k, v in hf.items()}
+        if hf.get("apply_residual_connection_post_layernorm"):
+            raise ValueError("apply_residual_connection_post_layernorm: true is not supported (transformers' "
+                             "Falcon ignores it; every published Falcon has false)")
         if hf.get("model_type") == "RefinedWeb":  # the 40B remote code: always the new architecture
             hf.setdefault("new_decoder_architecture", True)
         d, n_heads = int(require(hf, "hidden_size")), int(require(hf, "num_attention_heads"))
