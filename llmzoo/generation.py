@@ -63,13 +63,17 @@ def stream(
     pad_token_id: int | None = None,
     seed: int | None = None,
     cache: StaticCache | None = None,
+    compile: bool | dict = False,
 ) -> Iterator[Tensor]:
     """Yield the next token id of every row, (B,), once per step, for up to max_new_tokens steps.
 
     input_ids (B, P) left-padded prompts with attention_mask (B, P) (1 = real token); positions come
     from the mask. Stops early once every row has produced an eos/stop id; a finished row yields
     pad_token_id (default: the first eos id). prefix-LM models see the whole prompt bidirectionally.
-    cache: a StaticCache for ≥ P + max_new_tokens slots (allocated here when None)."""
+    cache: a StaticCache for ≥ P + max_new_tokens slots (allocated here when None).
+    compile: run the one-token decode step through torch.compile(fullgraph=True, dynamic=False) —
+    mode "reduce-overhead" (CUDA graphs) on CUDA; a dict gives torch.compile's keyword arguments.
+    Every step has the same shapes and reads the offset from the cache's tensors: one graph."""
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     if do_sample and temperature <= 0:
@@ -98,6 +102,11 @@ def stream(
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     step_mask = torch.ones(B, 1, dtype=torch.long, device=device)
 
+    decode = model
+    if compile:
+        options = dict(compile) if isinstance(compile, dict) else (
+            {"mode": "reduce-overhead"} if device.type == "cuda" else {})
+        decode = torch.compile(model, **{"fullgraph": True, "dynamic": False, **options})
     logits = model(input_ids, attention_mask=attention_mask, prefix_len=prefix_len, cache=cache)[:, -1]
     for step in range(max_new_tokens):
         scores = logits.float()
@@ -121,7 +130,7 @@ def stream(
             if not bool(unfinished.any()):
                 return
         if step + 1 < max_new_tokens:
-            logits = model(token[:, None], attention_mask=step_mask, prefix_len=prefix_len, cache=cache)[:, -1]
+            logits = decode(token[:, None], attention_mask=step_mask, prefix_len=prefix_len, cache=cache)[:, -1]
 
 
 def generate(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> Tensor:

@@ -163,6 +163,19 @@ def test_kinds_greedy_equals_cache_free_greedy(kind):
     torch.testing.assert_close(got, greedy_without_cache(model, ids, mask, NEW_TOKENS), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["sliding-window", "mla"])
+def test_compiled_decode_is_one_graph(kind):
+    """fullgraph (no graph break) and no recompile over 8 steps at different offsets."""
+    model = loud(llmzoo.build(KINDS[kind]))
+    ids, mask = left_padded(model.config.vocab_size, (9, 5))
+    want = generate(model, ids, mask, max_new_tokens=8)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = generate(model, ids, mask, max_new_tokens=8, compile={"backend": "eager"})
+    torch._dynamo.reset()
+    assert torch.equal(got, want)
+
+
 # ------------------------------------------------------------------------------ sampling
 
 
