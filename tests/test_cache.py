@@ -169,6 +169,15 @@ def test_allocated_cache_matches_kv_cache_bytes(kind, seq_len):
     assert measured == cache.nbytes() == llmzoo.kv_cache_bytes(config, seq_len, 3, "bfloat16")
 
 
+@pytest.mark.parametrize("name", one_per_family())
+def test_zoo_allocated_cache_matches_kv_cache_bytes(name):
+    config = llmzoo.scale_down(name, preset="tiny")
+    if not isinstance(llmzoo.build(config, device="meta"), CausalLM):
+        pytest.skip(f"{name} is not a decoder-only CausalLM")
+    cache = StaticCache(config, batch=2, max_len=20, dtype=torch.float16)
+    assert cache.nbytes() == llmzoo.kv_cache_bytes(config, 20, 2, "float16")
+
+
 def test_rolling_buffer_is_bounded_by_the_window():
     config = llmzoo.get_config(KINDS["alternating-local"])
     cache = StaticCache(config, batch=1, max_len=40)

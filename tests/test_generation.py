@@ -54,7 +54,11 @@ def hf_types() -> list[str]:
 
 
 # extra config.json variants: windows on the upper layers only (Qwen2's max_window_layers)
-VARIANTS = {"qwen2": [{"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}]}
+# and dynamic NTK RoPE whose base grows once generation passes the trained length
+VARIANTS = {
+    "qwen2": [{"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}],
+    "llama": [{"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}, "max_position_embeddings": 24}],
+}
 
 
 def hf_cases() -> list:
