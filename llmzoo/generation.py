@@ -7,7 +7,7 @@ penalty, then temperature, top-k, top-p; rows that hit an eos/stop id emit `pad_
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -62,6 +62,9 @@ def stream(
     stop_token_ids: Iterable[int] | None = None,
     pad_token_id: int | None = None,
     seed: int | None = None,
+    prefix_len: Tensor | None = None,
+    position_ids: Tensor | None = None,
+    position_step: int | Sequence[int] = 1,
     cache: StaticCache | None = None,
     compile: bool | dict = False,
 ) -> Iterator[Tensor]:
@@ -69,7 +72,12 @@ def stream(
 
     input_ids (B, P) left-padded prompts with attention_mask (B, P) (1 = real token); positions come
     from the mask. Stops early once every row has produced an eos/stop id; a finished row yields
-    pad_token_id (default: the first eos id). prefix-LM models see the whole prompt bidirectionally.
+    pad_token_id (default: the first eos id).
+    prefix_len (B,): for prefix-LM models, the slots before it are the bidirectional context
+    (default: the whole prompt; GLM's convention is the index of [sop]).
+    position_ids: the prompt's positions, (B, P) or GLM's 2-D (B, 2, P); each generated token then
+    takes the previous position + position_step (1 counts on; GLM [MASK]: 0; ChatGLM 2-D: (0, 1)).
+    Default: positions count the real tokens of the attention mask.
     cache: a StaticCache for ≥ P + max_new_tokens slots (allocated here when None).
     compile: run the one-token decode step through torch.compile(fullgraph=True, dynamic=False) —
     mode "reduce-overhead" (CUDA graphs) on CUDA; a dict gives torch.compile's keyword arguments.
@@ -98,7 +106,12 @@ def stream(
     if repetition_penalty is not None:  # prompt tokens count too, padding does not (as in transformers)
         real = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, vocab)
         seen = torch.zeros(B, vocab + 1, dtype=torch.bool, device=device).scatter_(1, real, True)[:, :vocab]
-    prefix_len = torch.full((B,), P, dtype=torch.long, device=device) if model.prefix_lm else None
+    if prefix_len is None and model.prefix_lm:
+        prefix_len = torch.full((B,), P, dtype=torch.long, device=device)
+    step_pos = None
+    if position_ids is not None:
+        last_pos = position_ids[..., -1]  # (B,) or (B, 2)
+        pos_step = torch.as_tensor(position_step, dtype=position_ids.dtype, device=device)
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     step_mask = torch.ones(B, 1, dtype=torch.long, device=device)
 
@@ -107,7 +120,7 @@ def stream(
         options = dict(compile) if isinstance(compile, dict) else (
             {"mode": "reduce-overhead"} if device.type == "cuda" else {})
         decode = torch.compile(model, **{"fullgraph": True, "dynamic": False, **options})
-    logits = model(input_ids, attention_mask=attention_mask, prefix_len=prefix_len, cache=cache)[:, -1]
+    logits = model(input_ids, attention_mask, position_ids, prefix_len=prefix_len, cache=cache)[:, -1]
     for step in range(max_new_tokens):
         scores = logits.float()
         if repetition_penalty is not None:
@@ -130,7 +143,10 @@ def stream(
             if not bool(unfinished.any()):
                 return
         if step + 1 < max_new_tokens:
-            logits = decode(token[:, None], attention_mask=step_mask, prefix_len=prefix_len, cache=cache)[:, -1]
+            if position_ids is not None:
+                last_pos = last_pos + pos_step
+                step_pos = last_pos[..., None]
+            logits = decode(token[:, None], step_mask, step_pos, prefix_len=prefix_len, cache=cache)[:, -1]
 
 
 def generate(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> Tensor:

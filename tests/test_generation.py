@@ -111,6 +111,46 @@ def greedy_without_cache_ref(ref: torch.nn.Module, ids, mask, n: int) -> torch.T
     return torch.stack(rows)
 
 
+def test_chatglm_generation_with_2d_positions_equals_reference(tmp_path):
+    """ChatGLM-6B's convention: prompt = context [gMASK] [sop]; the context (before [sop]) is
+    bidirectional; [sop] and generated tokens sit at the [gMASK] index with block positions 1, 2, …"""
+    from llmzoo import hf
+
+    adapter = hf.get_adapter("chatglm")
+    cfg = adapter.tiny_hf_config()
+    ref = loud_init_(adapter.reference(cfg)).eval()
+    adapter.save_reference(ref, str(tmp_path), max_shard_size="40KB")
+    ours = hf.from_pretrained(tmp_path).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, cfg["mask_token_id"], (n,), generator=g).tolist() for n in (9, 5)]
+    prompts = [p + [cfg["gmask_token_id"], cfg["bos_token_id"]] for p in prompts]
+
+    def positions(n: int, total: int) -> torch.Tensor:  # (2, total) for a prompt of n tokens
+        mask_at = n - 2
+        pos = torch.tensor([min(i, mask_at) for i in range(total)])
+        block = torch.tensor([max(0, i - (n - 2)) for i in range(total)])
+        return torch.stack([pos, block])
+
+    P = max(len(p) for p in prompts)
+    ids = torch.zeros(2, P, dtype=torch.long)
+    mask = torch.zeros(2, P, dtype=torch.long)
+    pos = torch.zeros(2, 2, P, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, P - len(p) :], mask[row, P - len(p) :] = torch.tensor(p), 1
+        pos[row, :, P - len(p) :] = positions(len(p), len(p))
+    got = generate(ours, ids, mask, max_new_tokens=NEW_TOKENS, prefix_len=torch.full((2,), P - 1),
+                   position_ids=pos, position_step=(0, 1))
+    for row, p in enumerate(prompts):
+        seq = torch.tensor([p])
+        with torch.no_grad():
+            for _ in range(NEW_TOKENS):
+                n = seq.shape[1]
+                logits = ref(seq, position_ids=positions(len(p), n)[None], prefix_len=torch.tensor([len(p) - 1]))
+                logits = logits.logits if hasattr(logits, "logits") else logits
+                seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        assert got[row, P - len(p) :].tolist() == seq[0].tolist(), row
+
+
 def tiny_llama(tmp_path):
     from llmzoo import hf
 
