@@ -81,7 +81,7 @@ def test_greedy_tokens_equal_transformers_generate(model_type, variant, tmp_path
     if not isinstance(ours, CausalLM):
         pytest.skip(f"{model_type} loads as {type(ours).__name__}: generate() drives decoder-only models")
     if ours.prefix_lm:  # ChatGLM: the prompt must end in [gMASK] [sop], generated tokens get 2-D positions
-        pytest.skip(f"{model_type} needs its own prompt format and position ids for generation")
+        pytest.skip(f"{model_type} needs its own prompt format and positions: see test_chatglm_generation_*")
     window = min_window(ours.config)
     long = max(12, window + 4) if window else 12  # prompts longer than the sliding window
     ids, mask = left_padded(ours.config.vocab_size, (long, long - 5))
