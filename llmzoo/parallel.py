@@ -434,7 +434,7 @@ def load_hf_sharded(model: nn.Module, source, device: str | torch.device = "cpu"
     `llmzoo.from_pretrained` uses (their `lazy` forms); DeepSeek FP8 weights are dequantised per block.
     Returns {"bytes_read": this rank's bytes, "bytes_total": the checkpoint's bytes}."""
     from .hf import get_adapter
-    from .hf.fp8 import SCALE_SUFFIX, Dequantize, fp8_block_size
+    from .hf.fp8 import Dequantize, fp8_block_size, split_scales
     from .hf.loader import check_plan, checkpoint_index, read_hf_config, resolve_source
 
     folder, single = resolve_source(source)
@@ -442,10 +442,8 @@ def load_hf_sharded(model: nn.Module, source, device: str | torch.device = "cpu"
     adapter = get_adapter(hf["model_type"])
     infos = checkpoint_index(folder, single)
     total = sum(math.prod(i.shape) * i.dtype.itemsize for i in infos.values())
-    block = fp8_block_size(hf)
-    scales = {n[: -len(SCALE_SUFFIX)]: n for n in infos if n.endswith(SCALE_SUFFIX)} if block else {}
-    weights = {n: i for n, i in infos.items() if not (block and n.endswith(SCALE_SUFFIX))}
-    groups = check_plan(adapter, model.config, model, weights, strict)
+    scales = split_scales(hf, infos)  # fp8: weight name → (scale name, info); the rules see weights only
+    groups = check_plan(adapter, model.config, model, infos, strict)
     if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
         model.to_empty(device=device)
     reader = SliceReader()
@@ -455,7 +453,7 @@ def load_hf_sharded(model: nn.Module, source, device: str | torch.device = "cpu"
         for n in g.hf_names:
             x = reader.lazy(n, infos[n])
             if n in scales:
-                x = Dequantize(block).lazy([x, reader.lazy(scales[n], infos[scales[n]])])[0]
+                x = Dequantize(fp8_block_size(hf)).lazy([x, reader.lazy(*scales[n])])[0]
             xs.append(x)
         for t in g.rule.transforms:
             xs = t.lazy(xs)
@@ -577,3 +575,24 @@ def load_checkpoint(model: nn.Module, path) -> None:
     state = get_model_state_dict(model)
     dcp.load(state, checkpoint_id=str(path))
     set_model_state_dict(model, state)
+
+
+def save_hf(model: nn.Module, folder, max_shard_size: int | str = "2GB") -> None:
+    """Export a parallelized model as a Hugging Face checkpoint (the adapter's table read backwards).
+
+    Every rank takes part in gathering each tensor (DTensor / FSDP2 all-gathers); rank 0 holds the
+    gathered state on CPU and writes it. Needs host memory for the whole model on rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from .builder import model_class
+    from .hf import save_pretrained
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        with torch.device("meta"):
+            plain = model_class(model.config)(model.config)
+        plain.load_state_dict(state, assign=True)
+        if getattr(model, "hf_model_type", None):
+            plain.hf_model_type = model.hf_model_type
+        save_pretrained(plain, folder, max_shard_size=max_shard_size)
+    dist.barrier()

@@ -22,14 +22,19 @@ from llmzoo.scaling import scale_down
 # dense GQA (8 heads, 2 KV heads: replicated KV at tp=4), MQA (tied head, parallel block),
 # MLA + MoE (shared experts, group routing), ALiBi (tied head, fused interleaved QKV in HF)
 MODELS = ["llama-2-70b", "falcon-7b", "deepseek-v3", "bloom-7b1"]
-JOBS = {  # world size → (model, tp, dp, ep) runs; every run compares logits and measures memory
+# world size → (model, tp, dp, ep) runs; every run compares logits and measures memory. ep=True: experts
+# over the tp ranks (all-reduce); ep="dp": over the dp ranks, tokens exchanged with all-to-all.
+# With dp > 1 each data-parallel rank feeds its own sequence (rank r: sequence r % 2).
+JOBS = {
     1: [(m, 1, 1, False) for m in MODELS],
     2: [("llama-2-70b", 2, 1, False), ("falcon-7b", 2, 1, False), ("deepseek-v3", 2, 1, True),
-        ("bloom-7b1", 2, 1, False), ("bloom-7b1", 1, 2, False)],
+        ("deepseek-v3-fp8", 2, 1, False),
+        ("deepseek-v3", 1, 2, "dp"), ("bloom-7b1", 2, 1, False), ("bloom-7b1", 1, 2, False)],
     4: [("llama-2-70b", 4, 1, False), ("llama-2-70b", 1, 4, False), ("falcon-7b", 2, 2, False),
-        ("deepseek-v3", 2, 2, False), ("bloom-7b1", 4, 1, False)],  # experts resharded EP → inner split
+        ("deepseek-v3", 2, 2, "dp"), ("deepseek-v3", 2, 2, False), ("bloom-7b1", 4, 1, False)],
 }
 GENERATE = {2: ["llama-2-70b", "bloom-7b1"], 4: ["falcon-7b"]}  # (tp = world size, or 2 × 2 for falcon)
+EXPORT = {4: [("deepseek-v3", "dp"), ("bloom-7b1", False)]}  # sharded model → HF safetensors → from_pretrained
 NEW_TOKENS = 4
 
 
@@ -60,23 +65,31 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         for name, tp, dp, ep in JOBS[world]:
             mesh = P.make_mesh(dp=dp, tp=tp)
             model = P.from_pretrained_sharded(f"{root}/{name}", mesh, ep=ep, **_mesh_dims(tp, dp))
+            sample = mesh["dp"].get_local_rank() % 2 if dp > 1 else None
+            rows = slice(None) if sample is None else slice(sample, sample + 1)
             with torch.no_grad():
-                logits = model(ids, attention_mask=mask)
+                logits = model(ids[rows], attention_mask=mask[rows])
             measured = torch.tensor(P.param_bytes(model))
             dist.all_reduce(measured, op=dist.ReduceOp.MAX)
             est = P.memory_estimate(model.config, tp=tp, dp=dp, ep=ep, dtype=torch.float32)
-            out["runs"].append(dict(name=name, tp=tp, dp=dp, ep=ep, logits=logits, measured=int(measured),
+            out["runs"].append(dict(name=name, tp=tp, dp=dp, ep=ep, logits=logits, sample=sample, measured=int(measured),
                                     estimate=est["params"], **model.load_stats))
             if name in GENERATE.get(world, []) and tp > 1:
                 cache = P.sharded_cache(model, 2, ids.shape[1] + NEW_TOKENS)
                 gen = llmzoo.generate(model, ids, mask, max_new_tokens=NEW_TOKENS, cache=cache)
                 out["generate"][name] = (gen, cache.nbytes(), tp)
+            if (name, ep) in EXPORT.get(world, []):
+                folder = f"{root}/export-{name}-{tp}x{dp}"
+                P.save_hf(model, folder, max_shard_size="40KB")
+                if rank == 0:
+                    with torch.no_grad():
+                        out.setdefault("export", {})[name] = from_pretrained(folder).eval()(ids, attention_mask=mask)
             if world == 2 and name == "llama-2-70b":
                 P.save_checkpoint(model, f"{root}/dcp-llama")
-            if world == 2 and name == "deepseek-v3" and ep:
+            if world == 2 and name == "deepseek-v3" and ep is True:
                 P.save_checkpoint(model, f"{root}/dcp-deepseek")
             saved = f"{root}/dcp-{name.split('-')[0]}"
-            if world == 4 and (name, tp) in (("llama-2-70b", 4), ("deepseek-v3", 2)) and os.path.isdir(saved):
+            if world == 4 and (name, tp, ep) in (("llama-2-70b", 4, False), ("deepseek-v3", 2, False)) and os.path.isdir(saved):
                 # reshard 2 → 4: a differently seeded model of this split loads the DCP directory
                 other = llmzoo.build(model.config, device="meta")
                 P.parallelize(other, mesh, ep=ep, **_mesh_dims(tp, dp))
@@ -104,6 +117,12 @@ def checkpoints(tmp_path_factory):
             logits = single(ids, attention_mask=mask)
         gen = llmzoo.generate(single, ids, mask, max_new_tokens=NEW_TOKENS)
         ref[name] = (logits, gen, llmzoo.StaticCache.for_model(single, 2, ids.shape[1] + NEW_TOKENS).nbytes())
+    # DeepSeek-V3's shipping format: e4m3 projection weights with block scales (16×16 tiles here)
+    from test_fp8 import _quantised_copy
+
+    _quantised_copy(root / "deepseek-v3", root / "deepseek-v3-fp8", block=16)
+    with torch.no_grad():
+        ref["deepseek-v3-fp8"] = (from_pretrained(root / "deepseek-v3-fp8").eval()(ids, attention_mask=mask), None, None)
     return root, ref
 
 
@@ -125,8 +144,9 @@ def test_sharded_logits_loading_memory(world, checkpoints):
         what = f"{run['name']} tp={run['tp']} dp={run['dp']} ep={run['ep']}"
         want = ref[run["name"]][0]
         for r, out in enumerate(ranks):
-            got = out["runs"][i]["logits"]
-            err = (got - want).abs()[real].max().item()
+            got, s = out["runs"][i]["logits"], out["runs"][i]["sample"]
+            w, keep = (want, real) if s is None else (want[s : s + 1], real[s : s + 1])
+            err = (got - w).abs()[keep].max().item()
             assert err <= 1e-5, f"{what} rank {r}: max |Δlogits| {err:.2e}"
         assert run["measured"] == run["estimate"], f"{what}: measured {run['measured']} B, estimated {run['estimate']} B"
         total, reads = run["bytes_total"], [out["runs"][i]["bytes_read"] for out in ranks]
@@ -142,6 +162,12 @@ def test_sharded_logits_loading_memory(world, checkpoints):
             assert torch.equal(out["generate"][name][0], want_gen), f"{name}: TP generation differs"
         kv = scale_down(name, preset="tiny").block.attention.n_kv_heads  # MQA: the one KV head on every rank
         assert nbytes == full_cache * max(1, kv // tp) // kv, f"{name}: rank's KV cache {nbytes} B of {full_cache} B"
+    assert set(ranks[0].get("generate", {})) == set(GENERATE.get(world, []))  # every check above ran
+    assert set(ranks[0].get("export", {})) == {n for n, _ in EXPORT.get(world, [])}
+    assert set(ranks[0].get("dcp", {})) == ({"llama-2-70b", "deepseek-v3"} if world == 4 else set())
+    for name, logits in ranks[0].get("export", {}).items():
+        err = (logits - ref[name][0]).abs()[real].max().item()
+        assert err <= 1e-5, f"{name}: exported from the sharded model, reloaded: max |Δlogits| {err:.2e}"
     for name, same in ranks[0].get("dcp", {}).items():
         assert all(out["dcp"][name] for out in ranks), f"{name}: DCP 2 → 4 ranks changed tensors"
 
