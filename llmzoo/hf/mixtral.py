@@ -22,10 +22,10 @@ MOE = [  # hf tensor                                               llmzoo tensor
     Rule("model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight", "blocks.{i}.mlp.experts.up", StackExperts()),
     Rule("model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight", "blocks.{i}.mlp.experts.down", StackExperts()),
     # transformers 5's in-memory layout, should a checkpoint be written in it
-    Rule("model.layers.{i}.mlp.gate.weight",                       "blocks.{i}.mlp.router.weight"),
+    Rule("model.layers.{i}.mlp.gate.weight",                       "blocks.{i}.mlp.router.weight", variant=True),
     Rule("model.layers.{i}.mlp.experts.gate_up_proj",              "blocks.{i}.mlp.experts.{gate,up}",
-         Split(dim=1, parts=2)),
-    Rule("model.layers.{i}.mlp.experts.down_proj",                 "blocks.{i}.mlp.experts.down"),
+         Split(dim=1, parts=2), variant=True),
+    Rule("model.layers.{i}.mlp.experts.down_proj",                 "blocks.{i}.mlp.experts.down", variant=True),
 ]
 ATTENTION_AND_NORMS = [r for r in LLAMA if ".mlp." not in r.hf.text]
 
