@@ -229,3 +229,24 @@ def test_layers_past_the_mtp_layer_are_still_unexpected(tmp_path):
     (tmp_path / "ckpt" / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match=bogus.replace(".", r"\.")):
         from_pretrained(tmp_path / "ckpt")
+
+
+# ------------------------------------------------------------------------------ hub config.json → zoo
+
+# the published config.json files (deepseek-ai/DeepSeek-V3, DeepSeek-V2, DeepSeek-V2-Lite,
+# mistralai/Mixtral-8x7B-v0.1), architecture keys only
+HUB = {
+ "deepseek-v3": {"architectures":["DeepseekV3ForCausalLM"],"attention_bias":False,"first_k_dense_replace":3,"hidden_act":"silu","hidden_size":7168,"intermediate_size":18432,"kv_lora_rank":512,"max_position_embeddings":163840,"model_type":"deepseek_v3","moe_intermediate_size":2048,"moe_layer_freq":1,"n_group":8,"n_routed_experts":256,"n_shared_experts":1,"norm_topk_prob":True,"num_attention_heads":128,"num_experts_per_tok":8,"num_hidden_layers":61,"num_key_value_heads":128,"num_nextn_predict_layers":1,"q_lora_rank":1536,"qk_nope_head_dim":128,"qk_rope_head_dim":64,"quantization_config":{"activation_scheme":"dynamic","fmt":"e4m3","quant_method":"fp8","weight_block_size":[128,128]},"rms_norm_eps":1e-06,"rope_scaling":{"beta_fast":32,"beta_slow":1,"factor":40,"mscale":1.0,"mscale_all_dim":1.0,"original_max_position_embeddings":4096,"type":"yarn"},"rope_theta":10000,"routed_scaling_factor":2.5,"scoring_func":"sigmoid","seq_aux":True,"tie_word_embeddings":False,"topk_group":4,"topk_method":"noaux_tc","torch_dtype":"bfloat16","v_head_dim":128,"vocab_size":129280},
+ "deepseek-v2": {"model_type":"deepseek_v2","hidden_size":5120,"intermediate_size":12288,"moe_intermediate_size":1536,"num_hidden_layers":60,"num_attention_heads":128,"num_key_value_heads":128,"n_routed_experts":160,"n_shared_experts":2,"num_experts_per_tok":6,"n_group":8,"topk_group":3,"topk_method":"group_limited_greedy","routed_scaling_factor":16.0,"first_k_dense_replace":1,"kv_lora_rank":512,"q_lora_rank":1536,"qk_nope_head_dim":128,"qk_rope_head_dim":64,"v_head_dim":128,"max_position_embeddings":163840,"rope_scaling":{"beta_fast":32,"beta_slow":1,"factor":40,"mscale":0.707,"mscale_all_dim":0.707,"original_max_position_embeddings":4096,"type":"yarn"},"rope_theta":10000,"rms_norm_eps":1e-06,"vocab_size":102400,"scoring_func":"softmax","norm_topk_prob":False,"moe_layer_freq":1,"tie_word_embeddings":False,"hidden_act":"silu"},
+ "deepseek-v2-lite": {"model_type":"deepseek_v2","hidden_size":2048,"intermediate_size":10944,"moe_intermediate_size":1408,"num_hidden_layers":27,"num_attention_heads":16,"num_key_value_heads":16,"n_routed_experts":64,"n_shared_experts":2,"num_experts_per_tok":6,"n_group":1,"topk_group":1,"topk_method":"greedy","routed_scaling_factor":1.0,"first_k_dense_replace":1,"kv_lora_rank":512,"q_lora_rank":None,"qk_nope_head_dim":128,"qk_rope_head_dim":64,"v_head_dim":128,"max_position_embeddings":163840,"rope_scaling":{"beta_fast":32,"beta_slow":1,"factor":40,"mscale":0.707,"mscale_all_dim":0.707,"original_max_position_embeddings":4096,"type":"yarn"},"rope_theta":10000,"rms_norm_eps":1e-06,"vocab_size":102400,"scoring_func":"softmax","norm_topk_prob":False,"moe_layer_freq":1,"tie_word_embeddings":False,"hidden_act":"silu"},
+ "mixtral-8x7b": {"model_type":"mixtral","hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"num_local_experts":8,"num_experts_per_tok":2,"rope_theta":1e6,"max_position_embeddings":32768,"rms_norm_eps":1e-5,"vocab_size":32000,"sliding_window":None,"tie_word_embeddings":False,"hidden_act":"silu"},
+}
+
+
+@pytest.mark.parametrize("name", list(HUB))
+def test_hub_config_reads_as_the_zoo_entry(name):
+    from llmzoo.hf.adapter import config_diff
+
+    hf = HUB[name]
+    ours = get_adapter(hf["model_type"]).to_config(hf)
+    assert config_diff(llmzoo.get_config(name), ours) == []
