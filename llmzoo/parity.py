@@ -57,15 +57,25 @@ SUBLAYER = {"embed": "embedding", "embed_in": "embedding", "embed_norm": "norm",
 
 
 def boundary_pairs(rules: list, ours: nn.Module, ref: nn.Module) -> list[tuple[str, str]]:
-    """(llmzoo module, reference module) pairs at sub-layer granularity, derived from the rules:
-    `blocks.{i}.attn.q.weight` ↔ `model.layers.{i}.self_attn.q_proj.weight` pairs `blocks.{i}.attn`
-    with `model.layers.{i}.self_attn` (the same number of trailing names dropped on both sides)."""
+    """(llmzoo module, reference module) pairs derived from the rules, in two granularities.
+
+    Sub-layers: `blocks.{i}.attn.q.weight` ↔ `model.layers.{i}.self_attn.q_proj.weight` pairs
+    `blocks.{i}.attn` with `model.layers.{i}.self_attn` (as many trailing names dropped on both
+    sides), kept only when the two modules hold the same tensors under the rules. Layers: `blocks.{i}`
+    with the longest common prefix of the reference tensors that layer i's rules read."""
+    from .hf.rules import plan_load
+
     ours_mods, ref_mods = dict(ours.named_modules()), dict(ref.named_modules())
+    ours_names = list(ours.state_dict())
+    ref_names = list(ref.state_dict())
     candidates: dict[str, set[str]] = {}
+    layer_sources: dict[str, set[str]] = {}
     for rule in rules:
-        if rule.ours is None:
+        if rule.ours is None or getattr(rule, "variant", False):  # variants: other spellings, not this model's
             continue
         o, h = rule.ours.text.split("."), rule.hf.text.split(".")
+        if o[0] == "blocks" and "{i}" in h:
+            layer_sources.setdefault("blocks.{i}", set()).add(rule.hf.text)
         depth = 3 if o[0] == "blocks" else 1
         drop = len(o) - depth
         if drop < 1 or drop >= len(h):
@@ -74,6 +84,13 @@ def boundary_pairs(rules: list, ours: nn.Module, ref: nn.Module) -> list[tuple[s
         if "," in ob or "," in hb:
             continue
         candidates.setdefault(ob, set()).add(hb)
+
+    def same_tensors(o: str, h: str) -> bool:
+        inside = [n for n in ref_names if n.startswith(h + ".")]
+        groups, _ = plan_load(rules, inside)
+        mapped = {n for g in groups for n in g.our_names}
+        return bool(mapped) and mapped == {n for n in ours_names if n.startswith(o + ".")}
+
     n_layers = len(getattr(ours, "blocks", []))
     pairs = []
     for ob, hbs in candidates.items():
@@ -82,9 +99,21 @@ def boundary_pairs(rules: list, ours: nn.Module, ref: nn.Module) -> list[tuple[s
             if name not in ours_mods:
                 continue
             options = sorted((hb.replace("{i}", str(i)) for hb in hbs), key=len)
-            options = [x for x in options if "{" not in x and x in ref_mods]
+            options = [x for x in options if "{" not in x and x in ref_mods and same_tensors(name, x)]
             if options:
                 pairs.append((name, options[0]))
+    for i in range(n_layers):
+        sources = [p.replace("{i}", str(i)).split(".") for p in layer_sources.get("blocks.{i}", ())]
+        if not sources:
+            continue
+        common = []
+        for parts in zip(*sources):
+            if len(set(parts)) != 1 or "{" in parts[0]:
+                break
+            common.append(parts[0])
+        prefix = ".".join(common)
+        if prefix in ref_mods and prefix and f"blocks.{i}" in ours_mods:
+            pairs.append((f"blocks.{i}", prefix))
     return pairs
 
 
@@ -174,21 +203,31 @@ def compare(
     pairs = boundary_pairs(rules, ours, ref)
     got_ours: dict[str, Tensor] = {}
     got_ref: dict[str, Tensor] = {}
-    order: list[str] = []
+    order: list[str] = []  # our boundary events in execution order: "name" (output), "in:name" (input)
     handles = []
 
-    def hook(store: dict, name: str, record: bool):
-        def fn(module, args, out):
-            t = _first(out)
-            if t is not None and name not in store:
-                store[name] = t.detach()
-                if record:
-                    order.append(name)
+    def record(store: dict, key: str, t: Any, mine: bool) -> None:
+        if isinstance(t, Tensor) and key not in store:
+            store[key] = t.detach().clone()  # a later in-place op (Falcon: mlp_out += attn_out) must not reach it
+            if mine:
+                order.append(key)
+
+    def out_hook(store: dict, name: str, mine: bool):
+        return lambda module, args, out: record(store, name, _first(out), mine)
+
+    def in_hook(store: dict, name: str, mine: bool):
+        def fn(module, args, kwargs):
+            t = args[0] if args else next((v for v in kwargs.values() if isinstance(v, Tensor)), None)
+            record(store, "in:" + name, t, mine)
         return fn
 
     for o, h in pairs:
-        handles.append(ours.get_submodule(o).register_forward_hook(hook(got_ours, o, True)))
-        handles.append(ref.get_submodule(h).register_forward_hook(hook(got_ref, h, False)))
+        om, hm = ours.get_submodule(o), ref.get_submodule(h)
+        handles.append(om.register_forward_hook(out_hook(got_ours, o, True)))
+        handles.append(hm.register_forward_hook(out_hook(got_ref, o, False)))
+        if o.count(".") != 1 and o not in ("embed", "embed_in"):  # sub-layers, final norm, head: inputs too
+            handles.append(om.register_forward_pre_hook(in_hook(got_ours, o, True), with_kwargs=True))
+            handles.append(hm.register_forward_pre_hook(in_hook(got_ref, o, False), with_kwargs=True))
     try:
         a = forward_logits(ours, input_ids, attention_mask, like=ours).float()
         b = forward_logits(ref, input_ids, attention_mask, like=ours).float()
@@ -204,9 +243,10 @@ def compare(
     kl = float(F.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="batchmean"))
     passed = bool(max_abs <= bound and math.isfinite(max_abs))
     ref_of = dict(pairs)
-    boundaries, first = [], None
-    for name in order:
-        x, y = got_ours[name], got_ref.get(ref_of[name])
+    ref_of.update({"in:" + o: h for o, h in pairs})
+    events, diverged = [], {}
+    for key in order:
+        x, y = got_ours[key], got_ref.get(key)
         if y is None:
             continue
         if x.shape != y.shape:
@@ -216,15 +256,59 @@ def compare(
             if x.shape[:2] == keep.shape:
                 x, y = x[keep], y[keep]
             delta = float((x - y).abs().max())
-        boundaries.append((name, delta))
+        events.append((key, delta))
         scale = 1.0 + (float(y.float().abs().max()) if y.numel() else 0.0)
-        if first is None and not passed and delta > tol["layer_rtol"] * scale:
-            parts = name.split(".")
-            layer = int(parts[1]) if parts[0] == "blocks" else None
-            sub = SUBLAYER.get(parts[2] if layer is not None else parts[0], parts[-1])
-            first = Divergence(name, ref_of[name], layer, sub, delta)
+        diverged[key] = delta > tol["layer_rtol"] * scale
+    boundaries = [(k, d) for k, d in events if not k.startswith("in:")]
+    first = None if passed else first_divergence(events, diverged, ref_of)
     return ParityReport(model_type, str(dtype).removeprefix("torch."), max_abs, float(diff.mean()), top1, kl,
                         bound, passed, first, boundaries)
+
+
+def first_divergence(
+    events: list[tuple[str, float]], diverged: dict[str, bool], ref_of: dict[str, str]
+) -> Divergence | None:
+    """The first component, in execution order, whose output really diverges.
+
+    Layer outputs (`blocks.{i}`: the residual stream) mean the same in every implementation, so the
+    first diverging layer is found first (the logits, if every layer agrees). Inside it, a sub-layer
+    module's output may not be comparable (BLOOM's attention module adds the residual, Gemma's
+    embedding module scales), so a diverging output counts only if the next recorded input
+    downstream ("in:" events: the residual stream entering the next sub-layer) diverges too; a
+    diverging input blames the sub-layer that ran just before it."""
+
+    def describe(key: str, delta: float, sub: str | None = None) -> Divergence:
+        name = key.removeprefix("in:")
+        parts = name.split(".")
+        layer = int(parts[1]) if parts[0] == "blocks" else None
+        kind = parts[2] if layer is not None and len(parts) > 2 else "block" if layer is not None else parts[0]
+        return Divergence(name, ref_of[key], layer, sub or SUBLAYER.get(kind, kind), delta)
+
+    def locate(pending: list[tuple[str, float]]) -> Divergence | None:
+        last_out: tuple[str, float] | None = None
+        for k, (key, delta) in enumerate(pending):
+            if key.startswith("in:"):
+                if diverged[key]:
+                    return describe(*last_out) if last_out else None
+                continue
+            if diverged[key]:
+                nxt = next((e for e, _ in pending[k + 1 :] if e.startswith("in:")), None)
+                if nxt is None or diverged[nxt]:
+                    return describe(key, delta)
+            last_out = (key, delta)
+        # nothing confirmed downstream: a parallel block (attention and MLP read the same input)
+        return next((describe(k, d) for k, d in pending if not k.startswith("in:") and diverged[k]), None)
+
+    pending: list[tuple[str, float]] = []
+    for key, delta in events:
+        parts = key.split(".")
+        if parts[0] == "blocks" and len(parts) == 2:  # a whole layer's output
+            if diverged[key]:
+                return locate(pending) or describe(key, delta, "block")
+            pending = []
+            continue
+        pending.append((key, delta))
+    return locate(pending)
 
 
 def parity(

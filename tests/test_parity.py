@@ -128,3 +128,19 @@ def test_variant_configs_read_as_published():
     assert get_adapter("baichuan").to_config(get_adapter("baichuan").tiny_hf_config()).position.type == "alibi"
     g = cfg("gemma-7b-like-mha")
     assert g.block.mlp.activation == "gelu_tanh" and g.block.norm.unit_offset and g.embedding.scale == "sqrt_d_model"
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_first_divergence_is_located_for_every_type(model_type, tiny_checkpoint):
+    """The adapter's rules pair the sub-layer boundaries: a perturbed layer-1 attention output
+    projection is reported as layer 1's attention, whatever the type."""
+    folder, ref = tiny_checkpoint(model_type)
+    ours = llmzoo.from_pretrained(folder)
+    blocks = getattr(ours, "blocks", None)
+    if blocks is None or len(blocks) < 2:
+        pytest.skip("not a decoder-only block stack")
+    with torch.no_grad():
+        blocks[1].attn.o.weight.mul_(1.5)
+    report = parity(model=ours, reference=ref)
+    d = report.first_divergence
+    assert d is not None and (d.layer, d.sublayer) == (1, "attention"), str(report)
