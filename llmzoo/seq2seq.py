@@ -49,11 +49,12 @@ class CrossAttention(Attention):
     def forward(self, x: Tensor, memory: Tensor, ctx: Context) -> Tensor:  # x (B, T, D), memory (B, S, D)
         B, T, _ = x.shape
         S = memory.shape[1]
-        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        k = self.k(memory).view(B, S, self.n_kv, self.head_dim).transpose(1, 2)  # (B, KV, S, Dh)
-        v = self.v(memory).view(B, S, self.n_kv, self.head_dim).transpose(1, 2)
+        # heads as -1, as in Attention: under tensor parallelism a rank holds its own heads only
+        q = self.q(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.k(memory).view(B, S, -1, self.head_dim).transpose(1, 2)  # (B, KV, S, Dh)
+        v = self.v(memory).view(B, S, -1, self.head_dim).transpose(1, 2)
         y = sdpa(q, k, v, ctx.mask(None), self.scale)  # (B, H, T, Dh)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class DecoderBlock(Block):
