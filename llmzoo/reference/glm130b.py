@@ -137,6 +137,27 @@ def _layer_norm(x: Tensor, sd: dict, name: str, eps: float) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], sd[name + ".weight"], sd[name + ".bias"], eps)
 
 
+def _self_attention(
+    x: Tensor, w: Tensor, b: Tensor, np_: int, mask: Tensor, position_ids: Tensor, cos: Tensor, sin: Tensor,
+    layer_id: int, position_encoding_2d: bool,
+) -> Tensor:
+    """RotaryEmbeddingMixin.attention_forward / SelfAttention.forward up to the output projection, for
+    one rank's `np_` heads: x [sq, b, h] -> context [sq, b, np_ * hn]."""
+    mixed = F.linear(x, w, b)
+    mixed = mixed.view(*mixed.size()[:-1], np_, mixed.size(-1) // np_)  # [sq, b, np, 3 * hn]
+    q, k, v = torch.split(mixed, mixed.size(-1) // 3, dim=-1)
+    if position_encoding_2d:
+        q1, q2 = q.chunk(2, dim=q.ndim - 1)
+        k1, k2 = k.chunk(2, dim=k.ndim - 1)
+        pos, block = position_ids[:, 0, :].transpose(0, 1), position_ids[:, 1, :].transpose(0, 1)
+        q1, k1 = _apply_rotary_index(q1, k1, cos, sin, pos)
+        q2, k2 = _apply_rotary_index(q2, k2, cos, sin, block)
+        q, k = torch.cat([q1, q2], dim=q1.ndim - 1), torch.cat([k1, k2], dim=k1.ndim - 1)
+    else:
+        q, k = _apply_rotary_index(q, k, cos, sin, position_ids.transpose(0, 1))
+    return _attention_fn(q, k, v, mask, layer_id)
+
+
 def _layer_forward(
     h: Tensor,
     ranks: list[dict],
@@ -158,20 +179,10 @@ def _layer_forward(
     attention_input = _layer_norm(h, ranks[0], p + "input_layernorm", eps)
     attention_output = 0
     for sd in ranks:  # each rank holds num_heads / tp heads; RowParallelLinear sums the partial outputs
-        mixed = F.linear(attention_input, sd[p + "attention.query_key_value.weight"], sd[p + "attention.query_key_value.bias"])
-        np_ = num_heads // tp
-        mixed = mixed.view(*mixed.size()[:-1], np_, mixed.size(-1) // np_)  # [sq, b, np, 3 * hn]
-        q, k, v = torch.split(mixed, mixed.size(-1) // 3, dim=-1)
-        if position_encoding_2d:
-            q1, q2 = q.chunk(2, dim=q.ndim - 1)
-            k1, k2 = k.chunk(2, dim=k.ndim - 1)
-            pos, block = position_ids[:, 0, :].transpose(0, 1), position_ids[:, 1, :].transpose(0, 1)
-            q1, k1 = _apply_rotary_index(q1, k1, cos, sin, pos)
-            q2, k2 = _apply_rotary_index(q2, k2, cos, sin, block)
-            q, k = torch.cat([q1, q2], dim=q1.ndim - 1), torch.cat([k1, k2], dim=k1.ndim - 1)
-        else:
-            q, k = _apply_rotary_index(q, k, cos, sin, position_ids.transpose(0, 1))
-        context = _attention_fn(q, k, v, mask, i)
+        context = _self_attention(
+            attention_input, sd[p + "attention.query_key_value.weight"], sd[p + "attention.query_key_value.bias"],
+            num_heads // tp, mask, position_ids, cos, sin, i, position_encoding_2d,
+        )
         attention_output = attention_output + F.linear(context, sd[p + "attention.dense.weight"])
     attention_output = attention_output + ranks[0][p + "attention.dense.bias"]
     hidden = attention_input * alpha + attention_output
@@ -300,9 +311,12 @@ def random_official_state(
 
 
 class ChatGLMReference(torch.nn.Module):
-    """ChatGLM-6B (THUDM/chatglm-6b modeling_chatglm.py) holding the checkpoint's parameter names;
-    forward runs `glm_forward` above (post-LN with α = (2·28)^½ whatever the depth, since GLMBlock's
-    num_layers argument is never passed; gelu_tanh MLP; 2-D rotary; fp32 softmax).
+    """ChatGLM-6B (THUDM/chatglm-6b modeling_chatglm.py) with the checkpoint's parameter names:
+    GLMBlock (post-LN with α = (2·28)^½ whatever the depth, since its num_layers argument is never
+    passed), SelfAttention with position_encoding_2d, attention_fn (fp32 softmax, -10000 fill),
+    the GLU class's gelu_impl MLP. Each module runs its own part, so forward hooks see every sub-layer;
+    module outputs are batch-first (b, s, h) — the official [s, b, h] layout is used inside attention,
+    and norms, residuals and the MLP are position-wise, so the values are the official ones.
 
     forward(input_ids, attention_mask (b, s) 1 = real token, position_ids (b, 2, s) or (b, s), glm_mask
     (b, 1, s, s) bool True = masked, or prefix_len (b,): the tokens before it are the context):
@@ -319,6 +333,7 @@ class ChatGLMReference(torch.nn.Module):
         self.two_d = hf.get("position_encoding_2d", True)
         self.tied = hf.get("tie_word_embeddings", True)
         nn = torch.nn
+        heads, two_d, alpha = self.num_heads, self.two_d, (2 * 28) ** 0.5
 
         class Attention(nn.Module):
             def __init__(self):
@@ -326,25 +341,41 @@ class ChatGLMReference(torch.nn.Module):
                 self.query_key_value = nn.Linear(d, 3 * d)
                 self.dense = nn.Linear(d, d)
 
+            def forward(self, x, mask, position_ids, cos, sin, layer_id):  # x (b, s, h)
+                context = _self_attention(x.transpose(0, 1), self.query_key_value.weight, self.query_key_value.bias,
+                                          heads, mask, position_ids, cos, sin, layer_id, two_d)
+                return self.dense(context).transpose(0, 1)
+
         class MLP(nn.Module):
             def __init__(self):
                 super().__init__()
                 self.dense_h_to_4h = nn.Linear(d, f)
                 self.dense_4h_to_h = nn.Linear(f, d)
 
+            def forward(self, x):
+                return self.dense_4h_to_h(_gelu_tanh(self.dense_h_to_4h(x)))
+
         class Layer(nn.Module):
-            def __init__(self):
+            def __init__(self, layer_id):
                 super().__init__()
+                self.layer_id = layer_id
                 self.input_layernorm = nn.LayerNorm(d, eps=eps)
                 self.attention = Attention()
                 self.post_attention_layernorm = nn.LayerNorm(d, eps=eps)
                 self.mlp = MLP()
 
+            def forward(self, h, mask, position_ids, cos, sin):
+                attention_input = self.input_layernorm(h)
+                attention_output = self.attention(attention_input, mask, position_ids, cos, sin, self.layer_id)
+                hidden = attention_input * alpha + attention_output
+                mlp_input = self.post_attention_layernorm(hidden)
+                return mlp_input * alpha + self.mlp(mlp_input)
+
         class Transformer(nn.Module):
             def __init__(self):
                 super().__init__()
                 self.word_embeddings = nn.Embedding(v, d)
-                self.layers = nn.ModuleList(Layer() for _ in range(n))
+                self.layers = nn.ModuleList(Layer(i) for i in range(n))
                 self.final_layernorm = nn.LayerNorm(d, eps=eps)
 
         self.transformer = Transformer()
@@ -367,9 +398,9 @@ class ChatGLMReference(torch.nn.Module):
             position_ids = (ones.cumsum(-1) - 1).clamp(min=0)
         if self.two_d and position_ids.dim() == 2:
             position_ids = torch.stack([position_ids, torch.zeros_like(position_ids)], dim=1)
-        sd = {"transformer." + k: t for k, t in self.transformer.state_dict().items()}
-        return glm_forward(
-            [sd], input_ids, position_ids, glm_mask, num_layers=self.num_layers, num_heads=self.num_heads,
-            eps=self.eps, alpha=(2 * 28) ** 0.5, glu=False, position_encoding_2d=self.two_d,
-            lm_head=self.lm_head.weight,
-        )
+        hn = self.transformer.word_embeddings.weight.shape[1] // self.num_heads
+        cos, sin = rotary_table(hn // 2 if self.two_d else hn, int(position_ids.max()) + 1)
+        h = self.transformer.word_embeddings(input_ids)
+        for layer in self.transformer.layers:
+            h = layer(h, glm_mask, position_ids, cos, sin)
+        return self.lm_head(self.transformer.final_layernorm(h))
