@@ -142,9 +142,9 @@ PUBLISHED = {
     "bloom": lambda hf: dict(rename=lambda n: n.removeprefix("transformer."), drop=("lm_head.weight",)),
     # facebook/opt-*: saved from OPTModel, `decoder.` prefix
     "opt": lambda hf: dict(rename=lambda n: n.removeprefix("model."), drop=("lm_head.weight",)),
-    # EleutherAI/pythia-*: head named embed_out, mask buffers and rotary tables kept
+    # EleutherAI/pythia-*: mask buffers and rotary tables kept; the head also read as `lm_head`
     "gpt_neox": lambda hf: dict(
-        rename=lambda n: "embed_out.weight" if n == "lm_head.weight" else n,
+        rename=lambda n: "lm_head.weight" if n == "embed_out.weight" else n,
         extra={**_mask_buffers([f"gpt_neox.layers.{i}.attention" for i in range(hf["num_hidden_layers"])],
                                hf["max_position_embeddings"]),
                **{f"gpt_neox.layers.{i}.attention.rotary_emb.inv_freq": torch.ones(2)

@@ -4,8 +4,8 @@ Parallel attention and MLP with two LayerNorms (`use_parallel_residual`; sequent
 false), rotary positions on the first `rotary_pct` (Pythia: 25 %) of each head in the 'halves'
 pairing, exact GELU, biases everywhere, untied head. `query_key_value` is fused per head:
 [q_h; k_h; v_h] for each head h. The published Pythia checkpoints name the head `embed_out` and
-keep `attention.bias` / `masked_bias` / `rotary_emb.inv_freq` buffers; transformers 5 saves
-`lm_head`: both load, export writes `lm_head`.
+keep `attention.bias` / `masked_bias` / `rotary_emb.inv_freq` buffers. transformers 5 calls the
+module `lm_head` but still saves `embed_out`: both names load, export writes `embed_out`.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ class GPTNeoXAdapter(Adapter):
         a = config.block.attention
         head = "head.weight" if not config.head.tied else IGNORE
         return neox_rules(SplitInterleavedQKV(a.n_heads, a.n_heads, a.head_dim)) + [
-            Rule("lm_head.weight", head),
-            Rule("embed_out.weight", head, variant=True),  # Pythia's published name
+            Rule("embed_out.weight", head),  # Pythia's name, which transformers also saves
+            Rule("lm_head.weight", head, variant=True),  # the name of transformers' module
         ]
 
     def tiny_hf_config(self) -> dict[str, Any]:
