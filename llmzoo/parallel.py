@@ -43,6 +43,7 @@ __all__ = [
     "ExpertShards",
     "ReplicatedHeads",
     "RowwiseParallel",
+    "SumGradColumns",
     "head_split",
     "init_sharded",
     "local_config",
@@ -104,6 +105,24 @@ class ReplicatedHeads(ParallelStyle):
         return distribute_module(module, mesh, partition, inputs, outputs)
 
 
+class SumGradColumns(ParallelStyle):
+    """A replicated projection whose output columns [start, stop) feed every rank's own heads (MLA's
+    shared rope key): the forward is unchanged, the gradient of those columns is summed over ranks."""
+
+    def __init__(self, start: int, stop: int):
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def _apply(self, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
+        def hook(mod: nn.Module, args: tuple, out: Tensor) -> Tensor:
+            a, b = out.narrow(-1, 0, self.start), out.narrow(-1, self.start, self.stop - self.start)
+            c = out.narrow(-1, self.stop, out.shape[-1] - self.stop)
+            return torch.cat([a, _sum_grad(b, mesh), c], dim=-1)
+
+        module.register_forward_hook(hook)
+        return module
+
+
 class ExpertShards(ParallelStyle):
     """Stacked routed experts (E, ·, ·) across the tensor-parallel ranks, whose tokens are replicated.
 
@@ -133,6 +152,8 @@ class ExpertShards(ParallelStyle):
 
         def inputs(mod: nn.Module, args: tuple, mesh: DeviceMesh) -> tuple:
             x, weights, experts = args
+            # replicated inputs feed partial outputs: their gradients are summed over the ranks
+            x, weights = (_sum_grad(t, mesh) for t in (x, weights))
             if self.ep:  # global expert ids → this rank's; others past the end, which Experts skips
                 experts = experts - rank * local
                 experts = experts.masked_fill((experts < 0) | (experts >= local), local)
@@ -187,13 +208,25 @@ class ExpertAllToAll(ParallelStyle):
             rx = exchange(x[token], recv_l, send_l)  # (M, D): the routes to this rank's experts
             rw = exchange(weights.flatten()[order].float(), recv_l, send_l)
             rid = exchange(flat[order] - owner * local, recv_l, send_l)
+            # the tokens of all n ranks reach an expert: its weight gradient is averaged over them, as
+            # FSDP2 averages every other gradient (output gradient / n below, inputs' back × n here)
+            for t in (rx, rw):
+                if t.requires_grad:
+                    t.register_hook(lambda g: g * n)
             return rx, rw[:, None], rid[:, None]  # one route per row: k = 1
 
         def outputs(mod: nn.Module, out: Tensor, mesh: DeviceMesh) -> Tensor:
+            if out.requires_grad:
+                out.register_hook(lambda g: g / n)
             back = exchange(out, state["send"], state["recv"])  # (routes sent, D), in sent order
             return back.new_zeros(state["shape"]).index_add(0, state["token"], back)
 
         return distribute_module(module, mesh, partition, inputs, outputs)
+
+
+def _sum_grad(t: Tensor, mesh: DeviceMesh) -> Tensor:
+    """Identity forward; backward all-reduces the gradient (Megatron's f operator) through DTensor."""
+    return DTensor.from_local(t, mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
 
 
 # ------------------------------------------------------------------------------ parallelize

@@ -12,6 +12,7 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 import llmzoo
 from llmzoo import parallel as P
@@ -34,6 +35,7 @@ JOBS = {
         ("deepseek-v3", 2, 2, "dp"), ("deepseek-v3", 2, 2, False), ("bloom-7b1", 4, 1, False)],
 }
 GENERATE = {2: ["llama-2-70b", "bloom-7b1"], 4: ["falcon-7b"]}  # (tp = world size, or 2 × 2 for falcon)
+GRADS = {2: [("deepseek-v3", 2, 1, True)], 4: [("llama-2-70b", 4, 1, False), ("deepseek-v3", 2, 2, "dp")]}  # backward
 EXPORT = {4: [("deepseek-v3", "dp"), ("bloom-7b1", False)]}  # sharded model → HF safetensors → from_pretrained
 NEW_TOKENS = 4
 
@@ -78,6 +80,15 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
                 cache = P.sharded_cache(model, 2, ids.shape[1] + NEW_TOKENS)
                 gen = llmzoo.generate(model, ids, mask, max_new_tokens=NEW_TOKENS, cache=cache)
                 out["generate"][name] = (gen, cache.nbytes(), tp)
+            if (name, tp, dp, ep) in GRADS.get(world, []):
+                model.zero_grad()
+                model(ids[rows], attention_mask=mask[rows]).pow(2).mean().backward()
+                want = torch.load(f"{root}/grads-{name}.pt")
+                err = 0.0
+                for n, p in model.named_parameters():  # full_tensor: a collective, same order on every rank
+                    g = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+                    err = max(err, ((g - want[n]).abs().max() / want[n].abs().max().clamp(min=1e-12)).item())
+                out.setdefault("grads", {})[name] = err
             if (name, ep) in EXPORT.get(world, []):
                 folder = f"{root}/export-{name}-{tp}x{dp}"
                 P.save_hf(model, folder, max_shard_size="40KB")
@@ -116,6 +127,9 @@ def checkpoints(tmp_path_factory):
         with torch.no_grad():
             logits = single(ids, attention_mask=mask)
         gen = llmzoo.generate(single, ids, mask, max_new_tokens=NEW_TOKENS)
+        if any(name == job[0] for jobs in GRADS.values() for job in jobs):
+            single(ids, attention_mask=mask).pow(2).mean().backward()
+            torch.save({n: p.grad for n, p in single.named_parameters()}, root / f"grads-{name}.pt")
         ref[name] = (logits, gen, llmzoo.StaticCache.for_model(single, 2, ids.shape[1] + NEW_TOKENS).nbytes())
     # DeepSeek-V3's shipping format: e4m3 projection weights with block scales (16×16 tiles here)
     from test_fp8 import _quantised_copy
@@ -164,7 +178,11 @@ def test_sharded_logits_loading_memory(world, checkpoints):
         assert nbytes == full_cache * max(1, kv // tp) // kv, f"{name}: rank's KV cache {nbytes} B of {full_cache} B"
     assert set(ranks[0].get("generate", {})) == set(GENERATE.get(world, []))  # every check above ran
     assert set(ranks[0].get("export", {})) == {n for n, _ in EXPORT.get(world, [])}
-    assert set(ranks[0].get("dcp", {})) == ({"llama-2-70b", "deepseek-v3"} if world == 4 else set())
+    saved = {n for n in ("llama-2-70b", "deepseek-v3") if (root / f"dcp-{n.split('-')[0]}").is_dir()}
+    assert set(ranks[0].get("dcp", {})) == (saved if world == 4 else set())  # 2 → 4 when [2] ran first
+    assert set(ranks[0].get("grads", {})) == {job[0] for job in GRADS.get(world, [])}
+    for name, err in ranks[0].get("grads", {}).items():  # training: gradients equal one process's
+        assert all(out["grads"][name] <= 1e-5 for out in ranks), f"{name}: gradient rel. error {err:.2e}"
     for name, logits in ranks[0].get("export", {}).items():
         err = (logits - ref[name][0]).abs()[real].max().item()
         assert err <= 1e-5, f"{name}: exported from the sharded model, reloaded: max |Δlogits| {err:.2e}"
