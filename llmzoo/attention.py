@@ -278,12 +278,14 @@ class MLAttention(nn.Module):
         """Tensor-parallel plan (llmzoo.parallel): the per-head up-projections (q or q_b, kv_b) column-
         parallel and o row-parallel; the latents (q_a, kv_a) and their norms stay whole on every rank.
         The absorbed decode path is not split (it reads kv_b's weight directly)."""
-        from .parallel import ColwiseParallel, RowwiseParallel
+        from .parallel import ColwiseParallel, RowwiseParallel, SumGradColumns
 
         if self.n_heads % tp:
             raise ValueError(f"blocks.{self.layer}.attn: n_heads ({self.n_heads}) is not divisible by tp ({tp})")
         q = "q" if self.spec.q_lora_rank is None else "q_b"
-        return {q: ColwiseParallel(), "kv_b": ColwiseParallel(), "o": RowwiseParallel()}
+        r = self.spec.kv_lora_rank  # kv_a's rope-key columns reach every rank's heads directly
+        return {q: ColwiseParallel(), "kv_a": SumGradColumns(r, r + self.spec.qk_rope_head_dim),
+                "kv_b": ColwiseParallel(), "o": RowwiseParallel()}
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
         if getattr(ctx.cache, "absorbed", False):  # a latent cache (llmzoo.cache.StaticCache, mla="absorbed")
