@@ -8,9 +8,10 @@
 Tensor parallelism (Megatron-LM, Shoeybi et al., arXiv:1909.08053) uses DTensor through
 `parallelize_module`; each component states its own plan in a `tp_plan` method (Attention, MLAttention,
 MLP, GLU, MoE, CausalLM), so nothing here knows a family. FSDP2 (`fully_shard`) wraps every block,
-then the root. Expert parallelism splits the stacked (E, ·, ·) routed experts across the tensor-parallel
-ranks; the tokens are already replicated there, so each rank runs the tokens routed to its experts and
-one all-reduce combines them (no all-to-all needed when the EP group is the TP group).
+then the root. Expert parallelism splits the stacked (E, ·, ·) routed experts whole across ranks: across
+the tensor-parallel ranks, whose tokens are the same, one all-reduce combines the routed outputs
+(`ExpertShards`); across data-parallel ranks, each with its own tokens, the routes travel to the
+experts' ranks and back with two all-to-alls (`ExpertAllToAll`).
 
 Initialisation and loading never materialise a whole tensor on a rank: `init_sharded` draws each
 tensor in fixed row blocks seeded by (seed, name, block), so the values do not depend on the world size;
