@@ -35,3 +35,12 @@ __all__ = [
     "verify",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # llmzoo.parallelize without importing torch.distributed for every user of llmzoo
+    if name == "parallelize":
+        from .parallel import parallelize
+
+        return parallelize
+    raise AttributeError(f"module 'llmzoo' has no attribute {name!r}")
