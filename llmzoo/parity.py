@@ -387,14 +387,22 @@ def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "fl
         pass
     print(f"{'model_type':<12} {'dtype':<9} {'max|Δlogits|':>13} {'tol':>9} {'top-1':>7} {'KL':>9} {'time':>6}  result",
           file=file)
-    for mt in model_types or supported_model_types():
+    def hf_row(mt: str) -> ParityReport:
+        ref = tiny_reference(mt, seed)
+        with tempfile.TemporaryDirectory() as d:
+            get_adapter(mt).save_reference(ref, d, shard_size_for(ref))
+            return parity(d, dtype, reference=ref)
+
+    def glm_row(mt: str) -> ParityReport:  # official SAT tensor-parallel layout vs the packaged reference
+        from .hf.glm import verify_report
+
+        return verify_report(seed=seed)
+
+    wanted = model_types or [*supported_model_types(), "glm-130b"]
+    for mt in wanted:
         t0 = time.perf_counter()
-        adapter = get_adapter(mt)
         try:
-            ref = tiny_reference(mt, seed)
-            with tempfile.TemporaryDirectory() as d:
-                adapter.save_reference(ref, d, shard_size_for(ref))
-                r = parity(d, dtype, reference=ref)
+            r = glm_row(mt) if mt == "glm-130b" else hf_row(mt)
         except Exception as e:  # a family that cannot even load is a failure row, not a crash
             r = ParityReport(mt, dtype, float("nan"), float("nan"), 0.0, float("nan"), 0.0, False)
             r.first_divergence = Divergence("-", "-", None, f"error: {type(e).__name__}: {e}", float("nan"))

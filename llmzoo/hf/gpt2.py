@@ -118,4 +118,4 @@ class GPT2Adapter(Adapter):
     def tiny_hf_config(self) -> dict[str, Any]:
         return {"model_type": "gpt2", "vocab_size": 96, "n_embd": 48, "n_layer": 3, "n_head": 4,
                 "n_positions": 64, "n_inner": 80, "activation_function": "gelu_new",
-                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
+                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0}
