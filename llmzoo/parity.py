@@ -177,6 +177,23 @@ class ParityReport:
         return "\n".join(lines)
 
 
+def transformers_reference(model_type: str, hf_config: dict, auto_class: str, attention: str) -> nn.Module:
+    """transformers' model for a config.json dict, randomly initialised, fp32, eval mode."""
+    import transformers
+
+    kwargs = {k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}
+    cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
+    auto = getattr(transformers, auto_class)
+    return auto.from_config(cfg, dtype=torch.float32, attn_implementation=attention).eval()
+
+
+def transformers_load(folder: str, dtype: torch.dtype, auto_class: str, attention: str) -> nn.Module:
+    """transformers' model with a checkpoint folder's weights."""
+    import transformers
+
+    return getattr(transformers, auto_class).from_pretrained(folder, dtype=dtype, attn_implementation=attention).eval()
+
+
 def make_batch(vocab: int, seq_len: int = 24, pad: int = 5, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Two random sequences, the second right-padded by `pad` tokens."""
     g = torch.Generator().manual_seed(seed)

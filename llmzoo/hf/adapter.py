@@ -46,20 +46,21 @@ class Adapter:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ references (tests, parity)
+    # transformers' class and attention implementation for the reference (tests, parity, verify)
+    reference_class = "AutoModelForCausalLM"
+    reference_attention = "eager"
+
     def reference(self, hf_config: dict[str, Any]) -> nn.Module:
         """A randomly initialised reference model (transformers' own class by default)."""
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from ..parity import transformers_reference
 
-        kwargs = {k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}
-        cfg = AutoConfig.for_model(self.model_type, **kwargs)
-        cfg._attn_implementation = "eager"
-        return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+        return transformers_reference(self.model_type, hf_config, self.reference_class, self.reference_attention)
 
     def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
         """The reference model with the checkpoint's weights."""
-        from transformers import AutoModelForCausalLM
+        from ..parity import transformers_load
 
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager").eval()
+        return transformers_load(folder, dtype, self.reference_class, self.reference_attention)
 
     def save_reference(self, model: nn.Module, folder: str, max_shard_size: str | int) -> None:
         model.save_pretrained(folder, max_shard_size=max_shard_size)

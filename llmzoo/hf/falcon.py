@@ -136,17 +136,7 @@ class FalconAdapter(Adapter):
 
     # transformers' eager Falcon adds ALiBi twice (once in the scores, once through the mask it
     # folds it into); its default and only consistent path is sdpa, which is the reference here
-    def reference(self, hf_config: dict[str, Any]):
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        cfg = AutoConfig.for_model(self.model_type, **{k: v for k, v in hf_config.items() if k != "model_type"})
-        return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa").eval()
-
-    def load_reference(self, folder: str, dtype):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
+    reference_attention = "sdpa"
 
     def tiny_hf_config(self) -> dict[str, Any]:
         # Falcon-40B/180B's layout: new decoder architecture, GQA (8 heads in 2 groups), two norms

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
-
 from ..config import ModelConfig
 from . import register_adapter
 from .adapter import Adapter, activation_name, clean_name, require
@@ -155,16 +152,6 @@ class T5Adapter(Adapter):
             "tie_word_embeddings": True, "scale_decoder_outputs": False,
         }
 
-    # ------------------------------------------------------------------ references
-    def reference(self, hf_config: dict[str, Any]) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForSeq2SeqLM
-
-        kwargs = {k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}
-        cfg = AutoConfig.for_model(self.model_type, **kwargs)
-        cfg._attn_implementation = "sdpa"  # transformers' default for T5; eager runs softmax in half precision
-        return AutoModelForSeq2SeqLM.from_config(cfg, dtype=torch.float32).eval()
-
-    def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
-        from transformers import AutoModelForSeq2SeqLM
-
-        return AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
+    # references: transformers' default sdpa for T5 (its eager path runs the softmax in half precision)
+    reference_class = "AutoModelForSeq2SeqLM"
+    reference_attention = "sdpa"
