@@ -9,16 +9,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Context
+from .positions import PositionEncoding
 from .block import Block
 from .config import ModelConfig
 from .registry import build
 
 
-class CausalLM(nn.Module):
-    """A decoder-only LM assembled from a ModelConfig.
-
-    forward(input_ids (B, T), attention_mask (B, S) with 1 for real tokens, position_ids (B, T),
-    prefix_len (B,) for prefix-LM layers, cache) -> logits (B, T, vocab)."""
+class LanguageModel(nn.Module):
+    """What every LM here shares: token embedding (scale, project-in, norm), the position module,
+    final norm, project-out and the (tied, biased, scaled or normalised) head."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -29,8 +28,6 @@ class CausalLM(nn.Module):
             "position", c.position, d_model=c.d_model, n_heads=c.n_heads, rotary_dim=c.rotary_dim
         )
         self.embed_norm = build("norm", c.embedding.norm, c.d_model) if c.embedding.norm else nn.Identity()
-        scale_mult = self.positions.softmax_scale_mult
-        self.blocks = nn.ModuleList(Block(spec, c.d_model, i, scale_mult) for i, spec in enumerate(c.blocks))
         self.final_norm = build("norm", c.final_norm, c.d_model) if c.final_norm else nn.Identity()
         self.embed_out = nn.Linear(c.d_model, c.d_embed, bias=False) if c.d_embed != c.d_model else nn.Identity()
         self.head = None if c.head.tied else nn.Linear(c.d_embed, c.vocab_size, bias=c.head.bias)
@@ -41,6 +38,46 @@ class CausalLM(nn.Module):
         h = c.head.scale
         self.head_scale = c.d_model**-0.5 if h == "inv_sqrt_d_model" else 1.0 if h == "none" else float(h)
         self.rope_layout = getattr(c.position, "layout", "halves")
+
+    def embed_tokens(
+        self,
+        input_ids: Tensor,
+        positions: Tensor,
+        encoding: PositionEncoding | None = None,
+        norm: nn.Module | None = None,
+    ) -> Tensor:
+        """Token embeddings (B, T, D) with their position embedding and norm (the decoder's by default)."""
+        x = self.embed(input_ids)
+        if self.embed_scale != 1.0:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)  # rounded to x's dtype, as Gemma does
+        x = self.embed_in(x)
+        pos = (encoding or self.positions).embed(positions)
+        if pos is not None:
+            x = x + pos.to(x.dtype)
+        return (norm or self.embed_norm)(x)
+
+    def logits(self, x: Tensor) -> Tensor:
+        x = self.embed_out(self.final_norm(x))
+        if self.head_scale != 1.0:
+            x = x * self.head_scale
+        if self.head is None:
+            return F.linear(x, self.embed.weight, getattr(self, "head_bias", None))
+        if self.config.head.normalize:
+            return F.linear(x, F.normalize(self.head.weight, dim=-1), self.head.bias)
+        return self.head(x)
+
+
+class CausalLM(LanguageModel):
+    """A decoder-only LM assembled from a ModelConfig.
+
+    forward(input_ids (B, T), attention_mask (B, S) with 1 for real tokens, position_ids (B, T),
+    prefix_len (B,) for prefix-LM layers, cache) -> logits (B, T, vocab)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        c = config
+        scale_mult = self.positions.softmax_scale_mult
+        self.blocks = nn.ModuleList(Block(spec, c.d_model, i, scale_mult) for i, spec in enumerate(c.blocks))
         self.prefix_lm = any(b.attention.prefix_lm for b in c.blocks)
         if c.mtp is not None:  # DeepSeek-V3 multi-token prediction: used by llmzoo.mtp.predict_ahead only
             from .mtp import MTPLayer
@@ -84,26 +121,6 @@ class CausalLM(nn.Module):
             cache=cache,
         )
         return ctx
-
-    def embed_tokens(self, input_ids: Tensor, positions: Tensor) -> Tensor:
-        x = self.embed(input_ids)
-        if self.embed_scale != 1.0:
-            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)  # rounded to x's dtype, as Gemma does
-        x = self.embed_in(x)
-        pos = self.positions.embed(positions)
-        if pos is not None:
-            x = x + pos.to(x.dtype)
-        return self.embed_norm(x)
-
-    def logits(self, x: Tensor) -> Tensor:
-        x = self.embed_out(self.final_norm(x))
-        if self.head_scale != 1.0:
-            x = x * self.head_scale
-        if self.head is None:
-            return F.linear(x, self.embed.weight, getattr(self, "head_bias", None))
-        if self.config.head.normalize:
-            return F.linear(x, F.normalize(self.head.weight, dim=-1), self.head.bias)
-        return self.head(x)
 
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan of the whole model (llmzoo.parallel.parallelize): vocab-parallel embedding

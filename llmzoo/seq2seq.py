@@ -9,15 +9,13 @@ under `encoder.` (`encoder.positions`, `encoder.blocks.{i}`, `encoder.final_norm
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Attention, Context, sdpa
 from .block import Block
 from .config import BlockSpec, EncoderSpec, ModelConfig
+from .model import LanguageModel
 from .positions import PositionEncoding
 from .registry import build
 
@@ -93,7 +91,7 @@ class Encoder(nn.Module):
         self.rope_layout = getattr(spec.position, "layout", "halves")
 
 
-class EncoderDecoderLM(nn.Module):
+class EncoderDecoderLM(LanguageModel):
     """An encoder-decoder LM assembled from a ModelConfig with an `encoder` section.
 
     forward(input_ids (B, S), decoder_input_ids (B, T), attention_mask (B, S), decoder_attention_mask
@@ -101,38 +99,13 @@ class EncoderDecoderLM(nn.Module):
     halves so a generation loop encodes once."""
 
     def __init__(self, config: ModelConfig):
-        super().__init__()
         if config.encoder is None:
             raise ValueError(f"{config.name}: EncoderDecoderLM needs a config with an `encoder` section")
-        self.config = c = config
-        self.embed = nn.Embedding(c.vocab_size, c.d_embed)
-        self.embed_in = nn.Linear(c.d_embed, c.d_model, bias=False) if c.d_embed != c.d_model else nn.Identity()
+        super().__init__(config)
+        c = config
         self.encoder = Encoder(c.encoder, c)
-        self.positions = build(
-            "position", c.position, d_model=c.d_model, n_heads=c.n_heads, rotary_dim=c.rotary_dim
-        )
-        self.embed_norm = build("norm", c.embedding.norm, c.d_model) if c.embedding.norm else nn.Identity()
         mult = self.positions.softmax_scale_mult
         self.blocks = nn.ModuleList(DecoderBlock(spec, c.d_model, i, mult) for i, spec in enumerate(c.blocks))
-        self.final_norm = build("norm", c.final_norm, c.d_model) if c.final_norm else nn.Identity()
-        self.embed_out = nn.Linear(c.d_model, c.d_embed, bias=False) if c.d_embed != c.d_model else nn.Identity()
-        self.head = None if c.head.tied else nn.Linear(c.d_embed, c.vocab_size, bias=c.head.bias)
-        if c.head.tied and c.head.bias:
-            self.head_bias = nn.Parameter(torch.zeros(c.vocab_size))
-        s, h = c.embedding.scale, c.head.scale
-        self.embed_scale = math.sqrt(c.d_model) if s == "sqrt_d_model" else 1.0 if s == "none" else float(s)
-        self.head_scale = c.d_model**-0.5 if h == "inv_sqrt_d_model" else 1.0 if h == "none" else float(h)
-        self.rope_layout = getattr(c.position, "layout", "halves")
-
-    def embed_tokens(self, ids: Tensor, ctx: Context, positions: PositionEncoding, norm: nn.Module) -> Tensor:
-        x = self.embed(ids)
-        if self.embed_scale != 1.0:
-            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
-        x = self.embed_in(x)
-        pos = positions.embed(ctx.positions)
-        if pos is not None:
-            x = x + pos.to(x.dtype)
-        return norm(x)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """The memory (B, S, D): the encoder's output for the source tokens."""
@@ -140,7 +113,7 @@ class EncoderDecoderLM(nn.Module):
         _check_mask("attention_mask", attention_mask, (B, S))
         enc = self.encoder
         ctx = stack_context(enc.positions, input_ids, attention_mask, False, enc.rope_layout)
-        x = self.embed_tokens(input_ids, ctx, enc.positions, enc.embed_norm)
+        x = self.embed_tokens(input_ids, ctx.positions, enc.positions, enc.embed_norm)
         for block in enc.blocks:
             x = block(x, ctx)
         return enc.final_norm(x)
@@ -166,20 +139,10 @@ class EncoderDecoderLM(nn.Module):
             key_padding=attention_mask.bool() if attention_mask is not None else None,
             causal=False,
         )
-        x = self.embed_tokens(decoder_input_ids, ctx, self.positions, self.embed_norm)
+        x = self.embed_tokens(decoder_input_ids, ctx.positions)
         for block in self.blocks:
             x = block(x, ctx, memory, cross)
         return self.logits(x)
-
-    def logits(self, x: Tensor) -> Tensor:
-        x = self.embed_out(self.final_norm(x))
-        if self.head_scale != 1.0:
-            x = x * self.head_scale
-        if self.head is None:
-            return F.linear(x, self.embed.weight, getattr(self, "head_bias", None))
-        if self.config.head.normalize:
-            return F.linear(x, F.normalize(self.head.weight, dim=-1), self.head.bias)
-        return self.head(x)
 
     def forward(
         self,
