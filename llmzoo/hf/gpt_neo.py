@@ -135,4 +135,4 @@ class GPTNeoAdapter(Adapter):
         return {"model_type": "gpt_neo", "vocab_size": 96, "hidden_size": 48, "num_layers": 4, "num_heads": 4,
                 "intermediate_size": 80, "max_position_embeddings": 64, "window_size": 5,
                 "attention_types": [[["global", "local"], 2]], "activation_function": "gelu_new",
-                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
+                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0}
