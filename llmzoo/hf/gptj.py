@@ -92,4 +92,4 @@ class GPTJAdapter(Adapter):
         # rotary on 4 of 16 dims per head (GPT-J-6B: 64 of 256), untied head with bias
         return {"model_type": "gptj", "vocab_size": 96, "n_embd": 64, "n_layer": 3, "n_head": 4,
                 "rotary_dim": 4, "n_positions": 64, "n_inner": 96, "activation_function": "gelu_new",
-                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": False}
+                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0}
