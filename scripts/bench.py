@@ -10,7 +10,8 @@ into transformers (AutoModelForCausalLM, sdpa), one model in memory at a time, a
   decode       batch-1 and batch-N greedy decode tokens/s: (t(N new) − t(1 new)) / (N − 1) per step
   peak_mem     torch.cuda.max_memory_allocated on CUDA; peak RSS growth over the pre-load RSS on CPU
 and print llmzoo/transformers ratios (>1: llmzoo faster / smaller is "mem" <1), plus on CUDA the MFU
-(2·active_params·tokens/s / --peak-tflops) and decode's share of HBM bandwidth
+(2·active_params·tokens/s / --peak-tflops; active params include the embedding, attention-score FLOPs are
+left out) and decode's share of HBM bandwidth
 ((weight bytes + KV-cache bytes read per step) · steps/s / --peak-gbps).
 
 Shapes: a zoo name (the full shape) or name@tiny / name@small (llmzoo.scale_down preset).
@@ -57,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-gbps", type=float, default=3350.0, help="peak HBM GB/s (H100 SXM: 3350)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backends", nargs="+", default=["llmzoo", "transformers"], choices=["llmzoo", "transformers"])
+    p.add_argument("--tmpdir", help="where the checkpoint is written (needs ~2 bytes/param in bf16); default $TMPDIR")
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args(argv)
     cuda = a.device.startswith("cuda")
@@ -215,7 +217,7 @@ def bench_shape(shape: str, a) -> dict:
     n = llmzoo.count_params(cfg)
     itemsize = torch.empty((), dtype=dtype).element_size()
     res: dict = dict(shape=shape, device=str(device), dtype=a.dtype, params=n.total, active_params=n.active)
-    with tempfile.TemporaryDirectory(prefix="llmzoo-bench-") as folder:
+    with tempfile.TemporaryDirectory(prefix="llmzoo-bench-", dir=a.tmpdir) as folder:
         model = llmzoo.build(cfg, device=device, dtype=dtype, seed=a.seed)
         llmzoo.save_pretrained(model, folder)
         del model
