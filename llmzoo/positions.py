@@ -269,12 +269,13 @@ class RoPE(PositionEncoding):
         inv = self._inv_freq.to(positions.device)
         s = self.spec.scaling
         if isinstance(s, DynamicNTKScaling):
-            seq_len = max(int(positions.max()) + 1, s.original_max_positions)
+            # tensor math (float64 like the reference's Python floats): no host sync, compile-friendly
+            seq_len = (positions.max().double() + 1).clamp(min=s.original_max_positions)
             base = self.spec.theta * (s.factor * seq_len / s.original_max_positions - (s.factor - 1)) ** (
                 self.dim / (self.dim - 2)
             )
             ar = torch.arange(0, self.dim, 2, device=positions.device, dtype=torch.float32)
-            inv = 1.0 / base ** (ar / self.dim)
+            inv = 1.0 / base.float() ** (ar / self.dim)
         if self.spec.table_dtype == "float16":
             angles = positions.half()[..., None] * inv.half()  # (B, T, R/2), rounded like the original
         else:
