@@ -11,6 +11,7 @@ import torch
 import llmzoo
 from llmzoo.cache import StaticCache
 from llmzoo.model import CausalLM
+from llmzoo.parity import loud_init_
 
 ATTN = {"type": "gqa", "n_heads": 4, "n_kv_heads": 2, "head_dim": 8, "qkv_bias": True}
 MLA = {"type": "mla", "n_heads": 4, "q_lora_rank": 16, "kv_lora_rank": 12, "qk_nope_head_dim": 8,
@@ -64,17 +65,8 @@ for _k in ("mla", "mla-full-rank-q"):  # MLA specs have no GQA keys
 
 
 def loud(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Re-draw every tensor loudly: norms 1±0.3, biases non-zero, matrices ~ 1/sqrt(fan_in)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1 and "norm" in name:
-                p.copy_(1 + 0.3 * (2 * torch.rand(p.shape, generator=g) - 1))
-            elif p.ndim == 1:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
-    return model.eval()
+    """Every tensor re-drawn loudly (llmzoo.parity.loud_init_), in eval mode."""
+    return loud_init_(model, seed).eval()
 
 
 def batch(vocab: int, length: int = 20, pad: int = 5, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from llmzoo.generation import generate, repetition_penalty_, stream, top_k_filte
 from llmzoo.model import CausalLM
 from llmzoo.parity import forward_logits, loud_init_
 
-from test_cache import KINDS, loud, tiny  # noqa: E402  (tests/ is on sys.path under pytest)
+from test_cache import KINDS, loud, one_per_family, tiny  # noqa: E402  (tests/ is on sys.path under pytest)
 
 NEW_TOKENS = 32
 
@@ -179,14 +179,7 @@ def test_eos_and_repetition_penalty_equal_transformers(tmp_path):
 # --------------------------------------------------------------------- every zoo family
 
 
-def zoo_families() -> list[str]:
-    firsts: dict[str, str] = {}
-    for name in llmzoo.list_models():
-        firsts.setdefault(llmzoo.get_config(name).family, name)
-    return sorted(firsts.values())
-
-
-@pytest.mark.parametrize("name", zoo_families())
+@pytest.mark.parametrize("name", one_per_family())
 def test_zoo_greedy_equals_cache_free_greedy(name):
     model = llmzoo.build(name, scale="tiny")
     if not isinstance(model, CausalLM):
@@ -207,25 +200,15 @@ def test_kinds_greedy_equals_cache_free_greedy(kind):
     torch.testing.assert_close(got, greedy_without_cache(model, ids, mask, NEW_TOKENS), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["sliding-window", "mla"])
+# dynamic NTK: the rotary base grows with the longest position (past 8 on every step here)
+DYNAMIC_NTK = tiny({"type": "rope", "theta": 10000.0,
+                    "scaling": {"type": "dynamic", "factor": 2.0, "original_max_positions": 8}})
+
+
+@pytest.mark.parametrize("kind", ["sliding-window", "mla", "dynamic-ntk"])
 def test_compiled_decode_is_one_graph(kind):
     """fullgraph (no graph break) and no recompile over 8 steps at different offsets."""
-    model = loud(llmzoo.build(KINDS[kind]))
-    ids, mask = left_padded(model.config.vocab_size, (9, 5))
-    want = generate(model, ids, mask, max_new_tokens=8)
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        got = generate(model, ids, mask, max_new_tokens=8, compile={"backend": "eager"})
-    torch._dynamo.reset()
-    assert torch.equal(got, want)
-
-
-def test_compiled_decode_with_dynamic_ntk_rope_is_one_graph():
-    """Dynamic NTK grows the rotary base with the longest position (past original_max_positions = 8 on
-    every step here): the compiled decode step still equals eager decoding with no recompile."""
-    config = tiny({"type": "rope", "theta": 10000.0,
-                   "scaling": {"type": "dynamic", "factor": 2.0, "original_max_positions": 8}})
-    model = loud(llmzoo.build(config))
+    model = loud(llmzoo.build(DYNAMIC_NTK if kind == "dynamic-ntk" else KINDS[kind]))
     ids, mask = left_padded(model.config.vocab_size, (9, 5))
     want = generate(model, ids, mask, max_new_tokens=8)
     torch._dynamo.reset()

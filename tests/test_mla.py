@@ -9,6 +9,8 @@ import llmzoo
 from llmzoo.attention import Context, MLAttention
 from llmzoo.cache import StaticCache
 
+from test_cache import loud  # noqa: E402  (tests/ is on sys.path under pytest)
+
 
 def mla_config(q_lora_rank: int | None, n_layers: int = 2, yarn: bool = True) -> dict:
     scaling = {"type": "yarn", "factor": 4.0, "original_max_positions": 16, "mscale": 0.707,
@@ -27,20 +29,6 @@ def mla_config(q_lora_rank: int | None, n_layers: int = 2, yarn: bool = True) ->
         "final_norm": {"type": "rmsnorm", "eps": 1e-6},
         "head": {"tied": False},
     }
-
-
-def loud(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Re-draw every tensor loudly: norms 1±0.3, biases non-zero, matrices ~ 1/sqrt(fan_in)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1 and "norm" in name:
-                p.copy_(1 + 0.3 * (2 * torch.rand(p.shape, generator=g) - 1))
-            elif p.ndim == 1:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
-    return model
 
 
 IDS = torch.tensor([[3, 17, 42, 8, 55, 1, 9, 30, 12, 7], [5, 44, 2, 19, 60, 33, 0, 0, 0, 0]])
