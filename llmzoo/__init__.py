@@ -3,6 +3,7 @@
 from .builder import build
 from .cache import StaticCache
 from .config import ModelConfig, load_config
+from .errors import CheckpointError, ConfigError, LLMZooError
 from .generation import generate, stream
 from .hf import from_pretrained, save_pretrained
 from .model import CausalLM
@@ -15,7 +16,10 @@ from .zoo import get_config, list_models
 
 __all__ = [
     "CausalLM",
+    "CheckpointError",
+    "ConfigError",
     "EncoderDecoderLM",
+    "LLMZooError",
     "ModelConfig",
     "ParamCount",
     "StaticCache",

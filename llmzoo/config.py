@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from . import attention, mlp, moe, norms, positions  # noqa: F401  (register the built-in components)
+from .errors import ConfigError
 from .registry import Component, Spec
 
 NormField = Component("norm")
@@ -249,7 +250,3 @@ def load_config(source: str | Path | dict | ModelConfig) -> ModelConfig:
         return ModelConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{path}: {e}") from None
-
-
-class ConfigError(ValueError):
-    """A config file that does not validate; the message names the file and field."""

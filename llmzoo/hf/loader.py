@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..builder import model_class, resolve_dtype
 from ..config import ModelConfig
+from ..errors import CheckpointError
 from ..model import CausalLM
 from . import get_adapter
 from .adapter import Adapter, closest_zoo_entry
@@ -32,10 +33,6 @@ SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and every tensor at fault."""
 
 
 # ------------------------------------------------------------------------------ locating files

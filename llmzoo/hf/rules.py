@@ -23,6 +23,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from ..errors import RuleError
+
 IGNORE = None  # llmzoo side of a rule for checkpoint tensors that have no place in the model
 
 
@@ -350,10 +352,6 @@ class Group:
     bindings: dict[str, str]
     hf_names: list[str]
     our_names: list[str]
-
-
-class RuleError(ValueError):
-    """Names that do not fit an adapter's table; the message lists every one."""
 
 
 def _key(rule_index: int, bindings: dict[str, str], slots: Iterable[str]) -> tuple:
