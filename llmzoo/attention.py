@@ -8,6 +8,7 @@ padding. `Context` builds each distinct mask once per forward and shares it acro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Literal
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from .errors import UnsupportedError
 from .norms import RMSNormSpec
 from .positions import apply_rope
 from .registry import Component, ComponentSpec, build, register
@@ -56,8 +58,11 @@ class Context:
     positions: Tensor  # (B, T) position ids of the queries
     q_index: Tensor  # (T,) slot of each query (offset by the cache length)
     k_index: Tensor  # (S,) slots of all keys
-    rope: tuple[Tensor, Tensor] | None = None  # cos, sin: (B, T, R)
+    rope: tuple[Tensor, Tensor] | None = None  # cos, sin: (B, T, R) of the model's position encoding
     rope_layout: str = "halves"
+    # layers whose block names its own position encoding (Gemma-3 local layers, SmolLM3 NoPE):
+    # layer -> (cos, sin) or None, one table per distinct spec shared by the layers using it
+    layer_rope: dict[int, tuple[Tensor, Tensor] | None] = field(default_factory=dict)
     bias: Tensor | None = None  # additive position bias (B, H, T, S)
     key_padding: Tensor | None = None  # (B, S) True for real tokens
     prefix_len: Tensor | None = None  # (B,)
@@ -70,8 +75,12 @@ class Context:
     bias_fn: Callable[[Tensor, Tensor], Tensor | None] | None = None
     _masks: dict = field(default_factory=dict)
 
-    def rope_apply(self, x: Tensor) -> Tensor:
-        return apply_rope(x, *self.rope, self.rope_layout)
+    def rotary(self, layer: int) -> tuple[Tensor, Tensor] | None:
+        """The cos/sin that `layer` rotates queries and keys by (None: that layer has no rotary)."""
+        return self.layer_rope.get(layer, self.rope)
+
+    def rope_apply(self, x: Tensor, layer: int | None = None) -> Tensor:
+        return apply_rope(x, *(self.rope if layer is None else self.layer_rope.get(layer, self.rope)), self.rope_layout)
 
     def mask(self, window: int | None) -> Tensor | None:
         """SDPA attn_mask for a layer with this window; None means plain causal (is_causal)."""
@@ -101,6 +110,23 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> 
     )
 
 
+def softcapped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cap: float) -> Tensor:
+    """sdpa with scores → cap·tanh(scores/cap) before the mask (Gemma-2, arXiv:2408.00118 §2); eager,
+    since SDPA kernels take no score transform."""
+    if k.shape[1] != q.shape[1]:  # GQA: repeat each KV head for its group of query heads
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, S)
+    scores = torch.tanh(scores / cap) * cap
+    if mask is None:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask.to(scores.dtype)
+    return torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v)
+
+
 # ---------------------------------------------------------------------- MHA / GQA / MQA
 
 
@@ -117,6 +143,14 @@ class AttentionSpec(ComponentSpec):
     prefix_lm: bool = Field(False, description="tokens before prefix_len attend bidirectionally")
     softmax_scale: float | None = Field(None, gt=0, description="default 1/sqrt(head_dim); T5 uses 1")
     clip_qkv: float | None = Field(None, gt=0, description="clamp q, k, v to ±clip (MPT)")
+    qk_norm: Component("norm") | None = Field(  # type: ignore[valid-type]
+        None, description="norm on queries and keys before rotary (Qwen3, Gemma-3, OLMo-2)"
+    )
+    qk_norm_scope: Literal["head", "projection"] = Field(
+        "head", description="head: one norm over each head's head_dim (Qwen3, Gemma-3); projection: over "
+        "the whole q / k projection before the head split (OLMo-2)"
+    )
+    softcap: float | None = Field(None, gt=0, description="scores → cap·tanh(scores/cap) before the mask (Gemma-2)")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "AttentionSpec":
@@ -139,16 +173,27 @@ class AttentionSpec(ComponentSpec):
         """Elements cached per token per layer (K and V)."""
         return 2 * self.n_kv_heads * self.head_dim
 
+    @property
+    def qk_norm_dims(self) -> tuple[int, int]:
+        """Width each of the query and key norms normalises over (see qk_norm_scope)."""
+        if self.qk_norm_scope == "head":
+            return self.head_dim, self.head_dim
+        return self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+
     def n_params(self, d_model: int) -> int:
         q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         weights = d_model * (q + 2 * kv) + q * d_model
-        return weights + (q + 2 * kv if self.qkv_bias else 0) + (d_model if self.o_bias else 0)
+        norms = sum(self.qk_norm.n_params(n) for n in self.qk_norm_dims) if self.qk_norm is not None else 0
+        return weights + norms + (q + 2 * kv if self.qkv_bias else 0) + (d_model if self.o_bias else 0)
 
 
 class Attention(nn.Module):
     """Scaled dot-product attention (Vaswani et al., arXiv:1706.03762, eq. 1) with shared KV heads.
 
     n_kv_heads: GQA (Ainslie et al., arXiv:2305.13245) / MQA (Shazeer, arXiv:1911.02150).
+    qk_norm: QK-norm (Dehghani et al., arXiv:2302.05442): RMSNorm on q and k before rotary, per head
+    (Qwen3, Gemma-3) or over the whole projection (OLMo-2, arXiv:2501.00656 §3.2).
+    softcap: Gemma-2's attention logit soft-capping (arXiv:2408.00118, §2), cap·tanh(s/cap).
     window, prefix_lm, clip_qkv, softmax_scale: see AttentionSpec."""
 
     def __init__(self, spec: AttentionSpec, d_model: int, layer: int = 0, scale_mult: float = 1.0):
@@ -159,6 +204,13 @@ class Attention(nn.Module):
         self.k = nn.Linear(d_model, self.n_kv * self.head_dim, bias=spec.qkv_bias)
         self.v = nn.Linear(d_model, self.n_kv * self.head_dim, bias=spec.qkv_bias)
         self.o = nn.Linear(self.n_heads * self.head_dim, d_model, bias=spec.o_bias)
+        # the norms read (B, T, ·, width): width head_dim per head, or the whole projection
+        self.q_width, k_width = spec.qk_norm_dims
+        self.k_width = k_width
+        norm = spec.qk_norm
+        self.q_norm = build("norm", norm, self.q_width) if norm is not None else nn.Identity()
+        self.k_norm = build("norm", norm, k_width) if norm is not None else nn.Identity()
+        self.attend = sdpa if spec.softcap is None else partial(softcapped_attention, cap=spec.softcap)
         base = spec.softmax_scale if spec.softmax_scale is not None else self.head_dim**-0.5
         self.scale = base * scale_mult
         self.window = spec.window
@@ -170,14 +222,15 @@ class Attention(nn.Module):
             c = self.spec.clip_qkv
             q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
         # heads as -1: under tensor parallelism (llmzoo.parallel) q, k, v hold this rank's heads only
-        q = q.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        k = k.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, KV, T, Dh)
+        q = self.q_norm(q.view(B, T, -1, self.q_width)).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.k_norm(k.view(B, T, -1, self.k_width)).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, KV, T, Dh)
         v = v.view(B, T, -1, self.head_dim).transpose(1, 2)
-        if ctx.rope is not None:
-            q, k = ctx.rope_apply(q), ctx.rope_apply(k)
+        rope = ctx.rotary(self.layer)
+        if rope is not None:
+            q, k = apply_rope(q, *rope, ctx.rope_layout), apply_rope(k, *rope, ctx.rope_layout)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer, k, v)
-        y = sdpa(q, k, v, ctx.mask(self.window), self.scale)  # (B, H, T, Dh)
+        y = self.attend(q, k, v, ctx.mask(self.window), self.scale)  # (B, H, T, Dh)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
     def tp_plan(self, tp: int) -> dict:
@@ -185,7 +238,11 @@ class Attention(nn.Module):
         row-parallel; with fewer KV heads than ranks (MQA) each rank keeps the KV head it needs."""
         from .parallel import ColwiseParallel, ReplicatedHeads, RowwiseParallel, head_split
 
-        head_split(self.n_heads, self.n_kv, tp, f"blocks.{self.layer}.attn")  # checks divisibility
+        where = f"blocks.{self.layer}.attn"
+        if self.spec.qk_norm is not None and self.spec.qk_norm_scope == "projection" and tp > 1:
+            raise UnsupportedError(f"{where}: qk_norm_scope 'projection' normalises across heads; "
+                                   "tensor parallelism would split it (use tp=1)")
+        head_split(self.n_heads, self.n_kv, tp, where)  # checks divisibility
         kv = ColwiseParallel if self.n_kv % tp == 0 else lambda: ReplicatedHeads(self.n_kv, self.head_dim)
         return {"q": ColwiseParallel(), "k": kv(), "v": kv(), "o": RowwiseParallel()}
 
@@ -296,8 +353,8 @@ class MLAttention(nn.Module):
         q_nope, q_pe = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
         c_kv, k_pe = self.kv_a(x).split([s.kv_lora_rank, s.qk_rope_head_dim], dim=-1)
         k_pe = k_pe[:, None]  # (B, 1, T, rope): one rotary key shared by all heads
-        if ctx.rope is not None:
-            q_pe, k_pe = ctx.rope_apply(q_pe), ctx.rope_apply(k_pe)
+        if ctx.rotary(self.layer) is not None:
+            q_pe, k_pe = ctx.rope_apply(q_pe, self.layer), ctx.rope_apply(k_pe, self.layer)
         kv = self.kv_b(self.kv_norm(c_kv)).view(B, T, -1, s.qk_nope_head_dim + s.v_head_dim).transpose(1, 2)
         k_nope, v = kv.split([s.qk_nope_head_dim, s.v_head_dim], dim=-1)  # (B, H, T, ·)
         q = torch.cat([q_nope, q_pe], dim=-1)
@@ -313,8 +370,8 @@ class MLAttention(nn.Module):
         KV cache stores them unchanged."""
         c_kv, k_pe = self.kv_a(x).split([self.spec.kv_lora_rank, self.spec.qk_rope_head_dim], dim=-1)
         c_kv, k_pe = self.kv_norm(c_kv)[:, None], k_pe[:, None]
-        if ctx.rope is not None:
-            k_pe = ctx.rope_apply(k_pe)
+        if ctx.rotary(self.layer) is not None:
+            k_pe = ctx.rope_apply(k_pe, self.layer)
         return c_kv, k_pe
 
     def absorbed(self, x: Tensor, ctx: Context, latent: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -328,8 +385,8 @@ class MLAttention(nn.Module):
         B, T, _ = x.shape
         q = self.query(x).view(B, T, self.n_heads, self.qk_dim).transpose(1, 2)  # (B, H, T, nope+rope)
         q_nope, q_pe = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
-        if ctx.rope is not None:
-            q_pe = ctx.rope_apply(q_pe)
+        if ctx.rotary(self.layer) is not None:
+            q_pe = ctx.rope_apply(q_pe, self.layer)
         if latent is None:
             latent = self.compress(x, ctx)
             if ctx.cache is not None:

@@ -13,18 +13,19 @@ class Block(nn.Module):
     """Attention + MLP with the residual placement of `BlockSpec` (see its docstring for the equations).
 
     Norm modules: attn_norm / mlp_norm on the sub-layer inputs (outputs for post), attn_out_norm /
-    mlp_out_norm on the sub-layer outputs (sandwich only); a parallel block with a shared norm has
-    attn_norm alone."""
+    mlp_out_norm on the sub-layer outputs (sandwich, output); a parallel block with a shared norm has
+    attn_norm alone; `output` placement has no input norms."""
 
     def __init__(self, spec: BlockSpec, d_model: int, layer: int, scale_mult: float = 1.0):
         super().__init__()
         self.layer, self.alpha = layer, spec.alpha
         self.attn = build("attention", spec.attention, d_model, layer, scale_mult)
         self.mlp = build("mlp", spec.mlp, d_model, layer)
-        self.attn_norm = build("norm", spec.norm, d_model)
-        if spec.parallel != "shared_norm":
+        if spec.placement != "output":
+            self.attn_norm = build("norm", spec.norm, d_model)
+        if spec.parallel != "shared_norm" and spec.placement != "output":
             self.mlp_norm = build("norm", spec.norm, d_model)
-        if spec.placement == "sandwich":
+        if spec.placement in ("sandwich", "output"):
             self.attn_out_norm = build("norm", spec.norm, d_model)
             self.mlp_out_norm = build("norm", spec.norm, d_model)
         self.wiring = f"_parallel_{spec.parallel}" if spec.parallel != "none" else f"_{spec.placement}"
@@ -39,6 +40,10 @@ class Block(nn.Module):
     def _sandwich(self, x: Tensor, ctx: Context) -> Tensor:
         x = x + self.attn_out_norm(self.attn(self.attn_norm(x), ctx))
         return x + self.mlp_out_norm(self.mlp(self.mlp_norm(x)))
+
+    def _output(self, x: Tensor, ctx: Context) -> Tensor:
+        x = x + self.attn_out_norm(self.attn(x, ctx))
+        return x + self.mlp_out_norm(self.mlp(x))
 
     def _post(self, x: Tensor, ctx: Context) -> Tensor:
         x = self.attn_norm(self.alpha * x + self.attn(x, ctx))

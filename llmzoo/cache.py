@@ -115,11 +115,13 @@ class StaticCache:
         flat = position_ids if position_ids.dim() == 2 else position_ids[:, 0]  # GLM 2-D: (B, 2, T)
         self.pos.index_copy_(1, write, flat.to(self.pos.dtype))
         self.seen.add_(real.long().sum(-1))
+        rope, layer_rope = model.rotary_tables(position_ids)
         return Context(
             positions=position_ids,
             q_index=write,
             k_index=self.slots,
-            rope=model.positions.rotary(position_ids),
+            rope=rope,
+            layer_rope=layer_rope,
             rope_layout=model.rope_layout,
             prefix_len=prefix_len,
             cache=self,

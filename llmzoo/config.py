@@ -45,17 +45,19 @@ class HeadSpec(Spec):
     scale: Literal["none", "inv_sqrt_d_model"] | float = Field(
         "none", description="multiply the final hidden state before the head (T5 v1.0, tied: inv_sqrt_d_model)"
     )
+    softcap: float | None = Field(None, gt=0, description="logits → cap·tanh(logits/cap) (Gemma-2 final_logit_softcapping)")
 
 
 class BlockSpec(Spec):
     """One transformer layer.
 
-    placement: pre  x + F(N(x));  post  N(x + F(x))·;  sandwich  x + N'(F(N(x)));
+    placement: pre  x + F(N(x));  post  N(x + F(x))·;  sandwich  x + N'(F(N(x))) (Gemma-2/3's four norms);
+               output  x + N(F(x)), no input norm (OLMo-2's reordered norm, arXiv:2501.00656 §3.2);
                deepnorm  α·N(x) + F(N(x)) (GLM-130B's DeepNorm, arXiv:2203.00555 with the normed residual).
     parallel:  shared_norm  x + Attn(N(x)) + MLP(N(x)) (GPT-J, PaLM, Falcon-7B);
                two_norms  x + Attn(N1(x)) + MLP(N2(x)) (GPT-NeoX, Falcon-40B)."""
 
-    placement: Literal["pre", "post", "sandwich", "deepnorm"] = "pre"
+    placement: Literal["pre", "post", "sandwich", "output", "deepnorm"] = "pre"
     parallel: Literal["none", "shared_norm", "two_norms"] = "none"
     alpha: float = Field(1.0, gt=0, description="residual scale α (DeepNorm: (2N)^½ for GLM-130B)")
     init_beta: float = Field(1.0, gt=0, description="DeepNorm β: init scale of value, output and FFN weights")
@@ -65,6 +67,16 @@ class BlockSpec(Spec):
     cross_attention: AttentionField | None = Field(  # type: ignore[valid-type]
         None, description="attention over the encoder output, between self-attention and MLP (encoder-decoder)"
     )
+    position: PositionField | None = Field(  # type: ignore[valid-type]
+        None, description="this layer's own rotary encoding instead of the model's (Gemma-3 local layers: "
+        "base 10k vs 1M; SmolLM3 NoPE layers: none); parameter-free, set through `overrides`"
+    )
+
+    @property
+    def n_norms(self) -> int:
+        """Norm modules of one block (each of width d_model)."""
+        own = {"sandwich": 4}.get(self.placement, 1 if self.parallel == "shared_norm" else 2)
+        return own + (1 if self.cross_attention is not None else 0)
 
     @model_validator(mode="after")
     def _check(self) -> "BlockSpec":
@@ -78,6 +90,9 @@ class BlockSpec(Spec):
                 raise ValueError("cross_attention: window, prefix_lm and clip_qkv apply to self-attention only")
         if self.parallel != "none" and self.placement != "pre":
             raise ValueError(f"parallel: {self.parallel!r} needs placement 'pre', not {self.placement!r}")
+        if self.position is not None and self.position.n_params(1, 1):
+            raise ValueError(f"position.type: {self.position.type!r} has parameters; a layer's own position "
+                             "must be parameter-free (rope, none)")
         if self.alpha != 1.0 and self.placement not in ("post", "deepnorm"):
             raise ValueError(f"alpha: a residual scale needs placement 'post' or 'deepnorm', not {self.placement!r}")
         return self
@@ -99,11 +114,20 @@ class LayerOverride(Spec):
         return list(range(n_layers))[slice(*(int(p) if p.strip() else None for p in parts))]
 
 
+def rotary_dim(pos: Any, attention: Any) -> int:
+    """Dims of each head a position scheme rotates (0: none)."""
+    if pos.type == "rope_2d":  # two position streams over the whole head dim
+        return attention.rotary_head_dim
+    if pos.type != "rope":
+        return 0
+    return int(attention.rotary_head_dim * pos.fraction)
+
+
 def check_position(pos: Any, blocks: list[BlockSpec], where: str) -> None:
     """Errors for a position scheme that the attention of some layer cannot apply."""
     if pos.type == "rope":
         for i, b in enumerate(blocks):
-            r = int(b.attention.rotary_head_dim * pos.fraction)
+            r = rotary_dim(pos, b.attention)
             if r % 2 or r == 0:
                 raise ValueError(
                     f"{where}.fraction: {pos.fraction} × head dim {b.attention.rotary_head_dim} gives "
@@ -193,7 +217,10 @@ class ModelConfig(Spec):
             for i in layers:
                 blocks[i] = merged
         self._blocks = blocks
-        check_position(self.position, blocks, "position")
+        check_position(self.position, [b for b in blocks if b.position is None], "position")
+        for i, b in enumerate(blocks):
+            if b.position is not None:
+                check_position(b.position, [b], f"layer {i}: block.position")
         if self.encoder is not None:
             check_position(self.encoder.position, [self.encoder.block], "encoder.position")
         crossing = [i for i, b in enumerate(blocks) if (b.cross_attention is None) == (self.encoder is not None)]
@@ -220,11 +247,7 @@ class ModelConfig(Spec):
 
     @property
     def rotary_dim(self) -> int:
-        if self.position.type == "rope_2d":  # two position streams over the whole head dim
-            return self.block.attention.rotary_head_dim
-        if self.position.type != "rope":
-            return 0
-        return int(self.block.attention.rotary_head_dim * self.position.fraction)
+        return rotary_dim(self.position, self.block.attention)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)

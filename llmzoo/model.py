@@ -11,8 +11,19 @@ from torch import Tensor, nn
 from .attention import Context
 from .positions import PositionEncoding
 from .block import Block
-from .config import ModelConfig
+from .config import ModelConfig, rotary_dim
 from .registry import build
+
+
+class SoftCap(nn.Module):
+    """Logit soft-capping (Gemma-2, arXiv:2408.00118 §2): x → cap·tanh(x / cap)."""
+
+    def __init__(self, cap: float):
+        super().__init__()
+        self.cap = cap
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(x / self.cap) * self.cap
 
 
 class LanguageModel(nn.Module):
@@ -31,6 +42,7 @@ class LanguageModel(nn.Module):
         self.final_norm = build("norm", c.final_norm, c.d_model) if c.final_norm else nn.Identity()
         self.embed_out = nn.Linear(c.d_model, c.d_embed, bias=False) if c.d_embed != c.d_model else nn.Identity()
         self.head = None if c.head.tied else nn.Linear(c.d_embed, c.vocab_size, bias=c.head.bias)
+        self.head_cap = SoftCap(c.head.softcap) if c.head.softcap is not None else nn.Identity()
         if c.head.tied and c.head.bias:
             self.head_bias = nn.Parameter(torch.zeros(c.vocab_size))
         s = c.embedding.scale
@@ -38,6 +50,29 @@ class LanguageModel(nn.Module):
         h = c.head.scale
         self.head_scale = c.d_model**-0.5 if h == "inv_sqrt_d_model" else 1.0 if h == "none" else float(h)
         self.rope_layout = getattr(c.position, "layout", "halves")
+        # layers with their own rotary (block.position): one module per distinct spec
+        blocks = getattr(c, "blocks", [])
+        specs = {b.position.model_dump_json(): b for b in blocks if b.position is not None}
+        keys = list(specs)
+        self.layer_positions = nn.ModuleList(
+            build("position", b.position, d_model=c.d_model, n_heads=b.attention.n_heads,
+                  rotary_dim=rotary_dim(b.position, b.attention))
+            for b in specs.values()
+        )
+        self.layer_position = {
+            i: keys.index(b.position.model_dump_json()) for i, b in enumerate(blocks) if b.position is not None
+        }
+
+    def position_of(self, layer: int) -> PositionEncoding:
+        """The position module whose rotary table `layer` uses."""
+        k = self.layer_position.get(layer)
+        return self.positions if k is None else self.layer_positions[k]
+
+    def rotary_tables(self, positions: Tensor) -> tuple[tuple[Tensor, Tensor] | None, dict]:
+        """cos/sin of the model's position encoding, and {layer: cos/sin} for layers with their own,
+        each distinct table computed once."""
+        tables = [m.rotary(positions) for m in self.layer_positions]
+        return self.positions.rotary(positions), {i: tables[k] for i, k in self.layer_position.items()}
 
     def embed_tokens(
         self,
@@ -57,6 +92,9 @@ class LanguageModel(nn.Module):
         return (norm or self.embed_norm)(x)
 
     def logits(self, x: Tensor) -> Tensor:
+        return self.head_cap(self._logits(x))
+
+    def _logits(self, x: Tensor) -> Tensor:
         x = self.embed_out(self.final_norm(x))
         if self.head_scale != 1.0:
             x = x * self.head_scale
@@ -77,7 +115,9 @@ class CausalLM(LanguageModel):
         super().__init__(config)
         c = config
         scale_mult = self.positions.softmax_scale_mult
-        self.blocks = nn.ModuleList(Block(spec, c.d_model, i, scale_mult) for i, spec in enumerate(c.blocks))
+        self.blocks = nn.ModuleList(
+            Block(spec, c.d_model, i, self.position_of(i).softmax_scale_mult) for i, spec in enumerate(c.blocks)
+        )
         self.prefix_lm = any(b.attention.prefix_lm for b in c.blocks)
         if c.mtp is not None:  # DeepSeek-V3 multi-token prediction: used by llmzoo.mtp.predict_ahead only
             from .mtp import MTPLayer
@@ -109,11 +149,13 @@ class CausalLM(LanguageModel):
             key_pos = torch.arange(S, device=dev).expand(B, S)
         if position_ids is None:
             position_ids = key_pos[:, offset:]
+        rope, layer_rope = self.rotary_tables(position_ids)
         ctx = Context(
             positions=position_ids,
             q_index=torch.arange(offset, S, device=dev),
             k_index=torch.arange(S, device=dev),
-            rope=self.positions.rotary(position_ids),
+            rope=rope,
+            layer_rope=layer_rope,
             rope_layout=self.rope_layout,
             bias=self.positions.bias(position_ids, key_pos),
             key_padding=attention_mask.bool() if attention_mask is not None else None,

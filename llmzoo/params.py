@@ -52,9 +52,7 @@ def count_params(source: str | dict | ModelConfig) -> ParamCount:
             n.active += p["active"] - p["router"] - p["shared"]  # the top_k routed experts
         else:
             n.add("mlp", b.mlp.n_params(d))
-        norms = {"sandwich": 4}.get(b.placement, 1 if b.parallel == "shared_norm" else 2)
-        norms += 1 if b.cross_attention is not None else 0
-        n.add("norms", norms * b.norm.n_params(d))
+        n.add("norms", b.n_norms * b.norm.n_params(d))
     if c.final_norm is not None:
         n.add("norms", c.final_norm.n_params(d))
     if c.encoder is not None:  # the encoder's own position table, embedding norm and final norm

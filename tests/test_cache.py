@@ -59,6 +59,17 @@ KINDS = {
     "mla-full-rank-q": tiny(attention={**MLA, "q_lora_rank": None}),
     "prefix-lm-deepnorm": tiny(attention={"prefix_lm": True}, block={"placement": "deepnorm", "alpha": 2.0,
                                                                      "norm": LN}, final_norm=LN),
+    "qk-norm-per-head": tiny(attention={"qk_norm": {"type": "rmsnorm", "eps": 1e-6}}),
+    "qk-norm-projection-output-norms": tiny(attention={"qk_norm": {"type": "rmsnorm", "eps": 1e-6},
+                                                       "qk_norm_scope": "projection"},
+                                            block={"placement": "output"}),
+    # Gemma-2/3: sandwich norms, soft-capped scores and logits, local layers with their own rope base
+    "sandwich-softcap-local-rope": tiny({"type": "rope", "theta": 1e6, "scaling": {"type": "linear", "factor": 8.0}},
+                                        {"softcap": 50.0, "qk_norm": {"type": "rmsnorm", "unit_offset": True}},
+                                        block={"placement": "sandwich"}, head={"tied": True, "softcap": 30.0},
+                                        overrides=[{"layers": "0::2", "block": {
+                                            "attention": {"window": 4}, "position": {"type": "rope", "theta": 1e4}}}]),
+    "nope-layers": tiny(overrides=[{"layers": [1], "block": {"position": {"type": "none"}}}]),
 }
 for _k in ("mla", "mla-full-rank-q"):  # MLA specs have no GQA keys
     KINDS[_k]["block"]["attention"] = {**MLA, **({"q_lora_rank": None} if "full" in _k else {})}

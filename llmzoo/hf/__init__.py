@@ -50,6 +50,7 @@ ADAPTER_MODULES = [
     "llama",
     "mistral",
     "qwen2",
+    "qwen3",
     "gemma",
     "t5",
     "deepseek",

@@ -62,8 +62,10 @@ def llama_like_config(
     embed_scale: str = "none",
     windows: list[int | None] | None = None,
     tied_default: bool = False,
+    qk_norm: str | None = None,
 ) -> ModelConfig:
-    """ModelConfig of a LLaMA-shaped config.json; the keyword arguments are the type's quirks."""
+    """ModelConfig of a LLaMA-shaped config.json; the keyword arguments are the type's quirks
+    (qk_norm: 'head' or 'projection', the scope of an RMSNorm on q and k with the model's eps)."""
     d = int(require(hf, "hidden_size"))
     n_heads = int(require(hf, "num_attention_heads"))
     n_kv = int(hf.get("num_key_value_heads") or n_heads)
@@ -73,6 +75,8 @@ def llama_like_config(
     norm = {"type": "rmsnorm", "eps": eps, "unit_offset": unit_offset}
     attention = {"type": attention_kind(n_heads, n_kv), "n_heads": n_heads, "n_kv_heads": n_kv,
                  "head_dim": head_dim, "qkv_bias": qkv_bias, "o_bias": o_bias, "window": None}
+    if qk_norm is not None:
+        attention.update(qk_norm=norm, qk_norm_scope=qk_norm)
     act = activation or activation_name(hf.get("hidden_act", "silu"))
     overrides = []
     if windows is not None and any(w is not None for w in windows):
