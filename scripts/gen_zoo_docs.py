@@ -25,7 +25,7 @@ def arch_type(c: llmzoo.ModelConfig) -> str:
 
 def norm(c: llmzoo.ModelConfig) -> str:
     b = c.block
-    place = {"pre": "pre", "post": "post", "sandwich": "sandwich", "deepnorm": "deepnorm"}[b.placement]
+    place = {"output": "output-norm"}.get(b.placement, b.placement)
     kind = {"layernorm": "LN", "rmsnorm": "RMS"}.get(b.norm.type, b.norm.type)
     parallel = " parallel" if b.parallel != "none" else ""
     return f"{place} {kind}{parallel}"
