@@ -294,7 +294,8 @@ class DeepseekV2Adapter(_DeepSeek):
 @register_adapter
 class DeepseekV3Adapter(_DeepSeek):
     model_type = "deepseek_v3"
-    families = ("deepseek-v3",)
+    families = ("deepseek-v3", "kimi-k2")
+    aliases = ("kimi_k2",)  # Kimi K2: DeepseekV3ForCausalLM under its own model_type (remote code = V3)
     version = 3
 
     def tiny_hf_config(self) -> dict[str, Any]:
