@@ -433,89 +433,40 @@ def param_bytes(model: nn.Module) -> int:
 # ------------------------------------------------------------------------------ sharded HF loading
 
 
-class SliceReader:
-    """Reads blocks of checkpoint tensors with safetensors `get_slice`, counting the bytes it reads."""
-
-    def __init__(self):
-        self.files: dict[Any, Any] = {}
-        self.bytes_read = 0
-
-    def lazy(self, name: str, info) -> "Lazy":
-        from .hf.rules import Lazy
-
-        def read(region: tuple) -> Tensor:
-            if info.file.suffix != ".safetensors":  # a torch .bin shard cannot be sliced on disk
-                from .hf.loader import _bin_file
-
-                t = _bin_file(info.file)[name][region]
-            else:
-                f = self.files.get(info.file)
-                if f is None:
-                    from safetensors import safe_open
-
-                    f = self.files[info.file] = safe_open(str(info.file), framework="pt")
-                t = f.get_slice(name)[region] if region else f.get_tensor(name)
-            self.bytes_read += t.numel() * t.element_size()
-            return t
-
-        return Lazy(info.shape, info.dtype, read)
+def _local_block(t: Tensor) -> tuple[tuple, Tensor]:
+    """(region of the global tensor, local tensor) of the block this rank holds: the pipeline's `local`."""
+    _, offset, local = local_region(t)
+    return tuple(slice(o, o + n) for o, n in zip(offset, local)), _local(t)
 
 
 @torch.no_grad()
 def load_hf_sharded(model: nn.Module, source, device: str | torch.device = "cpu", strict: bool = True) -> dict:
-    """Fill a parallelized (meta or materialised) model from a Hugging Face checkpoint, each rank reading
-    only the blocks of each tensor it holds. The adapter's rule table and transforms are the ones
-    `llmzoo.from_pretrained` uses (their `lazy` forms); DeepSeek FP8 weights are dequantised per block.
+    """Fill a parallelized (meta or materialised) model from a checkpoint, each rank reading only the
+    blocks of each tensor it holds: llmzoo.hf.loader's pipeline with sliced reads (the rules'
+    transforms in their `lazy` forms; block-quantised weights dequantised per block).
     Returns {"bytes_read": this rank's bytes, "bytes_total": the checkpoint's bytes}."""
-    from .hf import get_adapter
-    from .hf.fp8 import Dequantize, fp8_block_size, split_scales
-    from .hf.loader import check_plan, checkpoint_index, read_hf_config, resolve_source
+    from .hf.loader import load, open_checkpoint
 
-    folder, single = resolve_source(source)
-    hf = read_hf_config(folder)
-    adapter = get_adapter(hf["model_type"])
-    infos = checkpoint_index(folder, single)
-    total = sum(math.prod(i.shape) * i.dtype.itemsize for i in infos.values())
-    scales = split_scales(hf, infos)  # fp8: weight name → (scale name, info); the rules see weights only
-    groups = check_plan(adapter, model.config, model, infos, strict)
-    if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
-        model.to_empty(device=device)
-    reader = SliceReader()
-    targets = model.state_dict(keep_vars=True)
-    for g in groups:
-        xs = []
-        for n in g.hf_names:
-            x = reader.lazy(n, infos[n])
-            if n in scales:
-                x = Dequantize(fp8_block_size(hf)).lazy([x, reader.lazy(*scales[n])])[0]
-            xs.append(x)
-        for t in g.rule.transforms:
-            xs = t.lazy(xs)
-        for ours, x in zip(g.our_names, xs):
-            target = targets[ours]
-            _, offset, local = local_region(target)
-            _local(target).copy_(x.read(tuple(slice(o, o + n) for o, n in zip(offset, local))))
-    return {"bytes_read": reader.bytes_read, "bytes_total": total}
+    ckpt = open_checkpoint(source, model.config)
+    return load(model, ckpt, device=device, strict=strict, local=_local_block)
 
 
 def from_pretrained_sharded(source, mesh: DeviceMesh, *, tp: str | None = "tp", fsdp: str | None = "dp",
                             ep: bool = False, dtype: str | torch.dtype | None = None,
                             device: str | torch.device = "cpu") -> nn.Module:
-    """config.json → meta model → `parallelize` → `load_hf_sharded`: no rank ever holds the whole model."""
+    """config → meta model → `parallelize` → sliced load: no rank ever holds the whole model."""
     from .builder import model_class, resolve_dtype
-    from .hf import get_adapter
-    from .hf.loader import read_hf_config, resolve_source
+    from .hf.loader import load, open_checkpoint
 
-    folder, _ = resolve_source(source)
-    hf = read_hf_config(folder)
-    config = get_adapter(hf["model_type"]).to_config(hf)
+    ckpt = open_checkpoint(source)
     with torch.device("meta"):
-        model = model_class(config)(config)
+        model = model_class(ckpt.config)(ckpt.config)
     if dtype is not None:
         model = model.to(resolve_dtype(dtype))
     parallelize(model, mesh, tp=tp, fsdp=fsdp, ep=ep)
-    model.load_stats = load_hf_sharded(model, folder, device=device)
-    model.hf_model_type = get_adapter(hf["model_type"]).model_type
+    model.load_stats = load(model, ckpt, device=device, local=_local_block)
+    if ckpt.model_type is not None:
+        model.hf_model_type = ckpt.model_type
     return model.eval()
 
 

@@ -21,6 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .builder import resolve_dtype
+from .hf import get_adapter, load_plugins, supported_model_types
+from .hf.adapter import transformers_load, transformers_reference  # noqa: F401  (their old home)
+from .hf.loader import from_pretrained, read_hf_config, resolve_source
+from .hf.rules import plan_load
+
 # logits tolerance: |Δ| ≤ atol + rtol · max|reference logits|; layer outputs diverge when
 # |Δ| > layer_rtol · (1 + max|reference output|).  fp32 only sees summation-order noise;
 # bf16/fp16 round every activation, so differences of a few ulps of the logit scale are expected.
@@ -63,8 +69,6 @@ def boundary_pairs(rules: list, ours: nn.Module, ref: nn.Module) -> list[tuple[s
     `blocks.{i}.attn` with `model.layers.{i}.self_attn` (as many trailing names dropped on both
     sides), kept only when the two modules hold the same tensors under the rules. Layers: `blocks.{i}`
     with the longest common prefix of the reference tensors that layer i's rules read."""
-    from .hf.rules import plan_load
-
     ours_mods, ref_mods = dict(ours.named_modules()), dict(ref.named_modules())
     ours_names = list(ours.state_dict())
     ref_names = list(ref.state_dict())
@@ -175,23 +179,6 @@ class ParityReport:
         if self.first_divergence is not None:
             lines.append(f"  first divergence: {self.first_divergence}")
         return "\n".join(lines)
-
-
-def transformers_reference(model_type: str, hf_config: dict, auto_class: str, attention: str) -> nn.Module:
-    """transformers' model for a config.json dict, randomly initialised, fp32, eval mode."""
-    import transformers
-
-    kwargs = {k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}
-    cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
-    auto = getattr(transformers, auto_class)
-    return auto.from_config(cfg, dtype=torch.float32, attn_implementation=attention).eval()
-
-
-def transformers_load(folder: str, dtype: torch.dtype, auto_class: str, attention: str) -> nn.Module:
-    """transformers' model with a checkpoint folder's weights."""
-    import transformers
-
-    return getattr(transformers, auto_class).from_pretrained(folder, dtype=dtype, attn_implementation=attention).eval()
 
 
 def make_batch(vocab: int, seq_len: int = 24, pad: int = 5, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -343,10 +330,6 @@ def parity(
 
     model / reference: already loaded models to use instead of loading `source` (e.g. a model with a
     deliberately broken component). The batch defaults to two random sequences, one right-padded."""
-    from .builder import resolve_dtype
-    from .hf import get_adapter
-    from .hf.loader import from_pretrained, read_hf_config, resolve_source
-
     t0 = time.perf_counter()
     dt = resolve_dtype(dtype)
     if model is not None and source is None:
@@ -376,8 +359,6 @@ def parity(
 def tiny_reference(model_type: str, seed: int = 0, overrides: dict[str, Any] | None = None) -> nn.Module:
     """The adapter's tiny reference model for `model_type` (config.json keys in `overrides` replace
     those of `tiny_hf_config()`), with loud seeded weights."""
-    from .hf import get_adapter
-
     adapter = get_adapter(model_type)
     torch.manual_seed(seed)
     return loud_init_(adapter.reference({**adapter.tiny_hf_config(), **(overrides or {})}), seed)
@@ -389,12 +370,45 @@ def shard_size_for(model: nn.Module, n_shards: int = 4) -> int:
     return max(total // n_shards, 1)
 
 
-def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "float32", file: Any = None) -> list[ParityReport]:
-    """For each supported model_type: a tiny loud random reference, saved sharded, loaded by llmzoo,
-    compared; prints one table. Returns the reports (all passed → every r.passed)."""
-    from .hf import get_adapter, supported_model_types
+# ------------------------------------------------------------------------------ verify rows
 
+# name → check(seed) returning {"logits": [(ours, reference), ...], "tolerance", "max_abs_diff", "ok"}:
+# rows of `llmzoo verify` beyond one per adapter (a checkpoint source with its own reference)
+CHECKS: dict[str, Any] = {}
+
+
+def register_check(name: str):
+    """Decorator filing a check under a `llmzoo verify` row name."""
+
+    def deco(fn):
+        if name in CHECKS:
+            raise ValueError(f"verify row {name!r} is already registered")
+        CHECKS[name] = fn
+        return fn
+
+    return deco
+
+
+def check_report(name: str, result: dict[str, Any], dtype: str = "float32") -> ParityReport:
+    """A registered check's result as a ParityReport (its logits pairs give mean |Δ|, top-1 and KL)."""
+    a = torch.cat([p[0].flatten(0, -2) for p in result["logits"]]).float()
+    b = torch.cat([p[1].flatten(0, -2) for p in result["logits"]]).float()
+    kl = float(F.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="batchmean"))
+    top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+    return ParityReport(name, dtype, result["max_abs_diff"], float((a - b).abs().mean()), top1, kl,
+                        result["tolerance"], result["ok"])
+
+
+def verify_rows() -> list[str]:
+    """Every row of `llmzoo verify`: one per adapter, then the registered checks."""
+    return [*supported_model_types(), *CHECKS]
+
+
+def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "float32", file: Any = None) -> list[ParityReport]:
+    """For each row (verify_rows()): a tiny loud random reference, saved sharded, loaded by llmzoo,
+    compared (or the registered check); prints one table. Returns the reports (all passed → every r.passed)."""
     file = file or sys.stdout
+    load_plugins()  # adapters and sources register their rows
     reports = []
     try:  # the table is the output: no per-model progress bars from transformers
         from transformers.utils import logging as hf_logging
@@ -404,22 +418,20 @@ def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "fl
         pass
     print(f"{'model_type':<12} {'dtype':<9} {'max|Δlogits|':>13} {'tol':>9} {'top-1':>7} {'KL':>9} {'time':>6}  result",
           file=file)
-    def hf_row(mt: str) -> ParityReport:
+
+    def row(mt: str) -> ParityReport:
+        if mt in CHECKS:
+            return check_report(mt, CHECKS[mt](seed=seed))
         ref = tiny_reference(mt, seed)
         with tempfile.TemporaryDirectory() as d:
             get_adapter(mt).save_reference(ref, d, shard_size_for(ref))
             return parity(d, dtype, reference=ref)
 
-    def glm_row(mt: str) -> ParityReport:  # official SAT tensor-parallel layout vs the packaged reference
-        from .hf.glm import verify_report
-
-        return verify_report(seed=seed)
-
-    wanted = model_types or [*supported_model_types(), "glm-130b"]
+    wanted = model_types or verify_rows()
     for mt in wanted:
         t0 = time.perf_counter()
         try:
-            r = glm_row(mt) if mt == "glm-130b" else hf_row(mt)
+            r = row(mt)
         except Exception as e:  # a family that cannot even load is a failure row, not a crash
             r = ParityReport(mt, dtype, float("nan"), float("nan"), 0.0, float("nan"), 0.0, False)
             r.first_divergence = Divergence("-", "-", None, f"error: {type(e).__name__}: {e}", float("nan"))

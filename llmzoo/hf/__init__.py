@@ -67,6 +67,8 @@ ADAPTER_MODULES = [
     "mpt",
     "gptj",
 ]
+# modules that register other checkpoint sources (loader.register_source) and their verify rows
+SOURCE_MODULES = ["glm"]
 
 _ADAPTERS: dict[str, "Adapter"] = {}
 _ALIASES: dict[str, str] = {}
@@ -85,22 +87,26 @@ def register_adapter(cls: type) -> type:
     return cls
 
 
-def _load_all() -> None:
+def load_plugins() -> None:
+    """Import every adapter and source module once (each registers itself)."""
     global _loaded
     if not _loaded:
         _loaded = True
-        for mod in ADAPTER_MODULES:
+        for mod in [*ADAPTER_MODULES, *SOURCE_MODULES]:
             importlib.import_module(f"{__name__}.{mod}")
+
+
+_load_all = load_plugins  # the old private name
 
 
 def supported_model_types() -> list[str]:
     """Every model_type with an adapter (aliases excluded), sorted."""
-    _load_all()
+    load_plugins()
     return sorted(_ADAPTERS)
 
 
 def get_adapter(model_type: str) -> "Adapter":
-    _load_all()
+    load_plugins()
     name = _ALIASES.get(model_type, model_type)
     if name not in _ADAPTERS:
         known = sorted([*_ADAPTERS, *_ALIASES])
@@ -110,7 +116,7 @@ def get_adapter(model_type: str) -> "Adapter":
 
 def adapter_for_config(config) -> "Adapter":
     """The adapter that exports a ModelConfig: by zoo family, else the first that expresses it."""
-    _load_all()
+    load_plugins()
     for adapter in _ADAPTERS.values():
         if config.family in adapter.families:
             return adapter

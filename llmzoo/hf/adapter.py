@@ -52,14 +52,10 @@ class Adapter:
 
     def reference(self, hf_config: dict[str, Any]) -> nn.Module:
         """A randomly initialised reference model (transformers' own class by default)."""
-        from ..parity import transformers_reference
-
         return transformers_reference(self.model_type, hf_config, self.reference_class, self.reference_attention)
 
     def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
         """The reference model with the checkpoint's weights."""
-        from ..parity import transformers_load
-
         return transformers_load(folder, dtype, self.reference_class, self.reference_attention)
 
     def save_reference(self, model: nn.Module, folder: str, max_shard_size: str | int) -> None:
@@ -75,6 +71,23 @@ class Adapter:
                 f"model_type {self.model_type!r} cannot express {config.name}: " + "; ".join(diff)
             )
         return hf
+
+
+def transformers_reference(model_type: str, hf_config: dict, auto_class: str, attention: str) -> nn.Module:
+    """transformers' model for a config.json dict, randomly initialised, fp32, eval mode."""
+    import transformers  # the oracle: imported only when a reference is built
+
+    kwargs = {k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}
+    cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
+    auto = getattr(transformers, auto_class)
+    return auto.from_config(cfg, dtype=torch.float32, attn_implementation=attention).eval()
+
+
+def transformers_load(folder: str, dtype: torch.dtype, auto_class: str, attention: str) -> nn.Module:
+    """transformers' model with a checkpoint folder's weights."""
+    import transformers
+
+    return getattr(transformers, auto_class).from_pretrained(folder, dtype=dtype, attn_implementation=attention).eval()
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -20,14 +20,21 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..builder import resolve_dtype
 from ..config import ModelConfig
+from ..model import CausalLM
+from ..parity import check_report, register_check
+from ..reference.glm130b import glm130b_masks_and_position_ids, glm_forward, random_official_state
+from ..zoo import get_config
 from .adapter import Adapter
+from .loader import Checkpoint, Source, checkpoint_index, load, register_source
 from .rules import IGNORE, Rule, Split, SplitInterleavedQKV
 
 REPLICATED = (
@@ -235,14 +242,34 @@ def rules(config: ModelConfig) -> list[Rule]:
 
 
 class SATCheckpoint(Adapter):
-    """The weight table of a merged GLM-130B checkpoint, for the shared loader's plan and stream
-    (`loader.check_plan`, `loader.load_weights`). Not a registered HF model_type: the official
-    folder has no config.json, so the architecture comes from a zoo config."""
+    """The weight table of a merged GLM-130B checkpoint, for the shared loader's plan and stream.
+    Not a registered HF model_type: the official folder has no config.json, so the architecture
+    comes from a zoo config."""
 
     model_type = "glm-130b (SwissArmyTransformer)"
 
     def rules(self, config: ModelConfig) -> list[Rule]:
         return rules(config)
+
+
+@register_source
+class SATFolder(Source):
+    """GLM-130B's official tensor-parallel folder (no config.json; `config` names the zoo entry,
+    default glm-130b). The TP shards are merged once into safetensors (`<folder>/safetensors`), so
+    this and every later load streams mmap'd tensors."""
+
+    name = "sat"
+
+    def claims(self, source) -> bool:
+        folder = Path(source)
+        return folder.is_dir() and not (folder / "config.json").is_file() and is_sat_checkpoint(folder)
+
+    def open(self, source, config=None, converted: str | Path | None = None) -> Checkpoint:
+        cfg = get_config(config if config is not None else "glm-130b")
+        out = Path(converted) if converted is not None else Path(source) / SAFETENSORS_DIR
+        if not (out / INDEX).is_file():
+            convert_to_safetensors(source, out)
+        return Checkpoint(out, checkpoint_index(out), SATCheckpoint(), cfg, {})
 
 
 def load_glm(
@@ -257,23 +284,11 @@ def load_glm(
     """An llmzoo model with the weights of an official GLM-130B folder (or one of a scaled config).
 
     config: the zoo name or config the folder was trained with (the folder has none).
-    The TP shards are merged once into safetensors (`converted`, default `<folder>/safetensors`);
-    this and every later load then streams mmap'd tensors through the shared loader."""
-    from ..builder import resolve_dtype
-    from ..model import CausalLM
-    from ..zoo import get_config
-    from .loader import check_plan, checkpoint_index, load_weights
-
-    cfg = get_config(config if config is not None else "glm-130b")
-    out = Path(converted) if converted is not None else Path(folder) / SAFETENSORS_DIR
-    if not (out / INDEX).is_file():
-        convert_to_safetensors(folder, out)
-    infos = checkpoint_index(out)
+    converted: where the merged safetensors go (default `<folder>/safetensors`)."""
+    ckpt = SATFolder().open(folder, config, converted)
     with torch.device("meta"):
-        model = CausalLM(cfg)
-    adapter = SATCheckpoint()
-    groups = check_plan(adapter, cfg, model, infos, strict)
-    load_weights(model, groups, infos, resolve_dtype(dtype), device)
+        model = CausalLM(ckpt.config)
+    load(model, ckpt, dtype=resolve_dtype(dtype), device=device, strict=strict)
     return model.eval()
 
 
@@ -294,8 +309,6 @@ def tiny_config(n_layers: int = 3, base: str | ModelConfig = "glm-130b") -> Mode
     """GLM-130B's structure at toy size: every choice of the zoo entry kept, widths shrunk so that
     heads, vocab rows and GeGLU halves split over 1, 2 and 4 ranks; α = (2N)^½ recomputed for the
     new depth, as the official layer_forward computes it from num_layers."""
-    from ..zoo import get_config
-
     d = get_config(base).to_dict()
     d.update(name="glm-130b-tiny", vocab_size=128, d_model=32, n_layers=n_layers, max_seq_len=64,
              published_params=None)
@@ -312,8 +325,6 @@ def glm_test_batch(config: ModelConfig, seed: int = 0) -> dict[str, dict[str, Te
     gmask: context + [sop] + generated tokens, positions a range (generate.py, gmask=True);
     mask: the same with [MASK], [sop] and generated tokens at the mask token's index.
     Each entry holds llmzoo inputs (input_ids, position_ids, prefix_len) and the official mask."""
-    from ..reference.glm130b import glm130b_masks_and_position_ids
-
     g = torch.Generator().manual_seed(seed)
     V, T, gen = config.vocab_size, 12, 4
     out: dict[str, dict[str, Tensor]] = {}
@@ -342,6 +353,7 @@ def glm_test_batch(config: ModelConfig, seed: int = 0) -> dict[str, dict[str, Te
     return out
 
 
+@register_check("glm-130b")
 def verify_tiny(tp: int = 2, seed: int = 0) -> dict[str, Any]:
     """GLM-130B (tiny) against the independent reference of the official forward.
 
@@ -349,11 +361,8 @@ def verify_tiny(tp: int = 2, seed: int = 0) -> dict[str, Any]:
     (`tp` ranks), loads them with `load_glm` and compares fp32 logits with
     `llmzoo.reference.glm130b.glm_forward` run rank by rank, for a pure-context forward and for
     context + generated tokens with the [gMASK] and [MASK] conventions. Returns
-    {"model", "reference", "tp", "cases": {kind: max|Δlogits|}, "max_abs_diff", "tolerance", "ok"}."""
-    import tempfile
-
-    from ..reference.glm130b import glm_forward, random_official_state
-
+    {"model", "reference", "tp", "cases": {kind: max|Δlogits|}, "max_abs_diff", "tolerance", "ok",
+    "logits": [(ours, reference)]} (a row of `llmzoo verify`)."""
     cfg = tiny_config()
     a = cfg.block.attention
     state = random_official_state(vocab=cfg.vocab_size, hidden=cfg.d_model, num_layers=cfg.n_layers,
@@ -377,18 +386,5 @@ def verify_tiny(tp: int = 2, seed: int = 0) -> dict[str, Any]:
 
 
 def verify_report(tp: int = 2, seed: int = 0):
-    """`verify_tiny` as an `llmzoo.parity.ParityReport` (a row of the `llmzoo verify` table)."""
-    import time
-
-    import torch.nn.functional as F
-
-    from ..parity import ParityReport
-
-    t0 = time.perf_counter()
-    r = verify_tiny(tp, seed)
-    a = torch.cat([p[0] for p in r["logits"]])
-    b = torch.cat([p[1] for p in r["logits"]])
-    kl = float(F.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="batchmean"))
-    top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
-    return ParityReport("glm-130b", "float32", r["max_abs_diff"], float((a - b).abs().mean()), top1, kl,
-                        r["tolerance"], r["ok"], seconds=time.perf_counter() - t0)
+    """`verify_tiny` as an `llmzoo.parity.ParityReport` (the glm-130b row of `llmzoo verify`)."""
+    return check_report("glm-130b", verify_tiny(tp, seed))

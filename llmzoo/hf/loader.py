@@ -1,32 +1,38 @@
-"""Load a Hugging Face checkpoint onto a meta-built CausalLM, shard by shard, one copy at a time.
+"""One way in for weights: source → plan → read (whole or sliced) → transform → place.
 
-Nothing is read before everything is checked: the checkpoint's names and shapes (from the
-safetensors headers) are matched against the adapter's table and the model's state dict first, so
-a missing, unexpected or mis-shaped tensor fails before a byte of weights is loaded.
+A registered `Source` (HF folder or hub id here; others register themselves, see `register_source`)
+opens a checkpoint into a `Checkpoint`: tensor names, shapes and dtypes from the headers, the rule
+table, the architecture. `load` then checks everything before a byte is read (`check_plan`: a
+missing, unexpected or mis-shaped tensor fails first), reads each tensor whole (file by file, one
+copy at a time) or only the region a rank holds (`SliceReader`, safetensors get_slice), pushes it
+through the rule's declared, reversible transforms and places it in the model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from ..builder import model_class, resolve_dtype
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..model import CausalLM
-from . import get_adapter
+from ..zoo import get_config
+from . import get_adapter, load_plugins
 from .adapter import Adapter, closest_zoo_entry
-from .fp8 import dequantize_loaded, split_scales
-from .rules import Group, plan_load
+from .fp8 import Dequantize, dequantize_loaded, fp8_block_size, split_scales
+from .rules import Group, Lazy, plan_load
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -92,8 +98,6 @@ class TensorInfo:
 
 
 def _safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    from safetensors import safe_open
-
     if not path.is_file():
         raise CheckpointError(f"{path}: shard is missing")
     try:
@@ -253,8 +257,6 @@ def _read_file(path: Path, names: list[str]) -> Iterator[tuple[str, Tensor]]:
         for n in names:
             yield n, state.pop(n)
         return
-    from safetensors import safe_open
-
     # one mmap per tensor: the pages a tensor touches (e.g. to cast it) leave RSS with its mapping,
     # so a shard never sits in memory next to the model it is being copied into
     for n in names:
@@ -315,6 +317,161 @@ def load_weights(
         raise CheckpointError(f"tensors never written: {left}")
 
 
+# ------------------------------------------------------------------------------ sources
+
+
+@dataclass
+class Checkpoint:
+    """An opened source, before any weight is read: the tensors' names, shapes and dtypes (from
+    headers), the rule table that maps them, the architecture, and config.json ({} if there is none)."""
+
+    folder: Path
+    infos: dict[str, TensorInfo]
+    adapter: Adapter
+    config: ModelConfig
+    hf: dict[str, Any]
+    scales: dict = field(default_factory=dict)  # fp8 weight → its block scales (fp8.split_scales)
+    model_type: str | None = None  # stamped on the model as hf_model_type (export writes it back)
+
+
+class Source:
+    """A kind of checkpoint location: `claims(path)` says whether it is one, `open` reads its headers
+    and config (never a weight). Register with `register_source`; the first claiming source wins."""
+
+    name = ""
+
+    def claims(self, source: str | os.PathLike) -> bool:
+        raise NotImplementedError
+
+    def open(self, source: str | os.PathLike, config: ModelConfig | str | None = None) -> Checkpoint:
+        raise NotImplementedError
+
+
+SOURCES: list[Source] = []
+
+
+def register_source(cls: type) -> type:
+    """Class decorator: file a Source subclass; sources registered later are asked first."""
+    SOURCES.insert(0, cls())
+    return cls
+
+
+@register_source
+class HFCheckpoint(Source):
+    """A Hugging Face folder (config.json + safetensors or torch .bin shards), a .safetensors / .bin
+    file next to its config.json, or a hub repo id (resolved through the HF cache)."""
+
+    name = "hf"
+
+    def claims(self, source: str | os.PathLike) -> bool:
+        return True  # the fallback: resolve_source and read_hf_config name what is missing
+
+    def open(self, source: str | os.PathLike, config: ModelConfig | str | None = None) -> Checkpoint:
+        folder, single = resolve_source(source)
+        hf = read_hf_config(folder)
+        adapter = get_adapter(hf["model_type"])
+        if config is None:
+            config = _config_from_hf(adapter, hf, folder, source)
+        elif not isinstance(config, ModelConfig):
+            config = get_config(config)
+        infos = checkpoint_index(folder, single)
+        try:
+            scales = split_scales(hf, infos)  # fp8: the rules see dequantised weights
+        except ValueError as e:
+            raise CheckpointError(f"{folder}: {e}") from None
+        return Checkpoint(folder, infos, adapter, config, hf, scales, adapter.model_type)
+
+
+def _config_from_hf(adapter: Adapter, hf: dict[str, Any], folder: Path, source: Any) -> ModelConfig:
+    try:
+        config = adapter.to_config(hf)
+    except ValueError as e:
+        raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
+    match, diff = closest_zoo_entry(config)
+    updates: dict[str, Any] = {"reference": {"hf_repo": str(source)}}
+    if match is not None:
+        updates["notes"] = f"shapes match zoo entry {match}" + (f" (differs: {'; '.join(diff)})" if diff else "")
+        if not diff:
+            updates["name"] = match
+    return ModelConfig.model_validate({**config.to_dict(), **updates})
+
+
+def open_checkpoint(source: str | os.PathLike, config: ModelConfig | str | None = None) -> Checkpoint:
+    """The first registered source that claims `source`, opened (headers and config only)."""
+    load_plugins()
+    for s in SOURCES:
+        if s.claims(source):
+            return s.open(source, config)
+    raise CheckpointError(f"{source}: no registered checkpoint source claims it")
+
+
+# ------------------------------------------------------------------------------ the pipeline
+
+
+@torch.no_grad()
+def load(
+    model: nn.Module,
+    ckpt: Checkpoint,
+    *,
+    dtype: torch.dtype | None = None,
+    device: Any = "cpu",
+    strict: bool = True,
+    local: Callable[[Tensor], tuple[tuple, Tensor]] | None = None,
+) -> dict[str, int]:
+    """plan → read → transform → place, for every source and both kinds of read.
+
+    plan: names and shapes checked against the model before any read (`check_plan`). Whole reads
+    (local=None) stream file by file through the rules' transforms and assign each tensor (one group
+    in memory). Sliced reads: `local(target)` gives (region, local tensor) of each model tensor this
+    rank holds; only that region is read (safetensors get_slice through each transform's `lazy`
+    form) and copied in place. Returns {"bytes_read", "bytes_total"} (bytes_read: sliced reads only)."""
+    groups = check_plan(ckpt.adapter, ckpt.config, model, ckpt.infos, strict)
+    total = sum(math.prod(i.shape) * i.dtype.itemsize for i in ckpt.infos.values())
+    if local is None:
+        load_weights(model, groups, ckpt.infos, dtype, device, ckpt.hf, ckpt.scales)
+        return {"bytes_read": total, "bytes_total": total}
+    if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
+        model.to_empty(device=device)
+    reader = SliceReader()
+    targets = model.state_dict(keep_vars=True)
+    block = fp8_block_size(ckpt.hf) if ckpt.scales else None
+    for g in groups:
+        xs = []
+        for n in g.hf_names:
+            x = reader.lazy(n, ckpt.infos[n])
+            if n in ckpt.scales:
+                x = Dequantize(block).lazy([x, reader.lazy(*ckpt.scales[n])])[0]
+            xs.append(x)
+        for t in g.rule.transforms:
+            xs = t.lazy(xs)
+        for ours, x in zip(g.our_names, xs):
+            region, dst = local(targets[ours])
+            dst.copy_(x.read(region))
+    return {"bytes_read": reader.bytes_read, "bytes_total": total}
+
+
+class SliceReader:
+    """Reads blocks of checkpoint tensors with safetensors `get_slice`, counting the bytes it reads."""
+
+    def __init__(self):
+        self.files: dict[Any, Any] = {}
+        self.bytes_read = 0
+
+    def lazy(self, name: str, info: TensorInfo) -> Lazy:
+        def read(region: tuple) -> Tensor:
+            if info.file.suffix != ".safetensors":  # a torch .bin shard cannot be sliced on disk
+                t = _bin_file(info.file)[name][region]
+            else:
+                f = self.files.get(info.file)
+                if f is None:
+                    f = self.files[info.file] = safe_open(str(info.file), framework="pt")
+                t = f.get_slice(name)[region] if region else f.get_tensor(name)
+            self.bytes_read += t.numel() * t.element_size()
+            return t
+
+        return Lazy(info.shape, info.dtype, read)
+
+
 def from_pretrained(
     source: str | os.PathLike,
     dtype: str | torch.dtype | None = None,
@@ -322,44 +479,19 @@ def from_pretrained(
     strict: bool = True,
     config: ModelConfig | str | None = None,
 ) -> CausalLM:
-    """An llmzoo model with a Hugging Face checkpoint's weights.
+    """An llmzoo model with a checkpoint's weights, from any registered source.
 
-    source: a checkpoint folder, a .safetensors file next to its config.json, or a hub repo id
-    (resolved through the HF cache; honours HF_HUB_OFFLINE). dtype: cast floating tensors
-    (None keeps each tensor's stored dtype). config: use this ModelConfig instead of converting
-    config.json. strict=False skips (with a warning) checkpoint tensors no rule or model parameter
-    wants; missing and mis-shaped tensors are always an error. A SwissArmyTransformer folder
-    (`latest` + `<iter>/mp_rank_XX_model_states.pt`, GLM-130B) loads with config = a zoo name or
-    ModelConfig (default glm-130b); see llmzoo.hf.glm."""
-    folder, single = resolve_source(source)
-    if single is None and not (folder / "config.json").is_file():
-        from .glm import is_sat_checkpoint, load_glm
-
-        if is_sat_checkpoint(folder):  # GLM-130B's official TP checkpoint: no config.json, config names the zoo entry
-            return load_glm(folder, config, dtype=dtype, device=device, strict=strict)
-    hf = read_hf_config(folder)
-    adapter = get_adapter(hf["model_type"])
-    if config is None:
-        try:
-            config = adapter.to_config(hf)
-        except ValueError as e:
-            raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
-        match, diff = closest_zoo_entry(config)
-        updates: dict[str, Any] = {"reference": {"hf_repo": str(source)}}
-        if match is not None:
-            updates["notes"] = f"shapes match zoo entry {match}" + (f" (differs: {'; '.join(diff)})" if diff else "")
-            if not diff:
-                updates["name"] = match
-        config = ModelConfig.model_validate({**config.to_dict(), **updates})
-    infos = checkpoint_index(folder, single)
-    try:
-        scales = split_scales(hf, infos)  # fp8 (DeepSeek-V3): rules see dequantised weights
-    except ValueError as e:
-        raise CheckpointError(f"{folder}: {e}") from None
+    source: a checkpoint folder, a .safetensors file next to its config.json, a hub repo id
+    (resolved through the HF cache; honours HF_HUB_OFFLINE), or a folder another registered source
+    claims (a tensor-parallel folder with no config.json: see `SOURCES`). dtype: cast floating
+    tensors (None keeps each tensor's stored dtype). config: use this ModelConfig (or zoo name)
+    instead of converting config.json. strict=False skips (with a warning) checkpoint tensors no
+    rule or model parameter wants; missing and mis-shaped tensors are always an error."""
+    ckpt = open_checkpoint(source, config)
     with torch.device("meta"):
-        model = model_class(config)(config)
-    groups = check_plan(adapter, config, model, infos, strict)
-    load_weights(model, groups, infos, resolve_dtype(dtype), device, hf, scales)
-    model.hf_model_type = adapter.model_type
-    model.hf_config = hf
+        model = model_class(ckpt.config)(ckpt.config)
+    load(model, ckpt, dtype=resolve_dtype(dtype), device=device, strict=strict)
+    if ckpt.model_type is not None:
+        model.hf_model_type = ckpt.model_type
+        model.hf_config = ckpt.hf
     return model.eval()
