@@ -116,10 +116,8 @@ class Engine:
 
     # ---------------------------------------------------------------- requests in and out
 
-    def add(self, prompt: Sequence[int], params: SamplingParams | None = None, request_id=None) -> Request:
-        """Queue a request; it joins the batch at the next step with room for it."""
-        params = params or SamplingParams()
-        prompt = [int(t) for t in prompt]
+    def check(self, prompt: Sequence[int], params: SamplingParams) -> None:
+        """Raise ValueError if this request can never run here (read-only: safe from any thread)."""
         if not prompt:
             raise ValueError("prompt is empty: at least one token is needed")
         if len(prompt) >= self.max_len:
@@ -129,10 +127,19 @@ class Engine:
             raise ValueError(f"prompt token ids must lie in [0, {vocab})")
         if self.cache.blocks_for(len(prompt) + 1) > self.cache.n_blocks:
             raise ValueError(f"prompt of {len(prompt)} tokens needs more than the pool's {self.cache.n_blocks} blocks")
-        req = Request(next(self._ids) if request_id is None else request_id, prompt, params)
-        if params.temperature > 0:
+
+    def add(self, prompt: Sequence[int], params: SamplingParams | None = None, request_id=None) -> Request:
+        """Queue a request; it joins the batch at the next step with room for it."""
+        params = params or SamplingParams()
+        prompt = [int(t) for t in prompt]
+        self.check(prompt, params)
+        return self.enqueue(Request(next(self._ids) if request_id is None else request_id, prompt, params))
+
+    def enqueue(self, req: Request) -> Request:
+        """Queue a Request built (and `check`ed) by the caller."""
+        if req.params.temperature > 0 and req.generator is None:
             req.generator = torch.Generator(device=self.device)
-            req.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+            req.generator.manual_seed(req.params.seed if req.params.seed is not None else torch.seed())
         self.waiting.append(req)
         return req
 

@@ -278,11 +278,13 @@ class PagedCache:
             phys, k_slot, valid, _ = g.view
             g.view = (phys, k_slot, valid, g.pos[phys])
         prefix = step["prefix"] if model.prefix_lm else None
+        rope, layer_rope = model.rotary_tables(position_ids)
         return PagedContext(
             positions=position_ids,
             q_index=torch.arange(T, device=input_ids.device),  # unused: the mask reads q_slot
             k_index=torch.arange(T, device=input_ids.device),
-            rope=model.positions.rotary(position_ids),
+            rope=rope,
+            layer_rope=layer_rope,
             rope_layout=model.rope_layout,
             cache=self,
             keys=self._keys,
