@@ -3,13 +3,17 @@
 Masks are expressed over token slots: query slot i may see key slot j when j ≤ i (causal), or j
 lies in the bidirectional prefix (prefix-LM), and i - j < window (sliding window), and j is not
 padding. `Context` builds each distinct mask once per forward and shares it across layers.
+
+Protocol (llmzoo.protocol): a spec answers its parameter count, KV-cache layout (`kv_layout`,
+`cached_tokens`), scale-down, per-rank spec under tensor parallelism (`tp_local`) and whether it can
+be cross-attention; a module answers its `tp_plan` and what DeepNorm's β scales (`beta_scaled`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +23,8 @@ from torch import Tensor, nn
 from .errors import UnsupportedError
 from .norms import RMSNormSpec
 from .positions import apply_rope
-from .registry import Component, ComponentSpec, build, register
+from .protocol import AttentionModule, AttentionSpecBase, KVLayout
+from .registry import Component, build, register
 
 # ------------------------------------------------------------------------------------ masks
 
@@ -68,6 +73,7 @@ class Context:
     prefix_len: Tensor | None = None  # (B,)
     cache: Any = None
     causal: bool = True  # False: encoder self-attention and cross-attention see every key
+    latent_kv: bool = False  # the cache stores compressed keys (MLA's absorbed path), set by the cache
     # with a cache: keys(window, q_index) -> (k_index (S,), key_padding (B, S), key positions (B, S))
     # of the slots a layer attends to (a rolling window buffer holds other slots than a full one),
     # and the position bias recomputed over them: bias_fn(q_pos, k_pos) -> (B, H, T, S) or None
@@ -130,7 +136,7 @@ def softcapped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, s
 # ---------------------------------------------------------------------- MHA / GQA / MQA
 
 
-class AttentionSpec(ComponentSpec):
+class AttentionSpec(AttentionSpecBase):
     """mha: n_kv_heads = n_heads; gqa: 1 < n_kv_heads < n_heads; mqa: n_kv_heads = 1."""
 
     type: Literal["mha", "gqa", "mqa"] = "mha"
@@ -169,11 +175,6 @@ class AttentionSpec(ComponentSpec):
         return self.head_dim
 
     @property
-    def kv_cache_dims(self) -> int:
-        """Elements cached per token per layer (K and V)."""
-        return 2 * self.n_kv_heads * self.head_dim
-
-    @property
     def qk_norm_dims(self) -> tuple[int, int]:
         """Width each of the query and key norms normalises over (see qk_norm_scope)."""
         if self.qk_norm_scope == "head":
@@ -186,8 +187,39 @@ class AttentionSpec(ComponentSpec):
         norms = sum(self.qk_norm.n_params(n) for n in self.qk_norm_dims) if self.qk_norm is not None else 0
         return weights + norms + (q + 2 * kv if self.qkv_bias else 0) + (d_model if self.o_bias else 0)
 
+    def kv_layout(self, latent: bool = True) -> KVLayout:
+        return KVLayout(self.n_kv_heads, self.head_dim, self.head_dim)  # the KV heads only
 
-class Attention(nn.Module):
+    def cached_tokens(self, max_len: int) -> int:
+        return min(self.window, max_len) if self.window is not None else max_len
+
+    def sees_prefix(self) -> bool:
+        return self.prefix_lm
+
+    def tp_local(self, tp: int, where: str) -> "AttentionSpec":
+        """Heads split evenly; with fewer KV heads than ranks (MQA, GQA with n_kv_heads < tp) every
+        rank keeps the one KV head its queries share."""
+        if self.n_heads % tp:
+            raise ValueError(f"{where}: n_heads ({self.n_heads}) is not divisible by tp ({tp})")
+        if self.n_kv_heads % tp and tp % self.n_kv_heads:
+            raise ValueError(f"{where}: n_kv_heads ({self.n_kv_heads}) neither divides nor is a multiple of tp ({tp})")
+        return self.model_copy(update={"n_heads": self.n_heads // tp, "n_kv_heads": max(1, self.n_kv_heads // tp)})
+
+    def check_cross(self, where: str) -> None:
+        if self.window is not None or self.prefix_lm or self.clip_qkv is not None:
+            raise ValueError(f"{where}: window, prefix_lm and clip_qkv apply to self-attention only")
+
+    def scaled_d_model(self, s) -> int:
+        return s.heads(self.n_heads, self.n_kv_heads)[0] * s.head_dim
+
+    def scaled(self, s) -> "AttentionSpec":
+        h, kv = s.heads(self.n_heads, self.n_kv_heads)
+        consistent = self.n_heads * self.head_dim == s.full_d_model  # else keep head_dim ≠ d_model / n_heads
+        return self.updated(n_heads=h, n_kv_heads=kv, window=s.window(self.window),
+                            head_dim=s.head_dim if consistent else s.head_dim * 3 // 2)
+
+
+class Attention(AttentionModule):
     """Scaled dot-product attention (Vaswani et al., arXiv:1706.03762, eq. 1) with shared KV heads.
 
     n_kv_heads: GQA (Ainslie et al., arXiv:2305.13245) / MQA (Shazeer, arXiv:1911.02150).
@@ -233,18 +265,21 @@ class Attention(nn.Module):
         y = self.attend(q, k, v, ctx.mask(self.window), self.scale)  # (B, H, T, Dh)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
-    def tp_plan(self, tp: int) -> dict:
+    def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan (llmzoo.parallel): heads split across ranks, q/k/v column-parallel and o
         row-parallel; with fewer KV heads than ranks (MQA) each rank keeps the KV head it needs."""
-        from .parallel import ColwiseParallel, ReplicatedHeads, RowwiseParallel, head_split
+        from .parallel import ColwiseParallel, ReplicatedHeads, RowwiseParallel
 
         where = f"blocks.{self.layer}.attn"
         if self.spec.qk_norm is not None and self.spec.qk_norm_scope == "projection" and tp > 1:
             raise UnsupportedError(f"{where}: qk_norm_scope 'projection' normalises across heads; "
                                    "tensor parallelism would split it (use tp=1)")
-        head_split(self.n_heads, self.n_kv, tp, where)  # checks divisibility
+        self.spec.tp_local(tp, where)  # checks divisibility
         kv = ColwiseParallel if self.n_kv % tp == 0 else lambda: ReplicatedHeads(self.n_kv, self.head_dim)
         return {"q": ColwiseParallel(), "k": kv(), "v": kv(), "o": RowwiseParallel()}
+
+    def beta_scaled(self) -> list[nn.Module]:
+        return [self.v, self.o]
 
 
 for _name in ("mha", "gqa", "mqa"):
@@ -254,7 +289,7 @@ for _name in ("mha", "gqa", "mqa"):
 # --------------------------------------------------------------------------------- MLA
 
 
-class MLASpec(ComponentSpec):
+class MLASpec(AttentionSpecBase):
     """Multi-head Latent Attention (DeepSeek-V2, arXiv:2405.04434, §2.1)."""
 
     type: Literal["mla"] = "mla"
@@ -275,14 +310,41 @@ class MLASpec(ComponentSpec):
             raise ValueError(f"qk_rope_head_dim ({self.qk_rope_head_dim}) must be even for rotary pairs")
         return self
 
+    takes_score_bias: ClassVar[bool] = False  # the absorbed path attends over a latent, not per-head keys
+
     @property
     def rotary_head_dim(self) -> int:
         return self.qk_rope_head_dim
 
-    @property
-    def kv_cache_dims(self) -> int:
-        """The absorbed cache: compressed latent + shared rope key per token per layer."""
-        return self.kv_lora_rank + self.qk_rope_head_dim
+    def kv_layout(self, latent: bool = True) -> KVLayout:
+        """latent (absorbed): the normalised c_kv as a 1-head "key" and the shared rope key as a 1-head
+        "value"; otherwise decompressed per-head keys (nope + rope) and values, for comparison only."""
+        if latent:
+            return KVLayout(1, self.kv_lora_rank, self.qk_rope_head_dim)
+        return KVLayout(self.n_heads, self.qk_nope_head_dim + self.qk_rope_head_dim, self.v_head_dim)
+
+    def cached_tokens(self, max_len: int) -> int:
+        return min(self.window, max_len) if self.window is not None else max_len
+
+    def sees_prefix(self) -> bool:
+        return self.prefix_lm
+
+    def tp_local(self, tp: int, where: str) -> "MLASpec":
+        """Heads split evenly; the latent stays whole on every rank."""
+        if self.n_heads % tp:
+            raise ValueError(f"{where}: n_heads ({self.n_heads}) is not divisible by tp ({tp})")
+        return self.model_copy(update={"n_heads": self.n_heads // tp})
+
+    def scaled_d_model(self, s) -> int:
+        return 64  # 4 heads of 16 whatever the preset: the ranks below are fixed too
+
+    def scaled(self, s) -> "MLASpec":
+        return self.updated(
+            n_heads=s.heads(self.n_heads, self.n_heads)[0], window=s.window(self.window),
+            qk_nope_head_dim=16, qk_rope_head_dim=8, kv_lora_rank=24,
+            q_lora_rank=None if self.q_lora_rank is None else 32,
+            v_head_dim=16 if self.v_head_dim == self.qk_nope_head_dim else 12,  # keep v ≠ nope where it was
+        )
 
     def n_params(self, d_model: int) -> int:
         h, qk = self.n_heads, self.qk_nope_head_dim + self.qk_rope_head_dim
@@ -300,7 +362,7 @@ class MLASpec(ComponentSpec):
 
 
 @register("attention", "mla", MLASpec)
-class MLAttention(nn.Module):
+class MLAttention(AttentionModule):
     """MLA: queries from a low-rank latent, keys/values decompressed from one shared latent c_kv.
 
     k_i = [W_UK c_kv ; RoPE(W_KR x)] with the rope key shared across heads (eq. 14-19).
@@ -331,21 +393,23 @@ class MLAttention(nn.Module):
             return self.q(x)
         return self.q_b(self.q_norm(self.q_a(x)))
 
-    def tp_plan(self, tp: int) -> dict:
+    def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan (llmzoo.parallel): the per-head up-projections (q or q_b, kv_b) column-
         parallel and o row-parallel; the latents (q_a, kv_a) and their norms stay whole on every rank.
         The absorbed decode path is not split (it reads kv_b's weight directly)."""
         from .parallel import ColwiseParallel, RowwiseParallel, SumGradColumns
 
-        if self.n_heads % tp:
-            raise ValueError(f"blocks.{self.layer}.attn: n_heads ({self.n_heads}) is not divisible by tp ({tp})")
+        self.spec.tp_local(tp, f"blocks.{self.layer}.attn")  # checks divisibility
         q = "q" if self.spec.q_lora_rank is None else "q_b"
         r = self.spec.kv_lora_rank  # kv_a's rope-key columns reach every rank's heads directly
         return {q: ColwiseParallel(), "kv_a": SumGradColumns(r, r + self.spec.qk_rope_head_dim),
                 "kv_b": ColwiseParallel(), "o": RowwiseParallel()}
 
+    def beta_scaled(self) -> list[nn.Module]:
+        return [self.o]
+
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
-        if getattr(ctx.cache, "absorbed", False):  # a latent cache (llmzoo.cache.StaticCache, mla="absorbed")
+        if ctx.latent_kv:  # a latent cache (llmzoo.cache.StaticCache, mla="absorbed")
             return self.absorbed(x, ctx)
         s = self.spec
         B, T, _ = x.shape

@@ -33,6 +33,11 @@ class Block(nn.Module):
     def forward(self, x: Tensor, ctx: Context) -> Tensor:  # (B, T, D) -> (B, T, D)
         return getattr(self, self.wiring)(x, ctx)
 
+    def beta_scaled(self) -> list[nn.Module]:
+        """Modules DeepNorm's β (block.init_beta) multiplies at init: the attention's value and output
+        projections (its `beta_scaled`) and the whole MLP (arXiv:2203.00555, Fig. 2)."""
+        return [*self.attn.beta_scaled(), *self.mlp.modules()]
+
     def _pre(self, x: Tensor, ctx: Context) -> Tensor:
         x = x + self.attn(self.attn_norm(x), ctx)
         return x + self.mlp(self.mlp_norm(x))

@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .model import CausalLM
-from .norms import LayerNorm, RMSNorm
+from .protocol import init_module
 from .seq2seq import EncoderDecoderLM
 from .zoo import get_config
 
@@ -25,23 +25,14 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 @torch.no_grad()
 def init_weights(model: nn.Module, std: float = 0.02) -> None:
-    """GPT-2 style init: N(0, std) matrices and embeddings, zero biases, unit norms;
-    DeepNorm's β (block.init_beta) scales value, output and FFN weights (arXiv:2203.00555, Fig. 2)."""
+    """GPT-2 style init: N(0, std) matrices and embeddings, zero biases, unit norms (each module's
+    `init_weights`, llmzoo.protocol); DeepNorm's β (block.init_beta) scales what `Block.beta_scaled`
+    names: value, output and FFN weights (arXiv:2203.00555, Fig. 2)."""
     for module in model.modules():
-        if isinstance(module, (LayerNorm, RMSNorm)):
-            module.reset_parameters()
-            continue
-        for name, p in module.named_parameters(recurse=False):
-            if name.endswith("bias"):
-                p.zero_()
-            else:
-                p.normal_(0.0, std)
-        for _, b in module.named_buffers(recurse=False):
-            b.zero_()
+        init_module(module, std)
     for block, spec in zip(getattr(model, "blocks", []), model.config.blocks):
         if spec.init_beta != 1.0:
-            scaled = [getattr(block.attn, n) for n in ("v", "o") if hasattr(block.attn, n)]
-            for m in [*scaled, *block.mlp.modules()]:
+            for m in block.beta_scaled():
                 for name, p in m.named_parameters(recurse=False):
                     if not name.endswith("bias"):
                         p.mul_(spec.init_beta)

@@ -24,16 +24,10 @@ from .config import ModelConfig
 
 
 def layer_layout(spec, mla: str = "absorbed") -> tuple[int, int, int]:
-    """(heads, key dim, value dim) cached per token by a layer with this attention spec.
-
-    MHA/GQA/MQA: the KV heads only. MLA absorbed: the normalised latent c_kv as a 1-head "key" and
-    the shared rope key as a 1-head "value" (kv_lora_rank + qk_rope_head_dim per token);
-    MLA naive: decompressed per-head keys (nope + rope) and values, for comparison only."""
-    if hasattr(spec, "kv_lora_rank"):
-        if mla == "absorbed":
-            return 1, spec.kv_lora_rank, spec.qk_rope_head_dim
-        return spec.n_heads, spec.qk_nope_head_dim + spec.qk_rope_head_dim, spec.v_head_dim
-    return spec.n_kv_heads, spec.head_dim, spec.head_dim
+    """(heads, key dim, value dim) cached per token by a layer with this attention spec: its
+    `kv_layout` (llmzoo.protocol); mla="naive" asks for plain per-head keys and values.
+    Deprecated: call spec.kv_layout(latent=...) directly."""
+    return tuple(spec.kv_layout(latent=mla == "absorbed"))
 
 
 class StaticCache:
@@ -59,10 +53,9 @@ class StaticCache:
         self.k: list[Tensor] = []
         self.v: list[Tensor] = []
         self.window: list[int | None] = []  # rolling buffer size, None for a full-length buffer
-        for spec in config.blocks:
-            heads, dk, dv = layer_layout(spec.attention, mla)
-            w = spec.attention.window
-            rows = w if w is not None and w < max_len else max_len
+        for spec in config.blocks:  # each attention spec states its layout and how many tokens it keeps
+            heads, dk, dv = spec.attention.kv_layout(latent=self.absorbed)
+            rows = spec.attention.cached_tokens(max_len)
             self.window.append(rows if rows < max_len else None)
             self.k.append(torch.zeros(batch, heads, rows, dk, dtype=dtype, device=device))
             self.v.append(torch.zeros(batch, heads, rows, dv, dtype=dtype, device=device))
@@ -125,6 +118,7 @@ class StaticCache:
             rope_layout=model.rope_layout,
             prefix_len=prefix_len,
             cache=self,
+            latent_kv=self.absorbed,
             keys=self.keys,
             bias_fn=model.positions.bias,
         )

@@ -74,20 +74,16 @@ class BlockSpec(Spec):
 
     @property
     def n_norms(self) -> int:
-        """Norm modules of one block (each of width d_model)."""
+        """Norm modules of one block (each of width d_model), as block.py builds them for the placement."""
         own = {"sandwich": 4}.get(self.placement, 1 if self.parallel == "shared_norm" else 2)
         return own + (1 if self.cross_attention is not None else 0)
 
     @model_validator(mode="after")
     def _check(self) -> "BlockSpec":
         if self.cross_attention is not None:
-            if self.cross_attention.type not in ("mha", "gqa", "mqa"):
-                raise ValueError(f"cross_attention.type: {self.cross_attention.type!r} is not one of gqa, mha, mqa")
+            self.cross_attention.check_cross("cross_attention")
             if self.placement not in ("pre", "post") or self.parallel != "none":
                 raise ValueError("cross_attention needs placement 'pre' or 'post' and parallel 'none'")
-            a = self.cross_attention
-            if a.window is not None or a.prefix_lm or a.clip_qkv is not None:
-                raise ValueError("cross_attention: window, prefix_lm and clip_qkv apply to self-attention only")
         if self.parallel != "none" and self.placement != "pre":
             raise ValueError(f"parallel: {self.parallel!r} needs placement 'pre', not {self.placement!r}")
         if self.position is not None and self.position.n_params(1, 1):
@@ -96,6 +92,14 @@ class BlockSpec(Spec):
         if self.alpha != 1.0 and self.placement not in ("post", "deepnorm"):
             raise ValueError(f"alpha: a residual scale needs placement 'post' or 'deepnorm', not {self.placement!r}")
         return self
+
+    def scaled(self, s: Any) -> "BlockSpec":
+        """This block in a scaled-down model: every component scales itself (llmzoo.scaling)."""
+        parts = dict(norm=self.norm.scaled(s), attention=self.attention.scaled(s), mlp=self.mlp.scaled(s))
+        for k, v in (("cross_attention", self.cross_attention), ("position", self.position)):
+            if v is not None:
+                parts[k] = v.scaled(s)
+        return BlockSpec.model_validate({**self.model_dump(), **parts})
 
 
 class LayerOverride(Spec):
@@ -115,26 +119,14 @@ class LayerOverride(Spec):
 
 
 def rotary_dim(pos: Any, attention: Any) -> int:
-    """Dims of each head a position scheme rotates (0: none)."""
-    if pos.type == "rope_2d":  # two position streams over the whole head dim
-        return attention.rotary_head_dim
-    if pos.type != "rope":
-        return 0
-    return int(attention.rotary_head_dim * pos.fraction)
+    """Dims of each head a position scheme rotates (0: none): the position asks the attention."""
+    return pos.rotary_dims(attention.rotary_head_dim)
 
 
 def check_position(pos: Any, blocks: list[BlockSpec], where: str) -> None:
-    """Errors for a position scheme that the attention of some layer cannot apply."""
-    if pos.type == "rope":
-        for i, b in enumerate(blocks):
-            r = rotary_dim(pos, b.attention)
-            if r % 2 or r == 0:
-                raise ValueError(
-                    f"{where}.fraction: {pos.fraction} × head dim {b.attention.rotary_head_dim} gives "
-                    f"{r} rotary dims in layer {i}; it must be even and > 0"
-                )
-    if pos.type in ("alibi", "relative") and any(b.attention.type == "mla" for b in blocks):
-        raise ValueError(f"{where}.type: {pos.type!r} is not defined for MLA attention")
+    """Errors for a position scheme that the attention of some layer cannot apply (the position asks)."""
+    for i, b in enumerate(blocks):
+        pos.check(b.attention, where, i)
 
 
 def deep_merge(base: dict, patch: dict) -> dict:
@@ -247,7 +239,7 @@ class ModelConfig(Spec):
 
     @property
     def rotary_dim(self) -> int:
-        return rotary_dim(self.position, self.block.attention)
+        return self.position.rotary_dims(self.block.attention.rotary_head_dim)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)

@@ -1,4 +1,7 @@
-"""Feed-forward layers: the dense two-layer MLP and the gated linear unit family (SwiGLU, GeGLU)."""
+"""Feed-forward layers: the dense two-layer MLP and the gated linear unit family (SwiGLU, GeGLU).
+
+Protocol (llmzoo.protocol): a spec counts (`n_params`, `param_parts`) and scales itself; a module
+states its `tp_plan`."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from .registry import ComponentSpec, register
+from .protocol import MLPSpecBase, Module
+from .registry import register
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -27,7 +31,7 @@ def activation(name: str) -> Callable[[Tensor], Tensor]:
 Activation = Literal["relu", "gelu", "gelu_tanh", "silu"]
 
 
-class MLPSpec(ComponentSpec):
+class MLPSpec(MLPSpecBase):
     type: Literal["mlp"] = "mlp"
     d_ff: int = Field(gt=0)
     activation: Activation = "gelu"
@@ -36,8 +40,11 @@ class MLPSpec(ComponentSpec):
     def n_params(self, d_model: int) -> int:
         return 2 * d_model * self.d_ff + (self.d_ff + d_model if self.bias else 0)
 
+    def scaled(self, s) -> "MLPSpec":
+        return self.updated(d_ff=s.width(self.d_ff))
 
-class GLUSpec(ComponentSpec):
+
+class GLUSpec(MLPSpecBase):
     type: Literal["glu"] = "glu"
     d_ff: int = Field(gt=0)
     activation: Activation = "silu"
@@ -46,9 +53,12 @@ class GLUSpec(ComponentSpec):
     def n_params(self, d_model: int) -> int:
         return 3 * d_model * self.d_ff + (2 * self.d_ff + d_model if self.bias else 0)
 
+    def scaled(self, s) -> "GLUSpec":
+        return self.updated(d_ff=s.width(self.d_ff))
+
 
 @register("mlp", "mlp", MLPSpec)
-class MLP(nn.Module):
+class MLP(Module):
     """Position-wise FFN (Vaswani et al., eq. 2): down(act(up(x)))."""
 
     def __init__(self, spec: MLPSpec, d_model: int, layer: int = 0):
@@ -60,7 +70,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.act(self.up(x)))
 
-    def tp_plan(self, tp: int) -> dict:
+    def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan (Megatron-LM, arXiv:1909.08053, §3): up column-, down row-parallel."""
         from .parallel import ColwiseParallel, RowwiseParallel
 
@@ -68,7 +78,7 @@ class MLP(nn.Module):
 
 
 @register("mlp", "glu", GLUSpec)
-class GLU(nn.Module):
+class GLU(Module):
     """Gated linear unit FFN (Shazeer, arXiv:2002.05202, eq. 5-6): down(act(gate(x)) ⊙ up(x)).
 
     activation: silu gives SwiGLU (LLaMA, PaLM), gelu / gelu_tanh give GeGLU (GLM-130B, Gemma)."""
@@ -83,7 +93,7 @@ class GLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.act(self.gate(x)) * self.up(x))
 
-    def tp_plan(self, tp: int) -> dict:
+    def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan: gate and up column-parallel (the product is elementwise), down row-parallel."""
         from .parallel import ColwiseParallel, RowwiseParallel
 

@@ -49,7 +49,7 @@ class LanguageModel(nn.Module):
         self.embed_scale = math.sqrt(c.d_model) if s == "sqrt_d_model" else 1.0 if s == "none" else float(s)
         h = c.head.scale
         self.head_scale = c.d_model**-0.5 if h == "inv_sqrt_d_model" else 1.0 if h == "none" else float(h)
-        self.rope_layout = getattr(c.position, "layout", "halves")
+        self.rope_layout = c.position.rope_layout
         # layers with their own rotary (block.position): one module per distinct spec
         blocks = getattr(c, "blocks", [])
         specs = {b.position.model_dump_json(): b for b in blocks if b.position is not None}
@@ -118,7 +118,7 @@ class CausalLM(LanguageModel):
         self.blocks = nn.ModuleList(
             Block(spec, c.d_model, i, self.position_of(i).softmax_scale_mult) for i, spec in enumerate(c.blocks)
         )
-        self.prefix_lm = any(b.attention.prefix_lm for b in c.blocks)
+        self.prefix_lm = any(b.attention.sees_prefix() for b in c.blocks)
         if c.mtp is not None:  # DeepSeek-V3 multi-token prediction: used by llmzoo.mtp.predict_ahead only
             from .mtp import MTPLayer
 
@@ -175,9 +175,8 @@ class CausalLM(LanguageModel):
         if self.head is not None and not self.config.head.normalize:
             plan["head"] = ColwiseParallel(output_layouts=Replicate())
         for i, block in enumerate(self.blocks):
-            plan.update({f"blocks.{i}.attn.{k}": v for k, v in block.attn.tp_plan(tp).items()})
-            mlp = block.mlp.tp_plan(tp, ep=ep) if hasattr(block.mlp, "router") else block.mlp.tp_plan(tp)
-            plan.update({f"blocks.{i}.mlp.{k}": v for k, v in mlp.items()})
+            plan.update({f"blocks.{i}.attn.{k}": v for k, v in block.attn.tp_plan(tp, ep=ep).items()})
+            plan.update({f"blocks.{i}.mlp.{k}": v for k, v in block.mlp.tp_plan(tp, ep=ep).items()})
         return plan
 
     def forward(

@@ -10,10 +10,11 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from .mlp import GLU, Activation, GLUSpec, activation
-from .registry import ComponentSpec, register
+from .protocol import MLPSpecBase, Module
+from .registry import register
 
 
-class MoESpec(ComponentSpec):
+class MoESpec(MLPSpecBase):
     """Routed GLU experts plus always-on shared experts (DeepSeekMoE, arXiv:2401.06066)."""
 
     type: Literal["moe"] = "moe"
@@ -63,6 +64,18 @@ class MoESpec(ComponentSpec):
             "total": router + self.n_experts * expert + shared,
             "active": router + self.top_k * expert + shared,
         }
+
+    def param_parts(self, d_model: int) -> dict[str, tuple[int, int]]:
+        p, expert = self.params_by_part(d_model), 3 * d_model * self.d_expert
+        return {"moe_router": (p["router"],) * 2, "mlp": (p["shared"],) * 2,
+                "moe_experts": (p["experts"], self.top_k * expert)}  # only the top_k routed experts are active
+
+    def scaled(self, s) -> "MoESpec":
+        """Several experts, shared experts and group-limited routing that still excludes groups."""
+        e, g = min(self.n_experts, s.n_experts), min(self.n_groups, 4)
+        tg = max(1, min(self.topk_groups, g // 2)) if g > 1 else 1
+        return self.updated(n_experts=e, n_groups=g, topk_groups=tg, top_k=max(1, min(self.top_k, tg * e // g, e - 1)),
+                            d_expert=s.width(self.d_expert), n_shared_experts=min(self.n_shared_experts, 2))
 
 
 class Router(nn.Module):
@@ -159,7 +172,7 @@ class Experts(nn.Module):
 
 
 @register("mlp", "moe", MoESpec)
-class MoE(nn.Module):
+class MoE(Module):
     """y = Σ_shared FFN(x) + Σ_{i ∈ topk} g_i · FFN_i(x)  (DeepSeekMoE eq. 3-5; Mixtral without shared).
 
     After each forward, for balance losses and monitoring: `load` (E,) the number of (token, slot)

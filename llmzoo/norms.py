@@ -1,4 +1,7 @@
-"""Normalisation layers. Placement (pre / post / sandwich / DeepNorm) lives in `block.py`."""
+"""Normalisation layers. Placement (pre / post / sandwich / DeepNorm) lives in `block.py`.
+
+Protocol (llmzoo.protocol): the spec counts its parameters; the module initialises itself in
+`reset_parameters` (unit gains), which builder.init_weights and parallel.init_sharded call."""
 
 from __future__ import annotations
 
@@ -9,10 +12,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from .registry import ComponentSpec, register
+from .protocol import NormModule, NormSpecBase
+from .registry import register
 
 
-class LayerNormSpec(ComponentSpec):
+class LayerNormSpec(NormSpecBase):
     type: Literal["layernorm"] = "layernorm"
     eps: float = Field(1e-5, gt=0)
     bias: bool = True
@@ -21,7 +25,7 @@ class LayerNormSpec(ComponentSpec):
         return dim * (2 if self.bias else 1)
 
 
-class RMSNormSpec(ComponentSpec):
+class RMSNormSpec(NormSpecBase):
     type: Literal["rmsnorm"] = "rmsnorm"
     eps: float = Field(1e-6, gt=0)
     unit_offset: bool = False
@@ -35,7 +39,7 @@ class RMSNormSpec(ComponentSpec):
 
 
 @register("norm", "layernorm", LayerNormSpec)
-class LayerNorm(nn.Module):
+class LayerNorm(NormModule):
     """LayerNorm (Ba et al., arXiv:1607.06450): y = (x - mean) / sqrt(var + eps) * g + b.
 
     bias: False drops b (MPT, PaLM-style no-bias models)."""
@@ -56,7 +60,7 @@ class LayerNorm(nn.Module):
 
 
 @register("norm", "rmsnorm", RMSNormSpec)
-class RMSNorm(nn.Module):
+class RMSNorm(NormModule):
     """RMSNorm (Zhang & Sennrich, arXiv:1910.07467): y = x / sqrt(mean(x²) + eps) * g.
 
     unit_offset: scale by (1 + g), for checkpoints that store g - 1 (Gemma).

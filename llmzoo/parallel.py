@@ -318,17 +318,8 @@ def _tied_vocab_parallel_head(model: nn.Module, mesh: DeviceMesh) -> None:
 def local_config(config, tp: int):
     """The config as one tensor-parallel rank sees its attention: per-rank query and KV heads (MLA's
     latent stays whole). Used to size a rank's KV cache (StaticCache, kv_cache_bytes)."""
-    blocks = []
-    for i, b in enumerate(config.blocks):
-        a = b.attention
-        if hasattr(a, "kv_lora_rank"):
-            if a.n_heads % tp:
-                raise ValueError(f"blocks.{i}.attention: n_heads ({a.n_heads}) is not divisible by tp ({tp})")
-            a = a.model_copy(update={"n_heads": a.n_heads // tp})
-        else:
-            h, kv = head_split(a.n_heads, a.n_kv_heads, tp, f"blocks.{i}.attention")
-            a = a.model_copy(update={"n_heads": h, "n_kv_heads": kv})
-        blocks.append(b.model_copy(update={"attention": a}))
+    blocks = [b.model_copy(update={"attention": b.attention.tp_local(tp, f"blocks.{i}.attention")})
+              for i, b in enumerate(config.blocks)]  # each attention spec states its per-rank form
     local = config.model_copy()
     local._blocks = blocks
     return local
@@ -398,30 +389,22 @@ def init_sharded(model: nn.Module, seed: int = 0, std: float = 0.02, device: str
     """Materialise a (parallelized, meta) model and initialise it as `llmzoo.builder.init_weights` does
     (N(0, std) matrices, zero biases and buffers, unit norms, DeepNorm β), each rank drawing only its
     slices: the result is the same for every world size and every tp/fsdp/ep split."""
-    from .builder import resolve_dtype  # noqa: F401  (same package; keeps import order light)
-    from .norms import LayerNorm, RMSNorm
+    from .protocol import init_module
 
     if any(p.is_meta for p in model.parameters()):
         model.to_empty(device=device)
     beta = {}
-    for i, (block, spec) in enumerate(zip(getattr(model, "blocks", []), model.config.blocks)):
+    for block, spec in zip(getattr(model, "blocks", []), model.config.blocks):
         if spec.init_beta != 1.0:
-            for m in [getattr(block.attn, n) for n in ("v", "o") if hasattr(block.attn, n)] + list(block.mlp.modules()):
-                beta[id(m)] = spec.init_beta
+            beta.update((id(m), spec.init_beta) for m in block.beta_scaled())
     for mname, module in model.named_modules():
-        norm = isinstance(module, (LayerNorm, RMSNorm))
-        for pname, p in module.named_parameters(recurse=False):
+
+        def draw(pname: str, p: Tensor, std: float, mname: str = mname, scale: float = beta.get(id(module), 1.0)) -> None:
+            shape, offset, local = local_region(p)
             full = f"{mname}.{pname}" if mname else pname
-            dst = _local(p)
-            if norm and pname == "weight":
-                dst.fill_(1.0 - getattr(module, "offset", 0.0))
-            elif pname.endswith("bias") or norm:
-                dst.zero_()
-            else:
-                shape, offset, local = local_region(p)
-                dst.copy_(normal_region(seed, full, shape, offset, local, std) * beta.get(id(module), 1.0))
-        for _, b in module.named_buffers(recurse=False):
-            _local(b).zero_()
+            _local(p).copy_(normal_region(seed, full, shape, offset, local, std) * scale)
+
+        init_module(module, std, draw)  # each component's own init (norms: unit gains); weights drawn by slice
     return model
 
 

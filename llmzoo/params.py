@@ -21,10 +21,10 @@ class ParamCount:
     def total(self) -> int:
         return sum(self.parts.values())
 
-    def add(self, part: str, n: int, active: bool = True) -> None:
+    def add(self, part: str, n: int, active: bool | int = True) -> None:
+        """active: True (all n), False (none) or how many of the n one token uses."""
         self.parts[part] = self.parts.get(part, 0) + n
-        if active:
-            self.active += n
+        self.active += n if active is True else int(active)
 
 
 def count_params(source: str | dict | ModelConfig) -> ParamCount:
@@ -44,14 +44,8 @@ def count_params(source: str | dict | ModelConfig) -> ParamCount:
         n.add("attention", b.attention.n_params(d))
         if b.cross_attention is not None:  # decoder attention over the encoder output (T5)
             n.add("attention", b.cross_attention.n_params(d))
-        if b.mlp.type == "moe":
-            p = b.mlp.params_by_part(d)
-            n.add("moe_router", p["router"])
-            n.add("mlp", p["shared"])
-            n.add("moe_experts", p["experts"], active=False)
-            n.active += p["active"] - p["router"] - p["shared"]  # the top_k routed experts
-        else:
-            n.add("mlp", b.mlp.n_params(d))
+        for part, (total, active) in b.mlp.param_parts(d).items():  # MoE: router, shared, routed experts
+            n.add(part, total, active)
         n.add("norms", b.n_norms * b.norm.n_params(d))
     if c.final_norm is not None:
         n.add("norms", c.final_norm.n_params(d))
@@ -73,8 +67,8 @@ def kv_cache_bytes(
 ) -> int:
     """Bytes of the KV cache for `batch` sequences of `seq_len` tokens.
 
-    Per layer: attention.kv_cache_dims elements per cached token (2·n_kv_heads·head_dim; MLA caches
-    kv_lora_rank + qk_rope_head_dim), with sliding-window layers holding at most `window` tokens.
+    Per layer: attention.kv_cache_dims elements per cached token (its kv_layout: 2·n_kv_heads·head_dim;
+    MLA caches kv_lora_rank + qk_rope_head_dim) for attention.cached_tokens(seq_len) tokens (a window: fewer).
     Encoder-decoder (T5): each decoder layer also caches its cross-attention K/V of a `seq_len`-token source."""
     from .builder import resolve_dtype
 
@@ -82,9 +76,7 @@ def kv_cache_bytes(
     itemsize = torch.empty((), dtype=resolve_dtype(dtype)).element_size()
     total = 0
     for b in c.blocks:
-        a = b.attention
-        tokens = min(seq_len, a.window) if a.window else seq_len
-        total += a.kv_cache_dims * tokens
+        total += b.attention.kv_cache_dims * b.attention.cached_tokens(seq_len)
         if b.cross_attention is not None:
             total += b.cross_attention.kv_cache_dims * seq_len
     return total * batch * itemsize

@@ -8,25 +8,23 @@ to queries and keys, `bias(q_pos, k_pos)` gives an additive per-head score bias.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from .registry import ComponentSpec, Spec, register
+from .protocol import Module, PositionSpecBase
+from .registry import Spec, register
 
 # ----------------------------------------------------------------------------------- specs
 
 
-class NoPositionSpec(ComponentSpec):
+class NoPositionSpec(PositionSpecBase):
     type: Literal["none"] = "none"
 
-    def n_params(self, d_model: int, n_heads: int) -> int:
-        return 0
 
-
-class LearnedPositionSpec(ComponentSpec):
+class LearnedPositionSpec(PositionSpecBase):
     type: Literal["learned"] = "learned"
     max_positions: int = Field(gt=0)
     offset: int = Field(0, ge=0, description="rows before position 0 (OPT stores 2)")
@@ -34,14 +32,14 @@ class LearnedPositionSpec(ComponentSpec):
     def n_params(self, d_model: int, n_heads: int) -> int:
         return (self.max_positions + self.offset) * d_model
 
+    def scaled(self, s) -> "LearnedPositionSpec":
+        return self.updated(max_positions=min(self.max_positions, s.max_seq_len))
 
-class SinusoidalPositionSpec(ComponentSpec):
+
+class SinusoidalPositionSpec(PositionSpecBase):
     type: Literal["sinusoidal"] = "sinusoidal"
     base: float = 10000.0
     layout: Literal["interleaved", "concat"] = "interleaved"
-
-    def n_params(self, d_model: int, n_heads: int) -> int:
-        return 0
 
 
 class LinearScaling(Spec):
@@ -88,7 +86,7 @@ RopeScaling = Annotated[
 ]
 
 
-class RopeSpec(ComponentSpec):
+class RopeSpec(PositionSpecBase):
     type: Literal["rope"] = "rope"
     theta: float = Field(10000.0, gt=0)
     fraction: float = Field(1.0, gt=0, le=1, description="share of head_dim rotated (Pythia 0.25)")
@@ -98,11 +96,23 @@ class RopeSpec(ComponentSpec):
         "float32", description="precision of inv_freq, angles and cos/sin (GLM-130B: float16)"
     )
 
-    def n_params(self, d_model: int, n_heads: int) -> int:
-        return 0
+    def rotary_dims(self, rotary_head_dim: int) -> int:
+        return int(rotary_head_dim * self.fraction)
+
+    @property
+    def rope_layout(self) -> str:
+        return self.layout
+
+    def check(self, attention, where: str, layer: int) -> None:
+        r = self.rotary_dims(attention.rotary_head_dim)
+        if r % 2 or r == 0:
+            raise ValueError(
+                f"{where}.fraction: {self.fraction} × head dim {attention.rotary_head_dim} gives "
+                f"{r} rotary dims in layer {layer}; it must be even and > 0"
+            )
 
 
-class Rope2DSpec(ComponentSpec):
+class Rope2DSpec(PositionSpecBase):
     type: Literal["rope_2d"] = "rope_2d"
     theta: float = Field(10000.0, gt=0)
     layout: Literal["halves_2d"] = Field("halves_2d", description="each half of the head rotates in halves layout")
@@ -110,24 +120,27 @@ class Rope2DSpec(ComponentSpec):
         "float16", description="precision of inv_freq, angles and cos/sin (ChatGLM-6B: float16)"
     )
 
-    def n_params(self, d_model: int, n_heads: int) -> int:
-        return 0
+    def rotary_dims(self, rotary_head_dim: int) -> int:  # two position streams over the whole head
+        return rotary_head_dim
+
+    @property
+    def rope_layout(self) -> str:
+        return self.layout
 
 
-class AlibiSpec(ComponentSpec):
+class AlibiSpec(PositionSpecBase):
     type: Literal["alibi"] = "alibi"
+    score_bias: ClassVar[bool] = True
     max_bias: float = Field(8.0, gt=0, description="slopes 2^(-max_bias·h/n) (Press et al.)")
     scale: float = Field(1.0, gt=0, description="multiplies the bias (Falcon: 1/sqrt(head_dim))")
     table_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="bfloat16: slope and slope·position rounded as Falcon computes them"
     )
 
-    def n_params(self, d_model: int, n_heads: int) -> int:
-        return 0
 
-
-class RelativeBucketSpec(ComponentSpec):
+class RelativeBucketSpec(PositionSpecBase):
     type: Literal["relative"] = "relative"
+    score_bias: ClassVar[bool] = True
     num_buckets: int = Field(32, gt=1)
     max_distance: int = Field(128, gt=1)
     bidirectional: bool = False
@@ -146,7 +159,7 @@ class RelativeBucketSpec(ComponentSpec):
 # --------------------------------------------------------------------------------- modules
 
 
-class PositionEncoding(nn.Module):
+class PositionEncoding(Module):
     """Base: contributes nothing. Subclasses override the hooks they use."""
 
     softmax_scale_mult: float = 1.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .config import ModelConfig
+from .config import BlockSpec, ModelConfig, deep_merge
 from .zoo import get_config
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -26,79 +26,35 @@ def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-def _heads(n_heads: int, n_kv: int, kind: str) -> tuple[int, int]:
-    """Tiny (n_heads, n_kv_heads) of the same class; non-power-of-two head counts stay so."""
-    base = 4 if _is_pow2(n_heads) else 6
-    if kind == "mqa":
-        return base, 1
-    if kind == "gqa":
-        group = n_heads // n_kv
-        group = min(group, 4)
-        return 2 * group, 2
-    return base, base
-
-
 def _round8(x: float) -> int:
     return max(8, int(round(x / 8)) * 8)
 
 
-class _Scaler:
+class Scaler:
+    """What each spec's `scaled(s)` reads (llmzoo.protocol.Scaler): the preset and the two widths.
+    d_model comes from the base block's attention (`scaled_d_model`); inner widths keep their ratio."""
+
     def __init__(self, c: ModelConfig, p: dict[str, int]):
-        self.c, self.p = c, p
-        a = c.block.attention
-        if a.type == "mla":
-            self.h, self.kv, self.d = 4, 4, 64
-            self.consistent = True
-        else:
-            self.h, self.kv = _heads(a.n_heads, a.n_kv_heads, a.type)
-            self.consistent = a.n_heads * a.head_dim == c.d_model
-            self.d = self.h * p["head_dim"]
-        self.ratio = self.d / c.d_model
+        self.preset, self.full_d_model = p, c.d_model
+        self.head_dim, self.n_experts, self.max_seq_len = p["head_dim"], p["n_experts"], p["max_seq_len"]
+        self.d_model = c.block.attention.scaled_d_model(self)
+        self.ratio = self.d_model / c.d_model
 
-    def attention(self, a: dict[str, Any]) -> dict[str, Any]:
-        a = dict(a)
-        if a.get("window") is not None:
-            a["window"] = min(a["window"], self.p["window"])
-        if a.get("type", self.c.block.attention.type) == "mla":
-            for key, value in dict(qk_nope_head_dim=16, qk_rope_head_dim=8, kv_lora_rank=24).items():
-                if key in a:
-                    a[key] = value
-            if a.get("q_lora_rank") is not None:
-                a["q_lora_rank"] = 32
-            if "v_head_dim" in a:
-                a["v_head_dim"] = 16 if a["v_head_dim"] == self.c.block.attention.qk_nope_head_dim else 12
-            if "n_heads" in a:
-                a["n_heads"] = self.h
-            return a
-        if "n_heads" in a:
-            a["n_heads"], a["n_kv_heads"] = self.h, self.kv
-        if "head_dim" in a:
-            a["head_dim"] = self.p["head_dim"] if self.consistent else self.p["head_dim"] * 3 // 2
-        return a
+    def heads(self, n_heads: int, n_kv_heads: int) -> tuple[int, int]:
+        """Tiny (n_heads, n_kv_heads) sharing KV heads the same way (MHA / GQA / MQA);
+        non-power-of-two head counts stay so."""
+        base = 4 if _is_pow2(n_heads) else 6
+        if n_kv_heads == n_heads:
+            return base, base
+        if n_kv_heads == 1:
+            return base, 1
+        return 2 * min(n_heads // n_kv_heads, 4), 2
 
-    def mlp(self, m: dict[str, Any]) -> dict[str, Any]:
-        m = dict(m)
-        if "d_ff" in m:
-            m["d_ff"] = _round8(m["d_ff"] * self.ratio)
-        if m.get("type") == "moe" or "n_experts" in m:
-            e = min(m["n_experts"], self.p["n_experts"])
-            g = min(m.get("n_groups", 1), 4)
-            tg = max(1, min(m.get("topk_groups", 1), g // 2)) if g > 1 else 1
-            m.update(n_experts=e, n_groups=g, topk_groups=tg)
-            m["top_k"] = max(1, min(m["top_k"], tg * e // g, e - 1))
-            m["d_expert"] = _round8(m["d_expert"] * self.ratio)
-            m["n_shared_experts"] = min(m.get("n_shared_experts", 0), 2)
-        return m
+    def width(self, n: int) -> int:
+        return _round8(n * self.ratio)
 
-    def block(self, b: dict[str, Any]) -> dict[str, Any]:
-        b = dict(b)
-        if "attention" in b:
-            b["attention"] = self.attention(b["attention"])
-        if "mlp" in b:
-            b["mlp"] = self.mlp(b["mlp"])
-        if b.get("cross_attention"):
-            b["cross_attention"] = self.attention(b["cross_attention"])
-        return b
+    def window(self, window: int | None) -> int | None:
+        return None if window is None else min(window, self.preset["window"])
 
     def layers(self, selector: str | list[int], n_old: int, n_new: int) -> str | list[int]:
         if isinstance(selector, list):
@@ -113,6 +69,20 @@ class _Scaler:
         return ":".join("" if x is None else str(x) for x in parts)
 
 
+def _patch(base: dict, full: dict) -> dict:
+    """The smallest override that deep_merge turns `base` into `full` with."""
+    out = {}
+    for key, value in full.items():
+        old = base.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("type") == old.get("type"):
+            sub = _patch(old, value)
+            if sub:
+                out[key] = sub
+        elif value != old:
+            out[key] = value
+    return out
+
+
 def scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrides: Any) -> ModelConfig:
     """A scaled-down copy of a config keeping every structural property listed in the module doc.
 
@@ -121,7 +91,7 @@ def scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrid
         raise ValueError(f"scale preset {preset!r} is not one of {', '.join(PRESETS)}")
     c = get_config(source) if not isinstance(source, ModelConfig) else source
     p = PRESETS[preset]
-    s = _Scaler(c, p)
+    s = Scaler(c, p)
     d = copy.deepcopy(c.to_dict())
     n_layers = min(c.n_layers, p["n_layers"])
     d.update(
@@ -129,19 +99,24 @@ def scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrid
         published_params=None,
         published_active_params=None,
         vocab_size=min(c.vocab_size, p["vocab_size"]),
-        d_model=s.d,
+        d_model=s.d_model,
         n_layers=n_layers,
         max_seq_len=min(c.max_seq_len, p["max_seq_len"]),
+        position=c.position.scaled(s).model_dump(mode="json"),
     )
-    if d["position"]["type"] == "learned":
-        d["position"]["max_positions"] = min(d["position"]["max_positions"], p["max_seq_len"])
     if d["embedding"].get("d_embed"):
-        d["embedding"]["d_embed"] = s.d // 2
-    d["block"] = s.block(d["block"])
-    if d.get("encoder"):  # encoder-decoder (T5): the encoder stack scales like the decoder
-        d["encoder"].update(n_layers=min(c.encoder.n_layers, p["n_layers"]), block=s.block(d["encoder"]["block"]))
-    d["overrides"] = [
-        {"layers": s.layers(o["layers"], c.n_layers, n_layers), "block": s.block(o["block"])} for o in d["overrides"]
+        d["embedding"]["d_embed"] = s.d_model // 2
+    base = c.block.scaled(s).model_dump(mode="json")
+    d["block"] = base
+    if c.encoder is not None:  # encoder-decoder (T5): the encoder stack scales like the decoder
+        d["encoder"].update(n_layers=min(c.encoder.n_layers, p["n_layers"]),
+                            position=c.encoder.position.scaled(s).model_dump(mode="json"),
+                            block=c.encoder.block.scaled(s).model_dump(mode="json"))
+    raw = c.block.model_dump()
+    d["overrides"] = [  # each override's whole block scaled, written back as a patch on the scaled base
+        {"layers": s.layers(o.layers, c.n_layers, n_layers),
+         "block": _patch(base, BlockSpec.model_validate(deep_merge(raw, o.block)).scaled(s).model_dump(mode="json"))}
+        for o in c.overrides
     ]
     d.update(overrides)
     return ModelConfig.model_validate(d)

@@ -88,7 +88,7 @@ class Encoder(nn.Module):
         mult = self.positions.softmax_scale_mult
         self.blocks = nn.ModuleList(Block(spec.block, d, i, mult) for i in range(spec.n_layers))
         self.final_norm = build("norm", spec.final_norm, d) if spec.final_norm else nn.Identity()
-        self.rope_layout = getattr(spec.position, "layout", "halves")
+        self.rope_layout = spec.position.rope_layout
 
 
 class EncoderDecoderLM(LanguageModel):
