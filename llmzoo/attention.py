@@ -190,8 +190,8 @@ class AttentionSpec(AttentionSpecBase):
     def kv_layout(self, latent: bool = True) -> KVLayout:
         return KVLayout(self.n_kv_heads, self.head_dim, self.head_dim)  # the KV heads only
 
-    def cached_tokens(self, max_len: int) -> int:
-        return min(self.window, max_len) if self.window is not None else max_len
+    def kv_window(self) -> int | None:
+        return self.window
 
     def sees_prefix(self) -> bool:
         return self.prefix_lm
@@ -323,8 +323,8 @@ class MLASpec(AttentionSpecBase):
             return KVLayout(1, self.kv_lora_rank, self.qk_rope_head_dim)
         return KVLayout(self.n_heads, self.qk_nope_head_dim + self.qk_rope_head_dim, self.v_head_dim)
 
-    def cached_tokens(self, max_len: int) -> int:
-        return min(self.window, max_len) if self.window is not None else max_len
+    def kv_window(self) -> int | None:
+        return self.window
 
     def sees_prefix(self) -> bool:
         return self.prefix_lm

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from .attention import Context
-from .cache import layer_layout
 from .config import ModelConfig
 from .errors import LLMZooError
 
@@ -135,10 +134,10 @@ class PagedCache:
         self._layer_group: list[_Group] = []
         by_window: dict[int | None, _Group] = {}
         for i, spec in enumerate(config.blocks):
-            heads, dk, dv = layer_layout(spec.attention, mla)
+            heads, dk, dv = spec.attention.kv_layout(latent=self.absorbed)  # each spec states its layout
             self.k.append(torch.zeros(slots, heads, dk, dtype=dtype, device=device))
             self.v.append(torch.zeros(slots, heads, dv, dtype=dtype, device=device))
-            w = spec.attention.window
+            w = spec.attention.kv_window()
             if w not in by_window:
                 by_window[w] = _Group(w, [], BlockPool(n_blocks), torch.zeros(slots, dtype=torch.long, device=device))
                 self.groups.append(by_window[w])
@@ -287,6 +286,7 @@ class PagedCache:
             layer_rope=layer_rope,
             rope_layout=model.rope_layout,
             cache=self,
+            latent_kv=self.absorbed,
             keys=self._keys,
             bias_fn=model.positions.bias,
             q_slot=step["q_slot"],

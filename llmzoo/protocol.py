@@ -5,7 +5,7 @@ A component subclasses both and overrides what differs from the defaults; docs/e
 through one registered from outside the package. Who asks what:
 
   params   spec.n_params(...), MLP: spec.param_parts(d_model) (total and active per part)
-  cache    AttentionSpecBase.kv_layout(latent) and .cached_tokens(max_len)
+  cache    AttentionSpecBase.kv_layout(latent), .kv_window(), .cached_tokens(max_len)
   scaling  spec.scaled(scaler) for every kind; attention: .scaled_d_model(scaler)
   parallel module.tp_plan(tp, ep) and AttentionSpecBase.tp_local(tp, where) (a rank's spec)
   builder  module.init_weights(std, draw), through `init_module` (norms: their reset_parameters)
@@ -118,9 +118,15 @@ class AttentionSpecBase(KindSpec):
         """Elements cached per token per layer."""
         return self.kv_layout().dims
 
+    def kv_window(self) -> int | None:
+        """Keys a query sees back, itself included (a sliding window; caches group layers by it);
+        None: every earlier key."""
+        return None
+
     def cached_tokens(self, max_len: int) -> int:
-        """Rows a cache of max_len slots keeps for this layer (a sliding window: fewer)."""
-        return max_len
+        """Rows a cache of max_len slots keeps for this layer."""
+        w = self.kv_window()
+        return min(w, max_len) if w is not None else max_len
 
     def tp_local(self, tp: int, where: str) -> "AttentionSpecBase":
         """The spec as one of `tp` tensor-parallel ranks holds it (default: whole on every rank,
