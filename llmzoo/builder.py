@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .errors import ConfigError
 from .model import CausalLM
 from .protocol import init_module
 from .seq2seq import EncoderDecoderLM
@@ -19,7 +20,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return dtype
     value = getattr(torch, str(dtype).removeprefix("torch."), None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"dtype {dtype!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
+        raise ConfigError(f"dtype {dtype!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
     return value
 
 
@@ -38,8 +39,27 @@ def init_weights(model: nn.Module, std: float = 0.02) -> None:
                         p.mul_(spec.init_beta)
 
 
+# No config describing more parameters than this is built, not even on the meta device (a meta
+# model of 10^15 parameters still costs a module per layer and tables per tensor). DeepSeek-V3,
+# the zoo's largest, has 6.7e11; every tensor of a model under the bound has < 2^63 elements.
+MAX_PARAMS = 10**13
+
+
+def check_size(config: ModelConfig) -> None:
+    """ConfigError when the analytic parameter count exceeds MAX_PARAMS (nothing allocated)."""
+    from .params import count_params
+
+    n = count_params(config)
+    if n.total > MAX_PARAMS:
+        parts = ", ".join(f"{k} {v:.3g}" for k, v in n.parts.items() if v)
+        raise ConfigError(f"{config.name}: {n.total:.3g} parameters exceed the bound of {MAX_PARAMS:.0e} "
+                          f"({parts}); check vocab_size, d_model, n_layers, head and expert sizes")
+
+
 def model_class(config: ModelConfig) -> type[CausalLM] | type[EncoderDecoderLM]:
-    """The module class a config describes: EncoderDecoderLM with an `encoder` section, else CausalLM."""
+    """The module class a config describes: EncoderDecoderLM with an `encoder` section, else CausalLM.
+    Refuses (ConfigError) a config beyond MAX_PARAMS before anything is built."""
+    check_size(config)
     return EncoderDecoderLM if config.encoder is not None else CausalLM
 
 

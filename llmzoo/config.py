@@ -15,8 +15,17 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from . import attention, mlp, moe, norms, positions  # noqa: F401  (register the built-in components)
-from .errors import ConfigError
+from .errors import ConfigError, clip
 from .registry import Component, Spec
+
+# Bounds on the sizes a config may state: far above every published model (the zoo's largest are
+# vocab 256k, d_model 20480, 126 layers, 164k positions), far below what would exhaust memory just
+# to describe the model. The parameter count is bounded too, before any module is built
+# (builder.check_size).
+MAX_VOCAB = 2**24
+MAX_D_MODEL = 2**17
+MAX_LAYERS = 1024
+MAX_SEQ_LEN = 2**24
 
 NormField = Component("norm")
 PositionField = Component("position")
@@ -35,7 +44,7 @@ class EmbeddingSpec(Spec):
         "none", description="multiply token embeddings (Gemma: sqrt_d_model)"
     )
     norm: NormField | None = Field(None, description="norm right after the embedding (BLOOM)")  # type: ignore[valid-type]
-    d_embed: int | None = Field(None, gt=0, description="embedding width if != d_model (OPT-350m project_in/out)")
+    d_embed: int | None = Field(None, gt=0, le=MAX_D_MODEL, description="embedding width if != d_model (OPT-350m project_in/out)")
 
 
 class HeadSpec(Spec):
@@ -146,7 +155,7 @@ class EncoderSpec(Spec):
     self-attention over the input, sharing the token embedding with the decoder; its output is what
     every decoder block's `cross_attention` reads. The top-level fields describe the decoder."""
 
-    n_layers: int = Field(gt=0)
+    n_layers: int = Field(gt=0, le=MAX_LAYERS)
     position: PositionField  # type: ignore[valid-type]
     block: BlockSpec
     final_norm: NormField | None  # type: ignore[valid-type]
@@ -164,7 +173,7 @@ class MTPSpec(Spec):
     block like the base block plus two norms and a (2·d_model → d_model) projection; it shares the
     embedding and the output head. Not part of the plain forward; not in the headline parameter count."""
 
-    n_layers: int = Field(1, gt=0)
+    n_layers: int = Field(1, gt=0, le=MAX_LAYERS)
 
 
 class ModelConfig(Spec):
@@ -174,10 +183,10 @@ class ModelConfig(Spec):
     published_params: float | None = Field(None, gt=0, description="headline size from the paper / model card")
     published_active_params: float | None = Field(None, gt=0, description="activated per token (MoE)")
     notes: str | None = None
-    vocab_size: int = Field(gt=0)
-    d_model: int = Field(gt=0)
-    n_layers: int = Field(gt=0)
-    max_seq_len: int = Field(gt=0)
+    vocab_size: int = Field(gt=0, le=MAX_VOCAB)
+    d_model: int = Field(gt=0, le=MAX_D_MODEL)
+    n_layers: int = Field(gt=0, le=MAX_LAYERS)
+    max_seq_len: int = Field(gt=0, le=MAX_SEQ_LEN)
     position: PositionField  # type: ignore[valid-type]
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     block: BlockSpec
@@ -248,20 +257,96 @@ class ModelConfig(Spec):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, width=110)
 
 
+# A YAML document may not expand (aliases followed) to more nodes than this: a few lines of nested
+# aliases ("billion laughs") otherwise make validation and its error message exponentially large.
+MAX_YAML_NODES = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {clip(key, 80)!r} appears twice (first {seen[key].start_mark})",
+                    key_node.start_mark,
+                )
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+
+def _expanded_size(obj: Any, memo: dict[int, int], limit: int) -> int:
+    """Nodes in `obj` with shared (aliased) sub-trees counted once per use; stops past `limit`."""
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    if isinstance(obj, dict):
+        items = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, list):
+        items = obj
+    else:
+        return 1
+    memo[key] = limit + 1  # a cycle (a recursive alias) counts as too large
+    n = 1
+    for x in items:
+        n += _expanded_size(x, memo, limit)
+        if n > limit:
+            break
+    memo[key] = n
+    return n
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's data; ConfigError names the file for unreadable or non-UTF-8 bytes, invalid or
+    duplicated keys, and documents that expand past MAX_YAML_NODES nodes."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {clip(e, 500)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    if _expanded_size(data, {}, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise ConfigError(f"{path}: the YAML expands (aliases followed) to more than {MAX_YAML_NODES} nodes")
+    return data
+
+
+def validate_config(data: Any, where: str) -> ModelConfig:
+    """ModelConfig.model_validate with a ConfigError naming `where` (a file, or 'config mapping')."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    if _expanded_size(data, {}, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise ConfigError(f"{where}: the config has more than {MAX_YAML_NODES} nodes")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+
+
 def load_config(source: str | Path | dict | ModelConfig) -> ModelConfig:
     """A ModelConfig from a YAML path, a mapping or a ModelConfig; errors name the file."""
     if isinstance(source, ModelConfig):
         return source
     if isinstance(source, dict):
-        return ModelConfig.model_validate(source)
-    path = Path(source)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    try:
-        return ModelConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        return validate_config(source, "config mapping")
+    if not isinstance(source, (str, Path)):
+        raise ConfigError(f"config: expected a zoo name, a YAML path, a mapping or a ModelConfig, "
+                          f"got {type(source).__name__}")
+    return validate_config(read_yaml(source), str(source))

@@ -23,9 +23,16 @@ class LLMZooError(Exception):
     def __init__(self, message: object = ""):
         super().__init__(clip(message))
 
+    def __str__(self) -> str:  # the message as given (KeyError would print its repr)
+        return str(self.args[0]) if self.args else ""
+
 
 class ConfigError(LLMZooError, ValueError):
     """A config (YAML, mapping or config.json) that does not validate; names the file and field."""
+
+
+class NotFoundError(ConfigError, KeyError):
+    """A name that is not there (a zoo entry); the message lists the close matches."""
 
 
 class CheckpointError(LLMZooError, ValueError):

@@ -33,7 +33,7 @@ class LearnedPositionSpec(PositionSpecBase):
         return (self.max_positions + self.offset) * d_model
 
     def scaled(self, s) -> "LearnedPositionSpec":
-        return self.updated(max_positions=min(self.max_positions, s.max_seq_len))
+        return self.updated(max_positions=min(self.max_positions, s.max_seq_len), offset=min(self.offset, s.max_seq_len))
 
 
 class SinusoidalPositionSpec(PositionSpecBase):
@@ -155,14 +155,42 @@ class RelativeBucketSpec(PositionSpecBase):
     def n_params(self, d_model: int, n_heads: int) -> int:
         return self.num_buckets * n_heads
 
+    def scaled(self, s) -> "RelativeBucketSpec":
+        # buckets × heads parameters; fewer buckets only shrink the exact range below max_distance
+        return self.updated(num_buckets=min(self.num_buckets, 32), max_distance=min(self.max_distance, s.max_seq_len))
+
 
 # --------------------------------------------------------------------------------- modules
 
 
 class PositionEncoding(Module):
-    """Base: contributes nothing. Subclasses override the hooks they use."""
+    """Base: contributes nothing. Subclasses override the hooks they use.
+
+    Fixed tables (inv_freq, slopes) are plain attributes filled by `_build_tables`: never while the
+    model is built on the meta device (a meta model allocates nothing), but when it moves to a real
+    device (`to_empty`, `to`) or on the first call."""
 
     softmax_scale_mult: float = 1.0
+    _tables_built: bool = True  # subclasses with tables start False
+
+    def _build_tables(self) -> None:
+        pass
+
+    def _ensure_tables(self) -> None:
+        if not self._tables_built:
+            self._build_tables()
+            self._tables_built = True
+
+    def _defer_tables(self) -> None:
+        """Build the tables now, unless this module is being built on the meta device."""
+        self._tables_built = False
+        if torch.get_default_device().type != "meta":
+            self._ensure_tables()
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._ensure_tables()
+        return out
 
     def embed(self, positions: Tensor) -> Tensor | None:  # (B, T) -> (B, T, D)
         return None
@@ -272,13 +300,17 @@ class RoPE(PositionEncoding):
     def __init__(self, spec: RopeSpec, *, d_model: int, n_heads: int, rotary_dim: int):
         super().__init__()
         self.spec, self.dim = spec, rotary_dim
-        inv, self.cos_sin_scale = rope_inv_freq(spec, rotary_dim)
-        self._inv_freq = inv  # plain attribute: no state-dict entry, never on the meta device
         s = spec.scaling
         if isinstance(s, YarnScaling) and s.mscale_all_dim:
             self.softmax_scale_mult = yarn_mscale(s.factor, s.mscale_all_dim) ** 2
+        self._defer_tables()
+
+    def _build_tables(self) -> None:
+        # plain attribute: no state-dict entry, never on the meta device
+        self._inv_freq, self.cos_sin_scale = rope_inv_freq(self.spec, self.dim)
 
     def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        self._ensure_tables()
         inv = self._inv_freq.to(positions.device)
         s = self.spec.scaling
         if isinstance(s, DynamicNTKScaling):
@@ -316,10 +348,14 @@ class Rope2D(PositionEncoding):
             raise ValueError(f"position.type 'rope_2d': head dim {rotary_dim} must be a multiple of 4 "
                              "(two rotary streams of even width)")
         self.spec, self.dim = spec, rotary_dim // 2  # table width per position stream
+        self._defer_tables()
+
+    def _build_tables(self) -> None:
         ar = torch.arange(0, self.dim, 2, dtype=torch.float32, device="cpu")
-        self._inv_freq = 1.0 / spec.theta ** (ar / self.dim)  # plain attribute, never on meta
+        self._inv_freq = 1.0 / self.spec.theta ** (ar / self.dim)  # plain attribute, never on meta
 
     def _table(self, positions: Tensor) -> tuple[Tensor, Tensor]:  # (B, T) -> 2 × (B, T, dim)
+        self._ensure_tables()
         inv = self._inv_freq.to(positions.device)
         if self.spec.table_dtype == "float16":
             angles = positions.half()[..., None] * inv.half()  # fp16 product, as the released table
@@ -377,9 +413,14 @@ class ALiBi(PositionEncoding):
     def __init__(self, spec: AlibiSpec, *, d_model: int, n_heads: int, rotary_dim: int):
         super().__init__()
         self.scale, self.bf16 = spec.scale, spec.table_dtype == "bfloat16"
-        self._slopes = alibi_slopes(n_heads, spec.max_bias)
+        self.n_heads, self.max_bias = n_heads, spec.max_bias
+        self._defer_tables()
+
+    def _build_tables(self) -> None:
+        self._slopes = alibi_slopes(self.n_heads, self.max_bias)
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        self._ensure_tables()
         slopes = self._slopes.to(q_pos.device)[None, :, None, None]
         if self.bf16:
             table = slopes.bfloat16() * k_pos[:, None, None, :].bfloat16()  # (B, H, 1, S), rounded

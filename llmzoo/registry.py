@@ -8,15 +8,48 @@ so a new component registered from user code is usable from YAML without touchin
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Annotated, Any, Callable
 
-from pydantic import BaseModel, ConfigDict, SerializeAsAny, WrapValidator
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, WrapValidator, model_validator
+
+
+def _wants_bool(annotation: Any) -> bool:
+    """A field typed `bool` or `bool | None`: only true/false are accepted there."""
+    if annotation is bool:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = set(typing.get_args(annotation)) - {type(None)}
+        return args == {bool}
+    return False
 
 
 class Spec(BaseModel):
-    """Base of every config model: unknown keys are an error, never silently dropped."""
+    """Base of every config model: unknown keys are an error, never silently dropped; booleans
+    are true/false only (as transformers demands: the string "false" would otherwise mean True);
+    NaN and ±inf are refused in every float field."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_bools(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in _bool_fields(cls):
+                value = data.get(name)
+                if value is not None and not isinstance(value, bool):
+                    raise ValueError(f"{name}: expected true or false, got {type(value).__name__} {str(value)[:40]!r}")
+        return data
+
+
+_BOOL_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _bool_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    if cls not in _BOOL_FIELDS:
+        _BOOL_FIELDS[cls] = tuple(n for n, f in cls.model_fields.items() if _wants_bool(f.annotation))
+    return _BOOL_FIELDS[cls]
 
 
 class ComponentSpec(Spec):

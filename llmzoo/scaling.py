@@ -12,7 +12,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pydantic import ValidationError
+
 from .config import BlockSpec, ModelConfig, deep_merge
+from .errors import ConfigError
 from .zoo import get_config
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -20,6 +23,12 @@ PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(head_dim=16, n_layers=4, vocab_size=256, max_seq_len=128, window=8, n_experts=8),
     "small": dict(head_dim=32, n_layers=6, vocab_size=1024, max_seq_len=512, window=64, n_experts=8),
 }
+
+
+# What each preset guarantees whatever the source sizes (tests/test_scaling.py checks every zoo
+# entry and the fuzz suite random ones): total parameters at most this.
+MAX_PARAMS = {"tiny": 50_000_000, "small": 500_000_000}
+FF_RATIO_CAP = 8  # a scaled inner width (d_ff, d_expert) is at most this × the scaled d_model (published: ≤ 5.4×)
 
 
 def _is_pow2(n: int) -> bool:
@@ -51,7 +60,7 @@ class Scaler:
         return 2 * min(n_heads // n_kv_heads, 4), 2
 
     def width(self, n: int) -> int:
-        return _round8(n * self.ratio)
+        return min(_round8(n * self.ratio), FF_RATIO_CAP * self.d_model)
 
     def window(self, window: int | None) -> int | None:
         return None if window is None else min(window, self.preset["window"])
@@ -88,7 +97,7 @@ def scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrid
 
     overrides: top-level fields to set afterwards (e.g. n_layers=2, vocab_size=512)."""
     if preset not in PRESETS:
-        raise ValueError(f"scale preset {preset!r} is not one of {', '.join(PRESETS)}")
+        raise ConfigError(f"scale preset {preset!r} is not one of {', '.join(PRESETS)}")
     c = get_config(source) if not isinstance(source, ModelConfig) else source
     p = PRESETS[preset]
     s = Scaler(c, p)
@@ -118,5 +127,18 @@ def scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrid
          "block": _patch(base, BlockSpec.model_validate(deep_merge(raw, o.block)).scaled(s).model_dump(mode="json"))}
         for o in c.overrides
     ]
+    if d.get("mtp"):
+        d["mtp"]["n_layers"] = min(d["mtp"]["n_layers"], 2)
     d.update(overrides)
-    return ModelConfig.model_validate(d)
+    try:
+        out = ModelConfig.model_validate(d)
+    except ValidationError as e:
+        raise ConfigError(f"scale_down({c.name!r}, {preset!r}): the scaled config does not validate: {e}") from None
+    if not overrides:
+        from .params import count_params
+
+        n = count_params(out).total
+        if n > MAX_PARAMS[preset]:
+            raise ConfigError(f"scale_down({c.name!r}, {preset!r}): {n:,} parameters exceed the preset's "
+                              f"bound of {MAX_PARAMS[preset]:,}")
+    return out

@@ -7,9 +7,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
-from .config import ModelConfig, load_config
+from .config import ModelConfig, load_config, read_yaml
+from .errors import ConfigError, NotFoundError
 
 
 def zoo_dir() -> Path:
@@ -24,9 +23,10 @@ def zoo_dir() -> Path:
 def _index() -> dict[str, Path]:
     index: dict[str, Path] = {}
     for path in sorted(zoo_dir().rglob("*.yaml")):
-        name = (yaml.safe_load(path.read_text()) or {}).get("name", path.stem)
+        data = read_yaml(path)
+        name = data.get("name", path.stem) if isinstance(data, dict) else path.stem
         if name in index:
-            raise ValueError(f"zoo name {name!r} is defined twice: {index[name]} and {path}")
+            raise ConfigError(f"zoo name {name!r} is defined twice: {index[name]} and {path}")
         index[name] = path
     return index
 
@@ -41,7 +41,7 @@ def config_path(name: str) -> Path:
     if name not in index:
         close = difflib.get_close_matches(name, list(index), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see llmzoo.list_models()"
-        raise KeyError(f"no zoo model named {name!r}{hint}")
+        raise NotFoundError(f"no zoo model named {name!r}{hint}")
     return index[name]
 
 

@@ -111,3 +111,30 @@ def test_scale_down_overrides_and_presets():
     assert (tiny.n_layers, tiny.vocab_size, tiny.name) == (2, 100, "llama-2-70b-tiny")
     with pytest.raises(ValueError, match="scale preset 'huge' is not one of tiny, small"):
         scale_down("llama-2-70b", preset="huge")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_scale_down_is_small_for_every_zoo_entry(preset):
+    """The stated bound (scaling.MAX_PARAMS: tiny ≤ 50 M, small ≤ 500 M) holds for every entry."""
+    from llmzoo.scaling import MAX_PARAMS
+
+    sizes = {name: llmzoo.count_params(scale_down(c, preset)).total for name, c in ZOO.items()}
+    too_big = {n: s for n, s in sizes.items() if s > MAX_PARAMS[preset]}
+    assert not too_big and len(sizes) == len(ZOO)
+
+
+def test_scale_down_is_small_whatever_the_source_sizes():
+    """An FFN 4000× wider than d_model, huge learned tables and T5 buckets still scale to tiny."""
+    from llmzoo.scaling import MAX_PARAMS
+
+    d = llmzoo.get_config("gpt-2-small").to_dict()
+    d.update(d_model=64, vocab_size=2**24, max_seq_len=2**24)
+    d["block"]["attention"].update(n_heads=1, n_kv_heads=1, head_dim=64)
+    d["block"]["mlp"]["d_ff"] = 2**18
+    d["position"].update(max_positions=2**24, offset=2**20)
+    tiny = scale_down(d)
+    assert llmzoo.count_params(tiny).total <= MAX_PARAMS["tiny"]
+    t5 = llmzoo.get_config("t5-small").to_dict()
+    t5["position"].update(num_buckets=2**20, max_distance=2**21)
+    t5["encoder"]["position"].update(num_buckets=2**20, max_distance=2**21)
+    assert llmzoo.count_params(scale_down(t5)).total <= MAX_PARAMS["tiny"]

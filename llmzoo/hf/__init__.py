@@ -107,10 +107,13 @@ def supported_model_types() -> list[str]:
 
 def get_adapter(model_type: str) -> "Adapter":
     load_plugins()
-    name = _ALIASES.get(model_type, model_type)
+    name = _ALIASES.get(model_type, model_type) if isinstance(model_type, str) else None
     if name not in _ADAPTERS:
+        from ..errors import UnsupportedError, clip
+
         known = sorted([*_ADAPTERS, *_ALIASES])
-        raise ValueError(f"model_type {model_type!r} is not supported; supported: {', '.join(known)}")
+        raise UnsupportedError(f"config.json: model_type {clip(repr(model_type), 100)} is not supported; "
+                               f"supported: {', '.join(known)}")
     return _ADAPTERS[name]
 
 
@@ -130,10 +133,17 @@ def adapter_for_config(config) -> "Adapter":
     raise ValueError(f"no adapter can express {config.name} (family {config.family!r}):\n  " + "\n  ".join(errors))
 
 
-def from_pretrained(*args, **kwargs):
+def from_pretrained(source, *args, config=None, **kwargs):
+    """llmzoo.hf.loader.from_pretrained; `config` may also be a zoo name, a YAML path or a mapping."""
     from .loader import from_pretrained as _impl
 
-    return _impl(*args, **kwargs)
+    if config is not None:
+        from ..config import ModelConfig
+        from ..zoo import get_config
+
+        if not isinstance(config, ModelConfig):
+            config = get_config(config)
+    return _impl(source, *args, config=config, **kwargs)
 
 
 def save_pretrained(*args, **kwargs):
