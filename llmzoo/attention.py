@@ -3,10 +3,7 @@
 Masks are expressed over token slots: query slot i may see key slot j when j ≤ i (causal), or j
 lies in the bidirectional prefix (prefix-LM), and i - j < window (sliding window), and j is not
 padding. `Context` builds each distinct mask once per forward and shares it across layers.
-
-Protocol (llmzoo.protocol): a spec answers its parameter count, KV-cache layout (`kv_layout`,
-`cached_tokens`), scale-down, per-rank spec under tensor parallelism (`tp_local`) and whether it can
-be cross-attention; a module answers its `tp_plan` and what DeepNorm's β scales (`beta_scaled`).
+Specs and modules answer the questions of llmzoo.protocol (count, KV layout, scale-down, TP split).
 """
 
 from __future__ import annotations
@@ -197,8 +194,7 @@ class AttentionSpec(AttentionSpecBase):
         return self.prefix_lm
 
     def tp_local(self, tp: int, where: str) -> "AttentionSpec":
-        """Heads split evenly; with fewer KV heads than ranks (MQA, GQA with n_kv_heads < tp) every
-        rank keeps the one KV head its queries share."""
+        """Heads split evenly; with fewer KV heads than ranks each keeps the one its queries share."""
         if self.n_heads % tp:
             raise ValueError(f"{where}: n_heads ({self.n_heads}) is not divisible by tp ({tp})")
         if self.n_kv_heads % tp and tp % self.n_kv_heads:
@@ -317,8 +313,7 @@ class MLASpec(AttentionSpecBase):
         return self.qk_rope_head_dim
 
     def kv_layout(self, latent: bool = True) -> KVLayout:
-        """latent (absorbed): the normalised c_kv as a 1-head "key" and the shared rope key as a 1-head
-        "value"; otherwise decompressed per-head keys (nope + rope) and values, for comparison only."""
+        """latent (absorbed): c_kv as a 1-head "key", the rope key as its "value"; else per-head k, v."""
         if latent:
             return KVLayout(1, self.kv_lora_rank, self.qk_rope_head_dim)
         return KVLayout(self.n_heads, self.qk_nope_head_dim + self.qk_rope_head_dim, self.v_head_dim)
@@ -330,10 +325,9 @@ class MLASpec(AttentionSpecBase):
         return self.prefix_lm
 
     def tp_local(self, tp: int, where: str) -> "MLASpec":
-        """Heads split evenly; the latent stays whole on every rank."""
         if self.n_heads % tp:
             raise ValueError(f"{where}: n_heads ({self.n_heads}) is not divisible by tp ({tp})")
-        return self.model_copy(update={"n_heads": self.n_heads // tp})
+        return self.model_copy(update={"n_heads": self.n_heads // tp})  # the latent stays whole
 
     def scaled_d_model(self, s) -> int:
         return 64  # 4 heads of 16 whatever the preset: the ranks below are fixed too

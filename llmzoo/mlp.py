@@ -1,7 +1,4 @@
-"""Feed-forward layers: the dense two-layer MLP and the gated linear unit family (SwiGLU, GeGLU).
-
-Protocol (llmzoo.protocol): a spec counts (`n_params`, `param_parts`) and scales itself; a module
-states its `tp_plan`."""
+"""Feed-forward layers: the dense two-layer MLP and the gated linear unit family (SwiGLU, GeGLU)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """Normalisation layers. Placement (pre / post / sandwich / DeepNorm) lives in `block.py`.
-
-Protocol (llmzoo.protocol): the spec counts its parameters; the module initialises itself in
-`reset_parameters` (unit gains), which builder.init_weights and parallel.init_sharded call."""
+Each initialises itself in `reset_parameters` (llmzoo.protocol.NormModule)."""
 
 from __future__ import annotations
 

@@ -1,41 +1,17 @@
-"""What a component kind answers for itself, so the rest of llmzoo asks instead of branching on its type.
-
-Every kind has a spec base (the YAML side, a pydantic model) and a module base (the nn.Module side).
-A component subclasses both and overrides what differs from the defaults; docs/extending.md walks
-through one registered from outside the package. Who asks what:
-
-  params   spec.n_params(...), MLP: spec.param_parts(d_model) (total and active per part)
-  cache    AttentionSpecBase.kv_layout(latent), .kv_window(), .cached_tokens(max_len)
-  scaling  spec.scaled(scaler) for every kind; attention: .scaled_d_model(scaler)
-  parallel module.tp_plan(tp, ep) and AttentionSpecBase.tp_local(tp, where) (a rank's spec)
-  builder  module.init_weights(std, draw), through `init_module` (norms: their reset_parameters)
-  config   PositionSpecBase.rotary_dims / .check(attention) / .rope_layout; attention.check_cross
-  block    BlockSpec.n_norms, Block.beta_scaled (config.py, block.py)
+"""What each component kind answers, so params, cache, scaling, parallel, builder and config ask the
+component instead of branching on its type. A component subclasses its kind's spec base and module
+base and overrides what differs from the defaults (docs/extending.md: who asks what, and an example).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, NamedTuple, Protocol
+from typing import Any, Callable, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
 from .registry import ComponentSpec
 
-Draw = Callable[[str, Tensor, float], None]  # draw(param name, param, std): fill with N(0, std) in place
-
-
-class Scaler(Protocol):
-    """What `llmzoo.scaling.scale_down` hands a spec so it can scale itself (see scaling.py)."""
-
-    full_d_model: int  # d_model of the model being scaled down
-    d_model: int  # d_model of the scaled model
-    head_dim: int  # preset head dim
-    n_experts: int  # preset cap on routed experts
-    max_seq_len: int  # preset cap on the sequence length
-
-    def heads(self, n_heads: int, n_kv_heads: int) -> tuple[int, int]: ...  # same sharing class (MHA/GQA/MQA)
-    def width(self, n: int) -> int: ...  # an inner width (d_ff, d_expert) scaled like d_model
-    def window(self, window: int | None) -> int | None: ...  # a window kept shorter than a test sequence
+Draw = Callable[[str, Tensor, float], None]  # draw(param name, param, std): fill it with N(0, std)
 
 
 class KVLayout(NamedTuple):
@@ -51,10 +27,8 @@ class KVLayout(NamedTuple):
 
 
 class KindSpec(ComponentSpec):
-    """Defaults every component spec shares."""
-
-    def scaled(self, s: Scaler) -> "KindSpec":
-        """This spec in a scaled-down model (default: unchanged)."""
+    def scaled(self, s: Any) -> "KindSpec":
+        """This spec in a scaled-down model (s: llmzoo.scaling.Scaler); default unchanged."""
         return self
 
     def updated(self, **fields: Any) -> "KindSpec":
@@ -68,20 +42,17 @@ class NormSpecBase(KindSpec):
 
 
 class PositionSpecBase(KindSpec):
-    """score_bias: adds a per-head bias to attention scores (the attention must take one)."""
-
-    score_bias: ClassVar[bool] = False
+    score_bias: ClassVar[bool] = False  # adds a per-head bias to the scores (ALiBi, T5 buckets)
 
     def n_params(self, d_model: int, n_heads: int) -> int:
         return 0
 
     def rotary_dims(self, rotary_head_dim: int) -> int:
-        """Dims of each head this encoding rotates, given what the attention offers (0: no rotary)."""
+        """Dims of each head it rotates, given the attention's rotary_head_dim (0: no rotary)."""
         return 0
 
     @property
     def rope_layout(self) -> str:
-        """How rotary pairs are laid out in a head ('halves', 'interleaved', ...)."""
         return "halves"
 
     def check(self, attention: "AttentionSpecBase", where: str, layer: int) -> None:
@@ -91,53 +62,46 @@ class PositionSpecBase(KindSpec):
 
 
 class AttentionSpecBase(KindSpec):
-    """n_heads: query heads (ALiBi slopes and relative-bias tables count them)."""
-
-    n_heads: int
-    takes_score_bias: ClassVar[bool] = True  # accepts an additive position bias (ALiBi, T5 buckets)
+    n_heads: int  # query heads (ALiBi slopes and relative-bias tables count them)
+    takes_score_bias: ClassVar[bool] = True
 
     @property
     def rotary_head_dim(self) -> int:
         """Dims per head a rotary encoding may act on (0: none)."""
         return 0
 
-    def sees_prefix(self) -> bool:
-        """Tokens before prefix_len attend bidirectionally in this layer (prefix-LM)."""
-        return False
-
     def n_params(self, d_model: int) -> int:
         raise NotImplementedError(f"attention {self.type!r}: n_params(d_model)")
 
     def kv_layout(self, latent: bool = True) -> KVLayout:
-        """What a KV cache holds per token for this layer; latent=False asks for plain per-head keys
-        and values where the kind also has a compressed form (MLA)."""
+        """Per-token cache layout; latent=False: plain per-head keys/values where a compressed form exists (MLA)."""
         raise NotImplementedError(f"attention {self.type!r}: kv_layout()")
 
     @property
     def kv_cache_dims(self) -> int:
-        """Elements cached per token per layer."""
         return self.kv_layout().dims
 
     def kv_window(self) -> int | None:
-        """Keys a query sees back, itself included (a sliding window; caches group layers by it);
-        None: every earlier key."""
+        """Keys a query sees back, itself included (caches keep and group layers by it); None: all."""
         return None
 
     def cached_tokens(self, max_len: int) -> int:
-        """Rows a cache of max_len slots keeps for this layer."""
         w = self.kv_window()
         return min(w, max_len) if w is not None else max_len
 
+    def sees_prefix(self) -> bool:
+        """Tokens before prefix_len attend bidirectionally (prefix-LM)."""
+        return False
+
     def tp_local(self, tp: int, where: str) -> "AttentionSpecBase":
-        """The spec as one of `tp` tensor-parallel ranks holds it (default: whole on every rank,
-        matching the module's default empty tp_plan)."""
+        """The spec one of `tp` ranks holds; default whole, matching the module's default tp_plan."""
         return self
 
     def check_cross(self, where: str) -> None:
-        """Raise ValueError unless this spec can attend over an encoder output."""
+        """Raise ValueError unless it can attend over an encoder output."""
         raise ValueError(f"{where}.type: {self.type!r} cannot be used as cross-attention")
 
-    def scaled_d_model(self, s: Scaler) -> int:
+    def scaled_d_model(self, s: Any) -> int:
         """d_model of a scaled model whose base block has this attention."""
         return s.heads(self.n_heads, self.n_heads)[0] * s.head_dim
 
@@ -147,12 +111,9 @@ class MLPSpecBase(KindSpec):
         raise NotImplementedError(f"mlp {self.type!r}: n_params(d_model)")
 
     def param_parts(self, d_model: int) -> dict[str, tuple[int, int]]:
-        """part → (parameters, of which one token uses); parts as llmzoo.params.count_params names them."""
+        """part → (parameters, those one token uses), parts named as in llmzoo.params.count_params."""
         n = self.n_params(d_model)
         return {"mlp": (n, n)}
-
-
-# --------------------------------------------------------------------------------- modules
 
 
 def default_init(module: nn.Module, std: float, draw: Draw | None = None) -> None:
@@ -169,38 +130,30 @@ def default_init(module: nn.Module, std: float, draw: Draw | None = None) -> Non
 
 
 class Module(nn.Module):
-    """Defaults every component module shares (subclass it, or a kind base below)."""
-
     def init_weights(self, std: float, draw: Draw | None = None) -> None:
-        """Initialise this module's own parameters (not its children's; they get their own turn).
-        draw(name, p, std) fills a weight with N(0, std); sharded init passes one that draws a slice."""
+        """Initialise this module's own tensors (children get their own turn). Sharded init passes a
+        `draw` that fills only this rank's slice: use it, or elementwise fills, never the global RNG."""
         default_init(self, std, draw)
 
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
-        """{submodule name: ParallelStyle} for `tp` tensor-parallel ranks (llmzoo.parallel);
-        default {}: the module stays whole and computes the same on every rank."""
+        """{submodule: ParallelStyle} over `tp` ranks; default {}: whole and the same on every rank."""
         return {}
 
 
 class NormModule(Module):
-    """A norm: initialised by its own reset_parameters() (unit gains, zero shifts), never drawn."""
-
     def init_weights(self, std: float, draw: Draw | None = None) -> None:
-        self.reset_parameters()
+        self.reset_parameters()  # unit gains, zero shifts: never drawn
 
     def reset_parameters(self) -> None:
         raise NotImplementedError(f"{type(self).__name__}: reset_parameters()")
 
 
 class AttentionModule(Module):
-    """An attention layer: forward(x, ctx) with ctx an llmzoo.attention.Context."""
-
     def beta_scaled(self) -> list[nn.Module]:
-        """Submodules DeepNorm's β multiplies at init (arXiv:2203.00555: value and output projections)."""
+        """What DeepNorm's β multiplies at init (arXiv:2203.00555: value and output projections)."""
         return []
 
 
 def init_module(module: nn.Module, std: float, draw: Draw | None = None) -> None:
-    """Initialise one module's own parameters as the protocol says: a component's init_weights,
-    a plain torch module (Linear, Embedding) by default_init."""
+    """One module's own tensors: a component's init_weights, a plain torch module's default_init."""
     (module.init_weights if isinstance(module, Module) else lambda *a: default_init(module, *a))(std, draw)

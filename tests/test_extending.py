@@ -16,6 +16,7 @@ from ext_components import YAML, CosineAttention, ScaleNorm
 from llmzoo import parallel as P
 from llmzoo.cache import StaticCache
 from llmzoo.config import load_config
+from llmzoo.engine import Engine, SamplingParams
 from llmzoo.params import count_params, kv_cache_bytes
 from llmzoo.scaling import scale_down
 
@@ -71,6 +72,15 @@ def test_generate_with_kv_cache(tmp_path):
     assert torch.equal(out, seq)
 
 
+def test_paged_engine(tmp_path):
+    """The paged cache asks the spec for its layout too: the engine's tokens are generate's."""
+    model = llmzoo.build(_config(tmp_path)).eval()
+    ps = [[5, 7, 11, 13, 2], [3] * 9]
+    want = [llmzoo.generate(model, torch.tensor([p]), max_new_tokens=NEW_TOKENS)[0, len(p):].tolist() for p in ps]
+    engine = Engine(model, block_size=4, max_batch_tokens=8, n_blocks=16)
+    assert engine.run(ps, SamplingParams(max_tokens=NEW_TOKENS)) == want
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,7 +100,8 @@ def _worker(rank: int, world: int, port: int, yaml_path: str, out: str) -> None:
         cache = P.sharded_cache(model, 2, ids.shape[1] + NEW_TOKENS)
         gen = llmzoo.generate(model, ids, mask, max_new_tokens=NEW_TOKENS, cache=cache)
         heads = model.blocks[0].attn.q.weight.to_local().shape[0] // 12
-        torch.save({"logits": logits, "gen": gen, "heads": heads, "kv": cache.nbytes()}, f"{out}/rank{rank}.pt")
+        g = model.final_norm.g.item()  # init_sharded: the norm's own init on every rank
+        torch.save({"logits": logits, "gen": gen, "heads": heads, "kv": cache.nbytes(), "g": g}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -108,6 +119,7 @@ def test_tensor_parallel_on_two_ranks(tmp_path):
     for r in range(2):
         got = torch.load(tmp_path / f"rank{r}.pt")
         assert got["heads"] == 2  # 4 heads over 2 ranks
+        assert got["g"] == torch.tensor(math.sqrt(config.d_model)).item()
         assert got["kv"] == full_kv // 2
         torch.testing.assert_close(got["logits"], want, atol=1e-5, rtol=0)
         assert torch.equal(got["gen"], want_gen)
