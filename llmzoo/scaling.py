@@ -40,8 +40,8 @@ def _round8(x: float) -> int:
 
 
 class Scaler:
-    """What each spec's `scaled(s)` reads (llmzoo.protocol.Scaler): the preset and the two widths.
-    d_model comes from the base block's attention (`scaled_d_model`); inner widths keep their ratio."""
+    """What each spec's `scaled(s)` reads: heads(), width(), window(), the preset's head_dim,
+    n_experts, max_seq_len, and d_model (from the base attention's `scaled_d_model`) / full_d_model."""
 
     def __init__(self, c: ModelConfig, p: dict[str, int]):
         self.preset, self.full_d_model = p, c.d_model
