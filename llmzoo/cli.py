@@ -175,6 +175,15 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.source, host=args.host, port=args.port, model_name=args.model_name, dtype=args.dtype,
+          device=args.device, block_size=args.block_size, n_blocks=args.n_blocks, max_seqs=args.max_seqs,
+          max_batch_tokens=args.max_batch_tokens)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmzoo", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="verb", required=True)
@@ -235,6 +244,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seq", type=int, default=4096, help="tokens per sequence in the KV cache")
     s.add_argument("--batch", type=int, default=1, help="sequences across the dp ranks")
     s.set_defaults(func=cmd_memory)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (paged KV cache, continuous batching)")
+    s.add_argument("source", help="checkpoint folder (config.json, safetensors, tokenizer.json) or hub id")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--model-name", default=None, help="the id clients send as 'model' (default: SOURCE)")
+    s.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: as stored)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    s.add_argument("--n-blocks", type=int, default=None, help="blocks per pool (default: max-seqs full sequences)")
+    s.add_argument("--max-seqs", type=int, default=32, help="requests running at once")
+    s.add_argument("--max-batch-tokens", type=int, default=256, help="tokens one step may feed (prefill chunks)")
+    s.set_defaults(func=cmd_serve)
 
     return p
 
