@@ -111,7 +111,7 @@ class Engine:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self._ids = itertools.count()
-        self.stats = {"steps": 0, "preemptions": 0, "max_blocks": 0, "util": []}
+        self.stats = {"steps": 0, "preemptions": 0, "aborted": 0, "max_blocks": 0, "util": []}
         self.device = next(model.parameters()).device
 
     # ---------------------------------------------------------------- requests in and out
@@ -147,6 +147,7 @@ class Engine:
         """Drop a request (a client went away): its blocks go back to the pool at once."""
         if req.finished:
             return
+        self.stats["aborted"] += 1
         if req in self.waiting:
             self.waiting.remove(req)
         if req in self.running:

@@ -299,14 +299,18 @@ def create_app(engine: Engine, tokenizer, model_name: str, template=None):
         """(new text, finish_reason or None, tokens so far, whole text so far) per token; aborts the request
         when the client disconnects, a stop string shows up, or the consumer stops early."""
         text = StopText(tokenizer, job.stop)
-        n, done = 0, False
+        n, done, checked = 0, False, time.monotonic()
         try:
             while not done:
                 try:
-                    token, reason = await asyncio.wait_for(job.queue.get(), timeout=0.25)
+                    token, reason = await asyncio.wait_for(job.queue.get(), timeout=0.1)
                 except asyncio.TimeoutError:
+                    token = reason = None
+                if time.monotonic() - checked > 0.1:  # tokens may never pause: look on a clock
                     if await request.is_disconnected():
                         return
+                    checked = time.monotonic()
+                if token is None and reason is None:
                     continue
                 if token is not None:
                     n += 1
