@@ -83,7 +83,7 @@ class Request:
 class Engine:
     """Continuous-batching generation for a CausalLM over a paged KV cache.
 
-    n_blocks: blocks per pool (default: enough for max_seqs sequences of max_len); block_size: tokens
+    n_blocks: blocks per pool (default: max_seqs sequences of min(max_len, 1024)); block_size: tokens
     per block; max_batch_tokens: tokens one step may feed (chunked prefill budget); max_seqs: requests
     running at once; eos_token_ids: stop every request unless it sets ignore_eos; max_len: longest
     prompt + output (default the model's max_seq_len)."""
@@ -104,8 +104,8 @@ class Engine:
         self.model = model
         self.max_len = max_len or model.config.max_seq_len
         self.block_size, self.max_seqs, self.max_batch_tokens = block_size, max_seqs, max_batch_tokens
-        if n_blocks is None:
-            n_blocks = max_seqs * -(-self.max_len // block_size)
+        if n_blocks is None:  # max_seqs sequences of up to 1024 tokens; longer ones preempt each other
+            n_blocks = max_seqs * -(-min(self.max_len, 1024) // block_size)
         self.cache = PagedCache.for_model(model, n_blocks, block_size)
         self.eos = [int(i) for i in eos_token_ids]
         self.waiting: deque[Request] = deque()

@@ -89,9 +89,17 @@ def run_sequential(model, ps, args) -> dict:
 def run_hf(hf_model, ps, args) -> dict:
     from transformers import GenerationConfig
 
+    from transformers import ContinuousBatchingConfig
+
     gen = GenerationConfig(max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    # sized like the Engine: same block size, token budget and request cap; no CUDA graphs, no prefix sharing
+    blocks = args.requests * -(-(args.max_prompt + args.new_tokens) // args.block_size)
+    cb = ContinuousBatchingConfig(page_size=args.block_size, num_blocks=blocks, max_batch_tokens=args.batch_tokens,
+                                  max_requests_per_batch=args.requests, use_cuda_graph=False,
+                                  allow_block_sharing=False)
     t0 = time.perf_counter()
-    out = hf_model.generate_batch(inputs=ps, generation_config=gen, record_timestamps=True, progress_bar=False)
+    out = hf_model.generate_batch(inputs=ps, generation_config=gen, continuous_batching_config=cb,
+                                  record_timestamps=True, progress_bar=False, warmup=False)
     wall = time.perf_counter() - t0
     n = sum(len(o.generated_tokens) for o in out.values())
     ttft, tpot = [], []

@@ -101,7 +101,11 @@ def test_preemption_by_recompute():
     model = loud(llmzoo.build(KINDS["alibi-6-heads"]))
     ps = prompts(model.config.vocab_size, (6, 10, 14, 8, 12, 4))
     engine = Engine(model, block_size=4, n_blocks=12, max_batch_tokens=16)
-    out = engine.run(ps, SamplingParams(max_tokens=20))
+    reqs = [engine.add(p, SamplingParams(max_tokens=20)) for p in ps]
+    while engine.has_work:
+        engine.step()  # KV held ≤ tokens held + less than one block per sequence
+        assert engine.cache.slots_held() - engine.cache.tokens_held() < 4 * len(engine.running) + (not engine.running)
+    out = [r.output for r in reqs]
     assert engine.stats["preemptions"] > 0
     assert out == [reference(model, p, 20) for p in ps]
     assert engine.cache.blocks_in_use() == 0
