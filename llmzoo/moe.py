@@ -87,6 +87,8 @@ class Router(nn.Module):
     The weight and score bias stay float32 under any model dtype (V3 §3.3.1 keeps gating in full
     precision; transformers does too): routing is discontinuous, bf16 rounding would flip choices."""
 
+    discrete_routing = True  # its top-k choice can flip on a near tie (llmzoo.parity.ROUTED)
+
     keep_float32 = ("weight", "score_bias")
 
     def __init__(self, spec: MoESpec, d_model: int):

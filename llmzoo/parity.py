@@ -2,8 +2,9 @@
 
 `parity(source)` loads a checkpoint twice (transformers and llmzoo), runs one padded batch through
 both with forward hooks on the module boundaries that the adapter's rules pair up (embedding,
-each layer's norms / attention / MLP, final norm, head) and reports max / mean |Δlogits|, top-1
-agreement and KL. When logits disagree the report names the first boundary, in execution order,
+each layer's norms / attention / MLP, final norm, head) and reports max / mean |Δlogits|, the
+normalised MSE of the logits, top-k agreement of the greedy tokens, top-1 agreement and KL, judged
+by the dtype's row of TOLERANCES. When logits disagree the report names the first boundary, in execution order,
 whose output diverges. `verify()` does this for a tiny random reference of every supported type.
 transformers is imported lazily, here only.
 """
@@ -27,14 +28,83 @@ from .hf.adapter import transformers_load, transformers_reference  # noqa: F401 
 from .hf.loader import from_pretrained, read_hf_config, resolve_source
 from .hf.rules import plan_load
 
-# logits tolerance: |Δ| ≤ atol + rtol · max|reference logits|; layer outputs diverge when
-# |Δ| > layer_rtol · (1 + max|reference output|).  fp32 only sees summation-order noise;
-# bf16/fp16 round every activation, so differences of a few ulps of the logit scale are expected.
+# Parity tolerances, one row per dtype: the only place they are stated.
+#   max|Δ|  ≤ atol + rtol · max|reference logits|; gates only where `gate_max_abs` (float32 sees
+#           summation-order noise only, so 1e-4 is a real bound there);
+#   nmse    normalised MSE, mean((ours - ref)²) / var(ref) over the real tokens' logits, as llama.cpp's
+#           examples/model-conversion check computes it, ≤ `nmse`;
+#   top-k   each side's greedy token is within the other side's top_k (vLLM's check_logprobs_close,
+#           on one teacher-forced forward), at ≥ `min_top_k` of the real positions.
+# bf16/fp16 round every activation on both sides, so max|Δ| is set by the worst token and is reported
+# only. A model with a discrete routing decision (a module with `discrete_routing = True`: MoE routers)
+# sends a near-tied token to another expert under that rounding, on either side, and attention carries
+# the change to later tokens: no faithful implementation avoids it, so such a model gets the ROUTED row.
+# Measured with `llmzoo verify`, every family, seeds 0-7 (worst case):
+#   bf16  dense nmse 8.2e-4 (t5), top-5 100 %;   routed nmse 2.2e-2 (mixtral, deepseek_v3), top-5 97.7 %
+#   fp16  dense nmse 1.7e-5 (t5), top-5 100 %;   routed nmse 1.6e-2 (deepseek_v3), top-5 97.7 %
+# layer_rtol: a layer output diverges when |Δ| > layer_rtol · (1 + max|reference output|) (used only
+# to name the first divergence of a failing report).
 TOLERANCES: dict[torch.dtype, dict[str, float]] = {
-    torch.float32: {"atol": 1e-4, "rtol": 1e-5, "layer_rtol": 1e-5},
-    torch.bfloat16: {"atol": 0.0, "rtol": 6e-2, "layer_rtol": 6e-2},
-    torch.float16: {"atol": 0.0, "rtol": 1e-2, "layer_rtol": 1e-2},
+    torch.float32: {"atol": 1e-4, "rtol": 1e-5, "gate_max_abs": True, "nmse": 1e-8, "top_k": 1,
+                    "min_top_k": 1.0, "layer_rtol": 1e-5},
+    torch.bfloat16: {"atol": 0.0, "rtol": 6e-2, "gate_max_abs": False, "nmse": 5e-3, "top_k": 5,
+                     "min_top_k": 1.0, "layer_rtol": 6e-2},
+    torch.float16: {"atol": 0.0, "rtol": 1e-2, "gate_max_abs": False, "nmse": 2e-4, "top_k": 5,
+                    "min_top_k": 1.0, "layer_rtol": 1e-2},
 }
+ROUTED: dict[torch.dtype, dict[str, float]] = {  # replaces entries of TOLERANCES for routed models
+    torch.bfloat16: {"nmse": 5e-2, "min_top_k": 0.95},
+    torch.float16: {"nmse": 5e-2, "min_top_k": 0.95},
+}
+
+
+def tolerance_for(dtype: torch.dtype, routed: bool = False) -> dict[str, float]:
+    """The tolerance row of a dtype (other dtypes: bfloat16's, the loosest); routed: a model with
+    discrete expert routing (see ROUTED)."""
+    row = TOLERANCES.get(dtype, TOLERANCES[torch.bfloat16])
+    return {**row, **ROUTED.get(dtype, {})} if routed else dict(row)
+
+
+def is_routed(model: nn.Module) -> bool:
+    """Whether any module of the model declares a discrete routing decision (`discrete_routing = True`)."""
+    return any(getattr(m, "discrete_routing", False) for m in model.modules())
+
+
+def nmse(ours: Tensor, ref: Tensor) -> float:
+    """Normalised MSE, mean((ours - ref)²) / var(ref), as llama.cpp's model-conversion check computes it."""
+    ours, ref = ours.double(), ref.double()
+    mse = float((ours - ref).pow(2).mean())
+    var = float(ref.var(unbiased=False))
+    return mse / var if var > 0 else (0.0 if mse == 0 else math.inf)
+
+
+def top_k_mutual(ours: Tensor, ref: Tensor, k: int) -> Tensor:
+    """(N,) bool over rows of (N, vocab): each side's greedy token is within the other's top-k."""
+    k = min(k, ours.shape[-1])
+    a_top, b_top = ours.topk(k, dim=-1).indices, ref.topk(k, dim=-1).indices  # (N, k)
+    return (b_top == ours.argmax(-1, keepdim=True)).any(-1) & (a_top == ref.argmax(-1, keepdim=True)).any(-1)
+
+
+def logit_metrics(ours: Tensor, ref: Tensor, dtype: torch.dtype, tolerance: dict | None = None,
+                  routed: bool = False) -> dict[str, Any]:
+    """Every parity number of two (N, vocab) logit sets, and whether they pass the dtype's tolerance."""
+    tol = {**tolerance_for(dtype, routed), **(tolerance or {})}
+    a, b = ours.float(), ref.float()
+    diff = (a - b).abs()
+    max_abs = float(diff.max())
+    bound = tol["atol"] + tol["rtol"] * float(b.abs().max())
+    k = int(tol["top_k"])
+    agree = float(top_k_mutual(a, b, k).float().mean())
+    err = nmse(a, b)
+    passed = (math.isfinite(max_abs) and (max_abs <= bound or not tol["gate_max_abs"])
+              and err <= tol["nmse"] and agree >= tol["min_top_k"])
+    return {
+        "max_abs": max_abs, "mean_abs": float(diff.mean()), "tolerance": bound,
+        "top1": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+        "kl": float(F.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="batchmean")),
+        "nmse": err, "nmse_tolerance": tol["nmse"], "top_k": k, "top_k_agreement": agree,
+        "min_top_k": tol["min_top_k"], "passed": bool(passed),
+    }
 
 
 @torch.no_grad()
@@ -169,11 +239,20 @@ class ParityReport:
     first_divergence: Divergence | None = None
     boundaries: list[tuple[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    nmse: float = float("nan")  # mean((ours - ref)²) / var(ref)
+    nmse_tolerance: float = float("nan")
+    top_k: int = 1
+    top_k_agreement: float = float("nan")  # share of positions whose greedy tokens are in each other's top-k
+    min_top_k: float = 1.0
+    routed: bool = False  # judged with the ROUTED tolerances (discrete expert routing)
 
     def __str__(self) -> str:
+        gated = "" if tolerance_for(getattr(torch, self.dtype, torch.float32))["gate_max_abs"] else ", reported"
         lines = [
             f"parity {self.model_type} ({self.dtype}): {'PASS' if self.passed else 'FAIL'}",
-            f"  max|Δlogits| {self.max_abs:.3g} (tolerance {self.tolerance:.3g}), mean {self.mean_abs:.3g}",
+            f"  max|Δlogits| {self.max_abs:.3g} (tolerance {self.tolerance:.3g}{gated}), mean {self.mean_abs:.3g}",
+            f"  nmse {self.nmse:.3g} (tolerance {self.nmse_tolerance:.0e}); greedy tokens in each other's "
+            f"top-{self.top_k}: {self.top_k_agreement:.2%} of positions (≥ {self.min_top_k:.0%} needed)",
             f"  top-1 agreement {self.top1:.2%}, KL(ref‖ours) {self.kl:.3g}",
         ]
         if self.first_divergence is not None:
@@ -202,8 +281,8 @@ def compare(
     tolerance: dict[str, float] | None = None,
 ) -> ParityReport:
     """Run both models on one batch with hooks on paired boundaries; compare at non-pad positions.
-    tolerance: {atol, rtol, layer_rtol} overriding TOLERANCES[dtype] (an adapter's `tolerances`)."""
-    tol = tolerance or TOLERANCES.get(dtype, TOLERANCES[torch.bfloat16])
+    tolerance: entries overriding TOLERANCES[dtype] (a test's deliberately different bound)."""
+    tol = {**tolerance_for(dtype, is_routed(ours)), **(tolerance or {})}
     pairs = boundary_pairs(rules, ours, ref)
     got_ours: dict[str, Tensor] = {}
     got_ref: dict[str, Tensor] = {}
@@ -239,13 +318,8 @@ def compare(
         for hd in handles:
             hd.remove()
     keep = attention_mask.bool()
-    a, b = a[keep], b[keep]  # (N, vocab) at real tokens
-    diff = (a - b).abs()
-    max_abs = float(diff.max())
-    bound = tol["atol"] + tol["rtol"] * float(b.abs().max())
-    top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
-    kl = float(F.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="batchmean"))
-    passed = bool(max_abs <= bound and math.isfinite(max_abs))
+    m = logit_metrics(a[keep], b[keep], dtype, tolerance, is_routed(ours))  # (N, vocab) at real tokens
+    passed = m["passed"]
     ref_of = dict(pairs)
     ref_of.update({"in:" + o: h for o, h in pairs})
     events, diverged = [], {}
@@ -265,8 +339,8 @@ def compare(
         diverged[key] = delta > tol["layer_rtol"] * scale
     boundaries = [(k, d) for k, d in events if not k.startswith("in:")]
     first = None if passed else first_divergence(events, diverged, ref_of)
-    return ParityReport(model_type, str(dtype).removeprefix("torch."), max_abs, float(diff.mean()), top1, kl,
-                        bound, passed, first, boundaries)
+    return report_from_metrics(model_type, str(dtype).removeprefix("torch."), m, first, boundaries,
+                               routed=is_routed(ours))
 
 
 def first_divergence(
@@ -350,8 +424,7 @@ def parity(
         attention_mask = mask if attention_mask is None else attention_mask
     elif attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    report = compare(model, reference, adapter.rules(model.config), input_ids, attention_mask, dt,
-                     adapter.model_type, (adapter.tolerances or {}).get(dt))
+    report = compare(model, reference, adapter.rules(model.config), input_ids, attention_mask, dt, adapter.model_type)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -390,13 +463,21 @@ def register_check(name: str):
 
 
 def check_report(name: str, result: dict[str, Any], dtype: str = "float32") -> ParityReport:
-    """A registered check's result as a ParityReport (its logits pairs give mean |Δ|, top-1 and KL)."""
+    """A registered check's result as a ParityReport: its logits pairs give the metrics of the dtype's
+    TOLERANCES row; it passes when the check says ok and those metrics pass (max|Δ| is the check's own)."""
     a = torch.cat([p[0].flatten(0, -2) for p in result["logits"]]).float()
     b = torch.cat([p[1].flatten(0, -2) for p in result["logits"]]).float()
-    kl = float(F.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="batchmean"))
-    top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
-    return ParityReport(name, dtype, result["max_abs_diff"], float((a - b).abs().mean()), top1, kl,
-                        result["tolerance"], result["ok"])
+    m = logit_metrics(a, b, resolve_dtype(dtype))
+    m.update(max_abs=result["max_abs_diff"], tolerance=result["tolerance"], passed=result["ok"] and m["passed"])
+    return report_from_metrics(name, dtype, m)
+
+
+def report_from_metrics(model_type: str, dtype: str, m: dict[str, Any], first: Divergence | None = None,
+                        boundaries: list | None = None, routed: bool = False) -> ParityReport:
+    return ParityReport(model_type, dtype, m["max_abs"], m["mean_abs"], m["top1"], m["kl"], m["tolerance"],
+                        m["passed"], first, boundaries or [], nmse=m["nmse"], nmse_tolerance=m["nmse_tolerance"],
+                        top_k=m["top_k"], top_k_agreement=m["top_k_agreement"], min_top_k=m["min_top_k"],
+                        routed=routed)
 
 
 def verify_rows() -> list[str]:
@@ -416,8 +497,14 @@ def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "fl
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
-    print(f"{'model_type':<12} {'dtype':<9} {'max|Δlogits|':>13} {'tol':>9} {'top-1':>7} {'KL':>9} {'time':>6}  result",
-          file=file)
+    tol = tolerance_for(resolve_dtype(dtype))
+    routed = tolerance_for(resolve_dtype(dtype), routed=True)
+    bound = "≤" if tol["gate_max_abs"] else "rep"  # max|Δ| gates at float32 only (see TOLERANCES)
+    print(f"tolerances ({dtype}, llmzoo.parity.TOLERANCES): max|Δ| {'gates' if tol['gate_max_abs'] else 'reported only'}; "
+          f"nmse ≤ {tol['nmse']:.0e} (routed* {routed['nmse']:.0e}); greedy tokens in each other's "
+          f"top-{tol['top_k']} at ≥ {tol['min_top_k']:.0%} of positions (routed* {routed['min_top_k']:.0%})", file=file)
+    print(f"{'model_type':<12} {'dtype':<9} {'max|Δlogits|':>13} {bound + ' tol':>9} {'nmse':>9} "
+          f"{'top-' + str(tol['top_k']):>6} {'top-1':>7} {'KL':>9} {'time':>6}  result", file=file)
 
     def row(mt: str) -> ParityReport:
         if mt in CHECKS:
@@ -438,8 +525,8 @@ def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "fl
         r.seconds = time.perf_counter() - t0
         reports.append(r)
         status = "PASS" if r.passed else f"FAIL {r.first_divergence or ''}"
-        print(f"{mt:<12} {r.dtype:<9} {r.max_abs:>13.3g} {r.tolerance:>9.2g} {r.top1:>7.1%} {r.kl:>9.2g} "
-              f"{r.seconds:>5.1f}s  {status}", file=file)
+        print(f"{mt + '*' * r.routed:<12} {r.dtype:<9} {r.max_abs:>13.3g} {r.tolerance:>9.2g} {r.nmse:>9.2g} "
+              f"{r.top_k_agreement:>6.1%} {r.top1:>7.1%} {r.kl:>9.2g} {r.seconds:>5.1f}s  {status}", file=file)
     n_fail = sum(not r.passed for r in reports)
     print(f"{len(reports) - n_fail}/{len(reports)} model types match the reference", file=file)
     return reports

@@ -21,13 +21,11 @@ How to add an adapter (e.g. for `model_type: gpt2`) — one module, one registra
      and override `reference(hf_config)` with a small nn.Module written from the published
      modeling file, parameter names equal to the checkpoint's (see internlm2.py and
      remote_reference.py); loading and saving that reference come with the base class.
-   - optional `tolerances = {torch.bfloat16: {"atol": .., "rtol": .., "layer_rtol": ..}}` when
-     the type's numerics need a looser half-precision parity bound (say why in a comment).
 2. Add the module name to `ADAPTER_MODULES` below (it registers itself with `@register_adapter`).
 
 tests/test_hf_rules.py, tests/test_hf_load.py and tests/test_parity.py are parametrised over
 `supported_model_types()` (and the zoo entries of `families`), so the new type is tested with no
-new test code: fp32 logits ≤ 1e-4 and bf16 on a padded batch from a ≥ 3-shard checkpoint, config
+new test code: fp32 logits ≤ 1e-4 and bf16 (nmse, top-k; llmzoo.parity.TOLERANCES) on a padded batch from a ≥ 3-shard checkpoint, config
 round trip in both config.json dialects, transformers save → load → export byte-identical,
 export → reference loads it with the same logits, `llmzoo tiny` for one zoo entry per family,
 and `llmzoo verify`. Variants the tiny config does not cover go in test_parity.VARIANTS as

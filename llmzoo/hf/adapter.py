@@ -126,9 +126,6 @@ class Adapter:
     aliases: tuple[str, ...] = ()
     families: tuple[str, ...] = ()
     remote_code: bool = False
-    # per-dtype parity tolerance overriding llmzoo.parity.TOLERANCES, e.g. for MoE routers whose
-    # top-k choice flips under bf16 rounding: {torch.bfloat16: {"atol": 0, "rtol": 0.1, "layer_rtol": 0.1}}
-    tolerances: dict | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # every adapter's config.json reading goes through one type check and one error type
