@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from .protocol import NormModule, NormSpecBase
@@ -18,8 +18,20 @@ class LayerNormSpec(NormSpecBase):
     type: Literal["layernorm"] = "layernorm"
     eps: float = Field(1e-5, gt=0)
     bias: bool = True
+    elementwise_affine: bool = Field(
+        True, description="False: no gain and no bias, y = (x - mean) / sqrt(var + eps) (OPT derivatives' "
+        "layer_norm_elementwise_affine: false)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "LayerNormSpec":
+        if self.bias and not self.elementwise_affine:
+            raise ValueError("bias: true needs elementwise_affine: true (a LayerNorm without gain has no bias)")
+        return self
 
     def n_params(self, dim: int) -> int:
+        if not self.elementwise_affine:
+            return 0
         return dim * (2 if self.bias else 1)
 
 
@@ -40,19 +52,21 @@ class RMSNormSpec(NormSpecBase):
 class LayerNorm(NormModule):
     """LayerNorm (Ba et al., arXiv:1607.06450): y = (x - mean) / sqrt(var + eps) * g + b.
 
-    bias: False drops b (MPT, PaLM-style no-bias models)."""
+    bias: False drops b (MPT, PaLM-style no-bias models).
+    elementwise_affine: False drops g and b (OPT's layer_norm_elementwise_affine: false)."""
 
     def __init__(self, spec: LayerNormSpec, dim: int):
         super().__init__()
         self.eps = spec.eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if spec.elementwise_affine else None
         self.bias = nn.Parameter(torch.zeros(dim)) if spec.bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
 
     def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 

@@ -50,11 +50,15 @@ class LinearScaling(Spec):
 
 
 class DynamicNTKScaling(Spec):
-    """Dynamic NTK-aware scaling: the base grows once the sequence passes the trained length."""
+    """Dynamic NTK-aware scaling: the base grows once the sequence passes the trained length,
+    theta · (factor · L / L0 - (factor - 1))^(d / (d - 2)) for a sequence of L > L0 positions."""
 
     type: Literal["dynamic"] = "dynamic"
     factor: float = Field(gt=0)
-    original_max_positions: int = Field(gt=0)
+    original_max_positions: int = Field(
+        gt=0, description="L0; transformers reads config.json's max_position_embeddings for it (not "
+        "rope_scaling.original_max_position_embeddings)"
+    )
 
 
 class YarnScaling(Spec):
@@ -69,6 +73,10 @@ class YarnScaling(Spec):
     mscale_all_dim: float | None = None
     attention_factor: float | None = Field(None, description="cos/sin multiplier; derived if unset")
     truncate: bool = True
+    mscale_softmax: bool = Field(
+        False, description="also multiply the softmax scale by (0.1·mscale_all_dim·ln factor + 1)²: DeepSeek-V2/V3's "
+        "MLA does; transformers' llama, mistral and qwen2 apply only the cos/sin attention_factor"
+    )
 
 
 class Llama3Scaling(Spec):
@@ -301,7 +309,7 @@ class RoPE(PositionEncoding):
         super().__init__()
         self.spec, self.dim = spec, rotary_dim
         s = spec.scaling
-        if isinstance(s, YarnScaling) and s.mscale_all_dim:
+        if isinstance(s, YarnScaling) and s.mscale_all_dim and s.mscale_softmax:
             self.softmax_scale_mult = yarn_mscale(s.factor, s.mscale_all_dim) ** 2
         self._defer_tables()
 

@@ -191,7 +191,6 @@ def test_both_prefixes_at_once_are_rejected(tmp_path):
 @pytest.mark.parametrize("model_type, key, value", [
     ("bloom", "apply_residual_connection_post_layernorm", True),
     ("falcon", "apply_residual_connection_post_layernorm", True),
-    ("opt", "layer_norm_elementwise_affine", False),
     ("mpt", "no_bias", False),
     ("mpt", "expansion_ratio", 3),
     ("mpt", "attn_config", {"alibi": True, "alibi_bias_max": 6}),  # transformers' MPT ignores it

@@ -228,8 +228,13 @@ def clean_name(hf: dict[str, Any], fallback: str) -> str:
 
 
 def activation_name(hf_act: str, key: str = "hidden_act") -> str:
-    table = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
-             "gelu_new": "gelu_tanh", "gelu_tanh": "gelu_tanh", "relu": "relu"}
+    """llmzoo's activation for a transformers ACT2FN name. gelu_new, gelu_fast and gelu_pytorch_tanh
+    are one function, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written three ways (transformers'
+    activations.py; gelu_fast factors x out: 0.7978845608·x·(1 + 0.044715·x²)); they differ in float
+    rounding only. gelu_python is the exact erf form. EleutherAI/gpt-neox-20b's config says gelu_fast."""
+    table = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_python": "gelu",
+             "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
+             "gelu_tanh": "gelu_tanh", "relu": "relu"}
     if hf_act not in table:
         raise ValueError(f"config.json: {key} {hf_act!r} is not one of {', '.join(table)}")
     return table[hf_act]
@@ -253,8 +258,9 @@ def rope_from_hf(hf: dict[str, Any], default_theta: float = 10000.0) -> dict[str
         return spec
     if kind == "linear":
         spec["scaling"] = {"type": "linear", "factor": float(source["factor"])}
-    elif kind == "dynamic":
-        spec["scaling"] = {"type": "dynamic", "factor": float(source["factor"]), "original_max_positions": int(orig)}
+    elif kind == "dynamic":  # transformers' base length is max_position_embeddings, whatever else is given
+        spec["scaling"] = {"type": "dynamic", "factor": float(source["factor"]),
+                           "original_max_positions": int(require(hf, "max_position_embeddings"))}
     elif kind == "llama3":
         spec["scaling"] = {
             "type": "llama3",
@@ -287,7 +293,7 @@ def rope_to_hf(position: Any) -> dict[str, Any]:
     if s is None:
         return out
     d: dict[str, Any] = {"rope_type": s.type, "type": s.type, "factor": s.factor}
-    if s.type in ("dynamic", "llama3", "yarn"):
+    if s.type in ("llama3", "yarn"):  # dynamic's length is max_position_embeddings (export_config checks it)
         d["original_max_position_embeddings"] = s.original_max_positions
     if s.type == "llama3":
         d.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor)
@@ -360,11 +366,24 @@ class RemoteCodeAdapter(Adapter):
         for name, info in infos.items():
             by_file.setdefault(info.file, []).append(name)
         state = {n: t for path, names in by_file.items() for n, t in _read_file(path, names)}
-        model.load_state_dict(state, strict=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - set(_tied_copies(model)):  # a tied copy is saved once, as transformers does
+            model.load_state_dict(state, strict=True)  # raises, naming them
         return model.to(dtype).eval()
 
     def save_reference(self, model: nn.Module, folder: str, max_shard_size: str | int) -> None:
         from .export import write_reference_checkpoint
 
-        write_reference_checkpoint(folder, {"model_type": self.model_type, **model.hf_config},
-                                   model.state_dict(), max_shard_size)
+        tied = set(_tied_copies(model))
+        state = {n: t for n, t in model.state_dict().items() if n not in tied}
+        write_reference_checkpoint(folder, {"model_type": self.model_type, **model.hf_config}, state, max_shard_size)
+
+
+def _tied_copies(model: nn.Module) -> list[str]:
+    """State-dict names whose tensor is an earlier name's (tied weights), in order."""
+    seen, copies = set(), []
+    for name, t in model.state_dict(keep_vars=True).items():
+        if t.data_ptr() in seen:
+            copies.append(name)
+        seen.add(t.data_ptr())
+    return copies

@@ -31,6 +31,8 @@ class BaichuanAdapter(RemoteCodeAdapter):
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         hf = dict(hf)
+        if hf.get("tie_word_embeddings"):  # transformers would tie the NormHead to the embedding; none released does
+            raise ValueError("tie_word_embeddings: true is not supported (Baichuan 2's NormHead is untied)")
         alibi = uses_alibi(hf)
         if alibi:
             hf["max_position_embeddings"] = hf.get("model_max_length", 4096)

@@ -51,6 +51,11 @@ class BloomAdapter(Adapter):
         if hf.get("apply_residual_connection_post_layernorm"):
             raise ValueError("apply_residual_connection_post_layernorm: true (residual taken after the norm) "
                              "is not supported; every published BLOOM has false")
+        if int(hf.get("pretraining_tp", 1)) > 1 and hf.get("slow_but_exact"):
+            # transformers' slow_but_exact path sums F.linear slices without the dense / dense_4h_to_h
+            # biases; no published BLOOM sets it (bloom-176b: pretraining_tp 4, slow_but_exact false)
+            raise ValueError("slow_but_exact: true with pretraining_tp > 1 is not supported (transformers "
+                             "then drops the output biases; every published BLOOM has false)")
         d = int(hf.get("hidden_size") or require(hf, "n_embed"))
         n_heads = int(hf.get("n_head") or require(hf, "num_attention_heads"))
         norm = {"type": "layernorm", "eps": float(hf.get("layer_norm_epsilon", 1e-5)), "bias": True}

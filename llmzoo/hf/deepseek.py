@@ -146,6 +146,8 @@ def deepseek_config(hf: dict[str, Any], version: int) -> ModelConfig:
     if int(hf.get("moe_layer_freq", 1)) != 1:
         raise ValueError(f"moe_layer_freq {hf['moe_layer_freq']} is not supported (transformers uses 1)")
     position = rope_from_hf(hf)
+    if "scaling" in position and position["scaling"]["type"] == "yarn":  # DeepseekV2/V3Attention's temperature
+        position["scaling"]["mscale_softmax"] = True
     interleaved = version == 2 or bool(hf.get("rope_interleave", True))
     position["layout"] = "interleaved" if interleaved else "halves"
     q_lora = hf.get("q_lora_rank")

@@ -55,14 +55,13 @@ class OPTAdapter(Adapter):
     families = ("opt", "galactica")
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
-        if not hf.get("layer_norm_elementwise_affine", True):
-            raise ValueError("layer_norm_elementwise_affine: false (LayerNorm without weight) is not supported")
         d = int(require(hf, "hidden_size"))
         n_heads = int(require(hf, "num_attention_heads"))
         d_embed = int(hf.get("word_embed_proj_dim") or d)
         pre = bool(hf.get("do_layer_norm_before", True))
         bias = bool(hf.get("enable_bias", True))
-        norm = {"type": "layernorm", "eps": 1e-5, "bias": True}  # nn.LayerNorm's default eps
+        affine = bool(hf.get("layer_norm_elementwise_affine", True))  # false: no gain, no bias (OPT derivatives)
+        norm = {"type": "layernorm", "eps": 1e-5, "bias": affine, "elementwise_affine": affine}  # nn.LayerNorm's eps
         max_pos = int(require(hf, "max_position_embeddings"))
         final = pre and not hf.get("_remove_final_layer_norm", False)
         return ModelConfig.model_validate({
@@ -102,6 +101,7 @@ class OPTAdapter(Adapter):
             "do_layer_norm_before": pre,
             "_remove_final_layer_norm": pre and config.final_norm is None,
             "enable_bias": a.qkv_bias,
+            "layer_norm_elementwise_affine": getattr(b.norm, "elementwise_affine", True),
             "activation_function": HF_ACT.get(b.mlp.activation, b.mlp.activation),
             "tie_word_embeddings": config.head.tied,
         }

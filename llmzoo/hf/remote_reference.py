@@ -27,11 +27,11 @@ class RefRMSNorm(nn.Module):
         return self.weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
 
 
-def rotate_half_rope(x: Tensor, theta: float) -> Tensor:
-    """LLaMA-style rotary on (B, H, T, D): pairs (i, i + D/2), angle t / theta^(2i/D)."""
+def rotate_half_rope(x: Tensor, theta: float, position_scale: float = 1.0) -> Tensor:
+    """LLaMA-style rotary on (B, H, T, D): pairs (i, i + D/2), angle (t / position_scale) / theta^(2i/D)."""
     T, D = x.shape[-2], x.shape[-1]
     inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D)
-    ang = torch.outer(torch.arange(T, dtype=torch.float32), inv)
+    ang = torch.outer(torch.arange(T, dtype=torch.float32) / position_scale, inv)
     emb = torch.cat([ang, ang], dim=-1)
     cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
     x1, x2 = x[..., : D // 2], x[..., D // 2 :]
@@ -71,6 +71,22 @@ class _InternLM2Attention(nn.Module):
         self.wqkv = nn.Linear(d, (self.h + 2 * self.kv) * self.dh, bias=bias)
         self.wo = nn.Linear(self.h * self.dh, d, bias=bias)
         self.theta = c.get("rope_theta", 10000.0)
+        s = c.get("rope_scaling") or {}
+        self.scaling, self.factor = s.get("type"), float(s.get("factor", 1.0))
+        if self.scaling not in (None, "linear", "dynamic"):
+            raise ValueError(f"InternLM2Reference: rope_scaling type {self.scaling!r} is not linear or dynamic")
+        self.max_pos = c.get("max_position_embeddings", 2048)
+
+    def rope(self, x: Tensor) -> Tensor:
+        """InternLM2{Linear,DynamicNTK}ScalingRotaryEmbedding: positions / factor, or for T > max_position_embeddings
+        the base theta · (factor · T / max_position_embeddings - (factor - 1))^(D / (D - 2))."""
+        T, D = x.shape[-2], x.shape[-1]
+        if self.scaling == "linear":
+            return rotate_half_rope(x, self.theta, self.factor)
+        theta = self.theta
+        if self.scaling == "dynamic" and T > self.max_pos:
+            theta = theta * ((self.factor * T / self.max_pos) - (self.factor - 1)) ** (D / (D - 2))
+        return rotate_half_rope(x, theta)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         B, T, _ = x.shape
@@ -79,7 +95,7 @@ class _InternLM2Attention(nn.Module):
         q = qkv[..., :g, :].reshape(B, T, self.h, self.dh).transpose(1, 2)
         k = qkv[..., -2, :].transpose(1, 2)
         v = qkv[..., -1, :].transpose(1, 2)
-        q, k = rotate_half_rope(q, self.theta), rotate_half_rope(k, self.theta)
+        q, k = self.rope(q), self.rope(k)
         k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
         y = eager_attention(q, k, v, mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
@@ -123,11 +139,11 @@ class InternLM2Reference(nn.Module):
 
     def __init__(self, hf_config: dict[str, Any]):
         super().__init__()
-        if hf_config.get("rope_scaling"):
-            raise ValueError("InternLM2Reference implements unscaled rotary only")
         self.hf_config = dict(hf_config)
         self.model = _InternLM2Body(hf_config)
         self.output = nn.Linear(hf_config["hidden_size"], hf_config["vocab_size"], bias=False)
+        if hf_config.get("tie_word_embeddings"):  # what transformers' tie_weights does to `output` (_tied_weights_keys)
+            self.output.weight = self.model.tok_embeddings.weight
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         ids, mask = _logits_of(self, input_ids, attention_mask)
