@@ -68,6 +68,13 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"rope_scaling": {**YARN, "mscale": 0.8, "mscale_all_dim": 0.5}}, None),  # Qwen2.5 long-context
         ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}, "max_position_embeddings": 16}, None),
     ],
+    "qwen3": [
+        ({"attention_bias": True}, None),
+        ({"tie_word_embeddings": False}, None),  # Qwen3-8B and up
+        ({"use_sliding_window": True, "max_window_layers": 1}, None),
+        ({"rope_scaling": {**YARN, "mscale": 0.8, "mscale_all_dim": 0.5}}, None),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}}, None),
+    ],
     "gemma": [
         ({"num_key_value_heads": 4, "hidden_act": "gelu"}, None),  # gemma-7b's config says gelu
         ({"hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu"}, None),  # hidden_activation wins
