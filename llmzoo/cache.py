@@ -14,6 +14,7 @@ position biases (ALiBi, T5 buckets) are computed over the true slots of the keys
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -27,6 +28,7 @@ def layer_layout(spec, mla: str = "absorbed") -> tuple[int, int, int]:
     """(heads, key dim, value dim) cached per token by a layer with this attention spec: its
     `kv_layout` (llmzoo.protocol); mla="naive" asks for plain per-head keys and values.
     Deprecated: call spec.kv_layout(latent=...) directly."""
+    warnings.warn("llmzoo.cache.layer_layout is deprecated: use spec.kv_layout(latent=...)", DeprecationWarning, 2)
     return tuple(spec.kv_layout(latent=mla == "absorbed"))
 
 

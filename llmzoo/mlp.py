@@ -41,17 +41,12 @@ class MLPSpec(MLPSpecBase):
         return self.updated(d_ff=s.width(self.d_ff))
 
 
-class GLUSpec(MLPSpecBase):
-    type: Literal["glu"] = "glu"
-    d_ff: int = Field(gt=0)
+class GLUSpec(MLPSpec):  # the same fields and scale-down; a third matrix
+    type: Literal["glu"] = "glu"  # type: ignore[assignment]
     activation: Activation = "silu"
-    bias: bool = False
 
     def n_params(self, d_model: int) -> int:
         return 3 * d_model * self.d_ff + (2 * self.d_ff + d_model if self.bias else 0)
-
-    def scaled(self, s) -> "GLUSpec":
-        return self.updated(d_ff=s.width(self.d_ff))
 
 
 @register("mlp", "mlp", MLPSpec)
