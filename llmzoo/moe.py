@@ -199,6 +199,9 @@ class MoE(Module):
             y = y + self.shared(flat)
         return y.view_as(x)
 
+    def expert_parallel(self) -> list[nn.Module]:
+        return [self.experts]
+
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan: routed experts split across ranks (ep: whole experts, E / tp each;
         otherwise each expert's inner dim), shared experts as a GLU; the router stays whole."""

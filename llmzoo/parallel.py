@@ -273,9 +273,9 @@ def parallelize(
         _localise_head_bias(model, size, tp_mesh.get_local_rank())
         if model.head is None:  # tied head: logits = x · embed.weightᵀ with a vocab-parallel weight
             _tied_vocab_parallel_head(model, tp_mesh)
-    from .moe import Experts
+    from .protocol import Module
 
-    experts = [m for m in model.modules() if isinstance(m, Experts)]
+    experts = [e for m in model.modules() if isinstance(m, Module) for e in m.expert_parallel()]  # MoE answers
     if ep_mesh is not None:
         for m in experts:
             ExpertAllToAll()._apply(m, ep_mesh)

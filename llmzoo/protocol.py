@@ -139,6 +139,10 @@ class Module(nn.Module):
         """{submodule: ParallelStyle} over `tp` ranks; default {}: whole and the same on every rank."""
         return {}
 
+    def expert_parallel(self) -> list[nn.Module]:
+        """Stacked (E, ·, ·) gate/up/down expert modules an expert-parallel split owns; default none."""
+        return []
+
 
 class NormModule(Module):
     def init_weights(self, std: float, draw: Draw | None = None) -> None:
