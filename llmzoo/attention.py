@@ -104,8 +104,28 @@ class Context:
         return self._masks[window]
 
 
-def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """softmax(q kᵀ · scale + mask) v with GQA head sharing; q (B, H, T, D), k/v (B, KV, S, D)."""
+def with_sinks(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, sinks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Learned attention sinks (GPT-OSS; the sink idea: Xiao et al., arXiv:2309.17453): softmax over
+    [q kᵀ · scale, s_h] with the sink's probability dropped, i.e. exp(s_h) joins every denominator.
+    As SDPA inputs: one more key slot with k = 0, v = 0 whose mask logit is s_h (per head)."""
+    B, H, T, _ = q.shape
+    S = k.shape[2]
+    if mask is None:  # plain causal over T == S slots
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    mask = mask.to(q.dtype).expand(mask.shape[0], H, T, S)
+    sink = sinks.to(q.dtype).view(1, H, 1, 1).expand(mask.shape[0], H, T, 1)
+    k = torch.cat([k, k.new_zeros(*k.shape[:2], 1, k.shape[3])], dim=2)  # (B, KV, S + 1, D)
+    v = torch.cat([v, v.new_zeros(*v.shape[:2], 1, v.shape[3])], dim=2)
+    return k, v, torch.cat([mask, sink], dim=-1)  # (B or 1, H, T, S + 1)
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, sinks: Tensor | None = None) -> Tensor:
+    """softmax(q kᵀ · scale + mask) v with GQA head sharing; q (B, H, T, D), k/v (B, KV, S, D).
+    sinks (H,): per-head logits in every softmax denominator (see `with_sinks`)."""
+    if sinks is not None:
+        k, v, mask = with_sinks(q, k, v, mask, sinks)
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
     return F.scaled_dot_product_attention(
@@ -113,9 +133,12 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> 
     )
 
 
-def softcapped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, cap: float) -> Tensor:
+def softcapped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float,
+                         sinks: Tensor | None = None, *, cap: float) -> Tensor:
     """sdpa with scores → cap·tanh(scores/cap) before the mask (Gemma-2, arXiv:2408.00118 §2); eager,
-    since SDPA kernels take no score transform."""
+    since SDPA kernels take no score transform. sinks as in `sdpa`."""
+    if sinks is not None:
+        k, v, mask = with_sinks(q, k, v, mask, sinks)
     if k.shape[1] != q.shape[1]:  # GQA: repeat each KV head for its group of query heads
         k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, S)
@@ -154,6 +177,7 @@ class AttentionSpec(AttentionSpecBase):
         "the whole q / k projection before the head split (OLMo-2)"
     )
     softcap: float | None = Field(None, gt=0, description="scores → cap·tanh(scores/cap) before the mask (Gemma-2)")
+    sinks: bool = Field(False, description="a learned per-head logit in every softmax denominator (GPT-OSS)")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "AttentionSpec":
@@ -182,7 +206,8 @@ class AttentionSpec(AttentionSpecBase):
         q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         weights = d_model * (q + 2 * kv) + q * d_model
         norms = sum(self.qk_norm.n_params(n) for n in self.qk_norm_dims) if self.qk_norm is not None else 0
-        return weights + norms + (q + 2 * kv if self.qkv_bias else 0) + (d_model if self.o_bias else 0)
+        return (weights + norms + (q + 2 * kv if self.qkv_bias else 0) + (d_model if self.o_bias else 0)
+                + (self.n_heads if self.sinks else 0))
 
     def kv_layout(self, latent: bool = True) -> KVLayout:
         return KVLayout(self.n_kv_heads, self.head_dim, self.head_dim)  # the KV heads only
@@ -222,7 +247,7 @@ class Attention(AttentionModule):
     qk_norm: QK-norm (Dehghani et al., arXiv:2302.05442): RMSNorm on q and k before rotary, per head
     (Qwen3, Gemma-3) or over the whole projection (OLMo-2, arXiv:2501.00656 §3.2).
     softcap: Gemma-2's attention logit soft-capping (arXiv:2408.00118, §2), cap·tanh(s/cap).
-    window, prefix_lm, clip_qkv, softmax_scale: see AttentionSpec."""
+    window, prefix_lm, clip_qkv, softmax_scale, sinks: see AttentionSpec."""
 
     def __init__(self, spec: AttentionSpec, d_model: int, layer: int = 0, scale_mult: float = 1.0):
         super().__init__()
@@ -242,6 +267,7 @@ class Attention(AttentionModule):
         base = spec.softmax_scale if spec.softmax_scale is not None else self.head_dim**-0.5
         self.scale = base * scale_mult
         self.window = spec.window
+        self.sinks = nn.Parameter(torch.zeros(self.n_heads)) if spec.sinks else None
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:  # (B, T, D)
         B, T, _ = x.shape
@@ -258,7 +284,8 @@ class Attention(AttentionModule):
             q, k = apply_rope(q, *rope, ctx.rope_layout), apply_rope(k, *rope, ctx.rope_layout)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer, k, v)
-        y = self.attend(q, k, v, ctx.mask(self.window), self.scale)  # (B, H, T, Dh)
+        sinks = self.sinks.to_local() if hasattr(self.sinks, "to_local") else self.sinks  # this rank's heads
+        y = self.attend(q, k, v, ctx.mask(self.window), self.scale, sinks)  # (B, H, T, Dh)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
@@ -272,7 +299,12 @@ class Attention(AttentionModule):
                                    "tensor parallelism would split it (use tp=1)")
         self.spec.tp_local(tp, where)  # checks divisibility
         kv = ColwiseParallel if self.n_kv % tp == 0 else lambda: ReplicatedHeads(self.n_kv, self.head_dim)
-        return {"q": ColwiseParallel(), "k": kv(), "v": kv(), "o": RowwiseParallel()}
+        plan = {"q": ColwiseParallel(), "k": kv(), "v": kv(), "o": RowwiseParallel()}
+        if self.sinks is not None:  # one sink per query head: split with the heads
+            from .parallel import ShardParams
+
+            plan[""] = ShardParams({"sinks": 0})
+        return plan
 
     def beta_scaled(self) -> list[nn.Module]:
         return [self.v, self.o]

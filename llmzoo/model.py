@@ -175,7 +175,8 @@ class CausalLM(LanguageModel):
         if self.head is not None and not self.config.head.normalize:
             plan["head"] = ColwiseParallel(output_layouts=Replicate())
         for i, block in enumerate(self.blocks):
-            plan.update({f"blocks.{i}.attn.{k}": v for k, v in block.attn.tp_plan(tp, ep=ep).items()})
+            # a component's own parameters (key "") are planned on the component itself
+            plan.update({f"blocks.{i}.attn{'.' + k if k else ''}": v for k, v in block.attn.tp_plan(tp, ep=ep).items()})
             plan.update({f"blocks.{i}.mlp.{k}": v for k, v in block.mlp.tp_plan(tp, ep=ep).items()})
         return plan
 

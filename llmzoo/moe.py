@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,13 @@ class MoESpec(MLPSpecBase):
     norm_topk: bool = Field(False, description="renormalise the chosen weights to sum to 1")
     routed_scale: float = Field(1.0, gt=0, description="multiplies the routed output (V2/V3)")
     score_bias: bool = Field(False, description="V3 aux-loss-free bias, used for selection only")
+    router_bias: bool = Field(False, description="a learned bias on the router logits (GPT-OSS)")
+    expert_bias: bool = Field(False, description="biases on each routed expert's gate, up and down (GPT-OSS)")
+    swiglu_limit: float | None = Field(
+        None, gt=0, description="clamp the gate to ≤ limit and up to ±limit before the product (GPT-OSS 7.0)"
+    )
+    swiglu_alpha: float = Field(1.0, gt=0, description="gate · σ(alpha · gate); 1 is SiLU (GPT-OSS 1.702)")
+    up_offset: float = Field(0.0, description="(up + offset) ⊙ act(gate) in the routed experts (GPT-OSS 1)")
 
     @model_validator(mode="after")
     def _check(self) -> "MoESpec":
@@ -42,6 +49,10 @@ class MoESpec(MLPSpecBase):
             raise ValueError(f"topk_groups ({self.topk_groups}) exceeds n_groups ({self.n_groups})")
         if self.topk_groups * self.n_experts // self.n_groups < self.top_k:
             raise ValueError(f"topk_groups ({self.topk_groups}) leave fewer than top_k experts to choose from")
+        clamped = self.swiglu_limit is not None or self.swiglu_alpha != 1.0 or self.up_offset != 0.0
+        if clamped and self.activation != "silu":
+            raise ValueError(f"swiglu_limit / swiglu_alpha / up_offset shape a SwiGLU: activation must be silu, "
+                             f"not {self.activation!r}")
         return self
 
     @property
@@ -54,9 +65,9 @@ class MoESpec(MLPSpecBase):
         return self.params_by_part(d_model)["total"]
 
     def params_by_part(self, d_model: int) -> dict[str, int]:
-        expert = 3 * d_model * self.d_expert
+        expert = 3 * d_model * self.d_expert + ((2 * self.d_expert + d_model) if self.expert_bias else 0)
         shared = self.shared_spec.n_params(d_model) if self.shared_spec else 0
-        router = d_model * self.n_experts
+        router = (d_model + (1 if self.router_bias else 0)) * self.n_experts
         return {
             "router": router,
             "experts": self.n_experts * expert,
@@ -84,18 +95,21 @@ class Router(nn.Module):
     V2 (arXiv:2405.04434, §2.2): softmax scores, groups ranked by their best score.
     V3 (arXiv:2412.19437, §2.1.2): sigmoid scores; a bias added for selection only; groups ranked
     by the sum of their two best scores; chosen weights normalised, then × routed_scale.
+    GPT-OSS: softmax over the top-k biased logits = softmax scores renormalised over the top k
+    (score softmax, norm_topk, router_bias).
     The weight and score bias stay float32 under any model dtype (V3 §3.3.1 keeps gating in full
     precision; transformers does too): routing is discontinuous, bf16 rounding would flip choices."""
 
     discrete_routing = True  # its top-k choice can flip on a near tie (llmzoo.parity.ROUTED)
 
-    keep_float32 = ("weight", "score_bias")
+    keep_float32 = ("weight", "bias", "score_bias")
 
     def __init__(self, spec: MoESpec, d_model: int):
         super().__init__()
         self.spec = spec
         self.weight = nn.Parameter(torch.empty(spec.n_experts, d_model))
         nn.init.normal_(self.weight, std=0.02)
+        self.bias = nn.Parameter(torch.zeros(spec.n_experts)) if spec.router_bias else None
         if spec.score_bias:
             self.register_buffer("score_bias", torch.zeros(spec.n_experts))
         else:
@@ -114,7 +128,8 @@ class Router(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (N, D) -> weights (N, k) in float32, experts (N, k), scores (N, E) before any bias or mask."""
         s = self.spec
-        logits = F.linear(x.float(), self.weight.float())  # (N, E)
+        bias = self.bias.float() if self.bias is not None else None
+        logits = F.linear(x.float(), self.weight.float(), bias)  # (N, E)
         scores = logits.softmax(-1) if s.score == "softmax" else logits.sigmoid()
         choice = scores if self.score_bias is None else scores + self.score_bias.float()
         if s.n_groups > 1:
@@ -133,9 +148,27 @@ class Router(nn.Module):
         return weights * s.routed_scale, experts, scores
 
 
+def gated(spec: MoESpec) -> Callable[[Tensor, Tensor], Tensor]:
+    """h(gate, up) of one routed expert: act(gate) ⊙ up, or GPT-OSS's clamped SwiGLU
+    (min(g, L) · σ(α · min(g, L))) ⊙ (clamp(u, ±L) + offset)."""
+    act = activation(spec.activation)
+    if spec.swiglu_limit is None and spec.swiglu_alpha == 1.0 and spec.up_offset == 0.0:
+        return lambda g, u: act(g) * u
+    limit = spec.swiglu_limit if spec.swiglu_limit is not None else float("inf")
+    alpha, offset = spec.swiglu_alpha, spec.up_offset
+
+    def clamped(g: Tensor, u: Tensor) -> Tensor:
+        g, u = g.clamp(max=limit), u.clamp(-limit, limit)
+        return g * torch.sigmoid(alpha * g) * (u + offset)
+
+    return clamped
+
+
 class Experts(nn.Module):
     """n_experts GLU FFNs with stacked weights (E, ·, ·), so a grouped GEMM or expert-parallel
-    split addresses them as one tensor."""
+    split addresses them as one tensor. expert_bias adds gate_bias, up_bias (E, F), down_bias (E, D)."""
+
+    PARAMS = ("gate", "up", "down", "gate_bias", "up_bias", "down_bias")
 
     def __init__(self, spec: MoESpec, d_model: int):
         super().__init__()
@@ -145,19 +178,23 @@ class Experts(nn.Module):
         self.down = nn.Parameter(torch.empty(e, d_model, f))
         for w in (self.gate, self.up, self.down):
             nn.init.normal_(w, std=0.02)
-        self.act = activation(spec.activation)
+        for n, shape in (("gate_bias", (e, f)), ("up_bias", (e, f)), ("down_bias", (e, d_model))):
+            setattr(self, n, nn.Parameter(torch.zeros(shape)) if spec.expert_bias else None)
+        self.glu = gated(spec)
 
-    def expert(self, i: int, x: Tensor, weights: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
-        """Expert i on its tokens x (n, D); weights: (gate, up, down) stacks to use (local shards)."""
-        gate, up, down = weights if weights is not None else (self.gate, self.up, self.down)
-        return F.linear(self.act(F.linear(x, gate[i])) * F.linear(x, up[i]), down[i])
+    def expert(self, i: int, x: Tensor, weights: tuple | None = None) -> Tensor:
+        """Expert i on its tokens x (n, D); weights: the PARAMS stacks to use (local shards; biases may be None)."""
+        gate, up, down, gb, ub, db = weights if weights is not None else [getattr(self, n) for n in self.PARAMS]
+        g = F.linear(x, gate[i], gb[i] if gb is not None else None)
+        u = F.linear(x, up[i], ub[i] if ub is not None else None)
+        return F.linear(self.glu(g, u), down[i], db[i] if db is not None else None)
 
     def forward(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
         """x (N, D); weights, experts (N, k). Tokens are sorted by expert so each expert runs once."""
         # under expert/tensor parallelism (llmzoo.parallel) the stacked weights are DTensors: compute
         # with this rank's experts; ids ≥ its expert count belong to other ranks and are skipped
-        gate, up, down = (w.to_local() if hasattr(w, "to_local") else w for w in (self.gate, self.up, self.down))
-        E = gate.shape[0]
+        local = [w.to_local() if hasattr(w, "to_local") else w for w in (getattr(self, n) for n in self.PARAMS)]
+        E = local[0].shape[0]
         flat = experts.flatten()  # (N·k,)
         order = flat.argsort(stable=True)
         token = order // experts.shape[1]
@@ -167,7 +204,7 @@ class Experts(nn.Module):
         for i, n in enumerate(counts):
             if n:
                 rows = token[start : start + n]
-                y = self.expert(i, x[rows], (gate, up, down)) * weights.flatten()[order[start : start + n], None].to(x.dtype)
+                y = self.expert(i, x[rows], local) * weights.flatten()[order[start : start + n], None].to(x.dtype)
                 out.index_add_(0, rows, y)
                 start += n
         return out

@@ -44,6 +44,7 @@ __all__ = [
     "ExpertShards",
     "ReplicatedHeads",
     "RowwiseParallel",
+    "ShardParams",
     "SumGradColumns",
     "head_split",
     "init_sharded",
@@ -124,6 +125,21 @@ class SumGradColumns(ParallelStyle):
         return module
 
 
+class ShardParams(ParallelStyle):
+    """A module's own parameters (not its children's) sharded on the given dims, e.g. GPT-OSS's
+    per-head attention sinks split with the heads; the module reads its local block (`to_local`)."""
+
+    def __init__(self, dims: dict[str, int]):
+        super().__init__()
+        self.dims = dims
+
+    def _apply(self, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
+        for n, d in self.dims.items():
+            p = getattr(module, n)
+            module.register_parameter(n, nn.Parameter(distribute_tensor(p, mesh, [Shard(d)]), p.requires_grad))
+        return module
+
+
 class ExpertShards(ParallelStyle):
     """Stacked routed experts (E, ·, ·) across the tensor-parallel ranks, whose tokens are replicated.
 
@@ -136,20 +152,29 @@ class ExpertShards(ParallelStyle):
         super().__init__()
         self.ep = ep
 
+    def dim(self, name: str) -> int:
+        """The dim parameter `name` of Experts is split on: experts (ep), else the inner dim (d_expert)."""
+        if self.ep:
+            return 0
+        return 2 if name == "down" else 1
+
     def _apply(self, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
         tp, rank = mesh.size(), mesh.get_local_rank()
         n_experts = module.gate.shape[0]
         if self.ep and n_experts % tp:
             raise ValueError(f"expert parallel: n_experts ({n_experts}) is not divisible by tp ({tp})")
         local = n_experts // tp
-        dims = {"gate": 0, "up": 0, "down": 0} if self.ep else {"gate": 1, "up": 1, "down": 2}
+        if not self.ep and getattr(module, "down_bias", None) is not None:
+            from .errors import UnsupportedError
+
+            raise UnsupportedError("experts with biases (GPT-OSS) split over tensor-parallel ranks need ep=True: "
+                                   "an inner-dim split would add down_bias once per rank")
 
         def partition(name: str, mod: nn.Module, mesh: DeviceMesh) -> None:
             if mod is not module:
                 return
-            for n, d in dims.items():
-                p = getattr(mod, n)
-                mod.register_parameter(n, nn.Parameter(distribute_tensor(p, mesh, [Shard(d)]), p.requires_grad))
+            for n, p in list(mod.named_parameters(recurse=False)):
+                mod.register_parameter(n, nn.Parameter(distribute_tensor(p, mesh, [Shard(self.dim(n))]), p.requires_grad))
 
         def inputs(mod: nn.Module, args: tuple, mesh: DeviceMesh) -> tuple:
             x, weights, experts = args
@@ -190,9 +215,8 @@ class ExpertAllToAll(ParallelStyle):
             return out
 
         def partition(name: str, mod: nn.Module, mesh: DeviceMesh) -> None:
-            if mod is module:
-                for n_ in ("gate", "up", "down"):
-                    p = getattr(mod, n_)
+            if mod is module:  # the stacked weights and (GPT-OSS) their per-expert biases
+                for n_, p in list(mod.named_parameters(recurse=False)):
                     mod.register_parameter(n_, nn.Parameter(distribute_tensor(p, mesh, [Shard(0)]), p.requires_grad))
 
         def inputs(mod: nn.Module, args: tuple, mesh: DeviceMesh) -> tuple:
@@ -469,7 +493,9 @@ def _tp_dims(model: nn.Module, tp: int, ep: bool) -> dict[str, int | None]:
         module = model.get_submodule(fqn)
         for n, _ in module.named_parameters(recurse=False):
             if isinstance(style, ExpertShards):
-                d = 0 if style.ep else (2 if n == "down" else 1)
+                d = style.dim(n)
+            elif isinstance(style, ShardParams):
+                d = style.dims.get(n)
             elif isinstance(style, ColwiseParallel):
                 d = 1 if isinstance(module, nn.Embedding) else 0
             elif isinstance(style, RowwiseParallel):

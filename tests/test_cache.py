@@ -70,6 +70,11 @@ KINDS = {
                                         overrides=[{"layers": "0::2", "block": {
                                             "attention": {"window": 4}, "position": {"type": "rope", "theta": 1e4}}}]),
     "nope-layers": tiny(overrides=[{"layers": [1], "block": {"position": {"type": "none"}}}]),
+    # GPT-OSS: learned sinks (no cached slot of their own), alternating windows, biased experts, clamped SwiGLU
+    "sinks-alternating-window-moe": tiny(attention={"sinks": True, "o_bias": True}, block={"mlp": {
+        "type": "moe", "n_experts": 4, "top_k": 2, "d_expert": 16, "norm_topk": True, "router_bias": True,
+        "expert_bias": True, "swiglu_limit": 7.0, "swiglu_alpha": 1.702, "up_offset": 1.0}},
+        overrides=[{"layers": "0::2", "block": {"attention": {"window": 4}}}]),
 }
 for _k in ("mla", "mla-full-rank-q"):  # MLA specs have no GQA keys
     KINDS[_k]["block"]["attention"] = {**MLA, **({"q_lora_rank": None} if "full" in _k else {})}

@@ -17,12 +17,13 @@ from torch.distributed.tensor import DTensor
 import llmzoo
 from llmzoo import parallel as P
 from llmzoo.hf import from_pretrained, save_pretrained
-from llmzoo.hf.rules import Concat, Lazy, Split, SplitInterleavedQKV, StackExperts, Transpose
+from llmzoo.hf.rules import Concat, Deinterleave, Lazy, Split, SplitInterleavedQKV, StackExperts, Transpose
 from llmzoo.scaling import scale_down
 
 # dense GQA (8 heads, 2 KV heads: replicated KV at tp=4), MQA (tied head, parallel block),
 # MLA + MoE (shared experts, group routing), ALiBi (tied head, fused interleaved QKV in HF)
-MODELS = ["llama-2-70b", "falcon-7b", "deepseek-v3", "bloom-7b1"]
+# GPT-OSS: per-head sinks split with the heads, biased experts whole per rank (ep)
+MODELS = ["llama-2-70b", "falcon-7b", "deepseek-v3", "bloom-7b1", "gpt-oss-20b"]
 # world size → (model, tp, dp, ep) runs; every run compares logits and measures memory. ep=True: experts
 # over the tp ranks (all-reduce); ep="dp": over the dp ranks, tokens exchanged with all-to-all.
 # With dp > 1 each data-parallel rank feeds its own sequence (rank r: sequence r % 2).
@@ -30,11 +31,12 @@ JOBS = {
     1: [(m, 1, 1, False) for m in MODELS],
     2: [("llama-2-70b", 2, 1, False), ("falcon-7b", 2, 1, False), ("deepseek-v3", 2, 1, True),
         ("deepseek-v3-fp8", 2, 1, False),
-        ("deepseek-v3", 1, 2, "dp"), ("bloom-7b1", 2, 1, False), ("bloom-7b1", 1, 2, False)],
+        ("deepseek-v3", 1, 2, "dp"), ("bloom-7b1", 2, 1, False), ("bloom-7b1", 1, 2, False),
+        ("gpt-oss-20b", 2, 1, True), ("gpt-oss-20b", 1, 2, "dp")],
     4: [("llama-2-70b", 4, 1, False), ("llama-2-70b", 1, 4, False), ("falcon-7b", 2, 2, False),
         ("deepseek-v3", 2, 2, "dp"), ("deepseek-v3", 2, 2, False), ("bloom-7b1", 4, 1, False)],
 }
-GENERATE = {2: ["llama-2-70b", "bloom-7b1"], 4: ["falcon-7b"]}  # (tp = world size, or 2 × 2 for falcon)
+GENERATE = {2: ["llama-2-70b", "bloom-7b1", "gpt-oss-20b"], 4: ["falcon-7b"]}  # (tp = world size, or 2 × 2 for falcon)
 GRADS = {2: [("deepseek-v3", 2, 1, True)], 4: [("llama-2-70b", 4, 1, False), ("deepseek-v3", 2, 2, "dp")]}  # backward
 EXPORT = {4: [("deepseek-v3", "dp"), ("bloom-7b1", False)]}  # sharded model → HF safetensors → from_pretrained
 NEW_TOKENS = 4
@@ -204,6 +206,8 @@ def test_lazy_transforms_read_the_same_blocks():
         (SplitInterleavedQKV(8, 2, 3), [torch.randn(36, 5, generator=g)]),
         (SplitInterleavedQKV(4, 4, 2), [torch.randn(24, generator=g)]),
         (StackExperts(), [torch.randn(3, 4, generator=g) for _ in range(5)]),
+        (Transpose(dims=(1, 2)), [torch.randn(3, 4, 5, generator=g)]),
+        (Deinterleave(dim=1), [torch.randn(3, 8, 5, generator=g)]),
         (Dequantize(16), [q, s]),
     ]
     for t, xs in cases:
@@ -216,7 +220,9 @@ def test_lazy_transforms_read_the_same_blocks():
                 region = tuple(slice(a, int(torch.randint(a + 1, n + 1, (), generator=g))) for a, n in zip(lo, full.shape))
                 reads.clear()
                 assert torch.equal(full[region], lz.read(region)), (t, region)
-                if not isinstance(t, Dequantize):  # exactly the block's elements, nothing more
+                # exactly the block's elements, nothing more (Deinterleave reads the block of all its
+                # parts once, which the parts then share)
+                if not isinstance(t, (Dequantize, Deinterleave)):
                     assert sum(reads) == full[region].numel(), (t, region, reads)
 
 

@@ -45,8 +45,8 @@ PROPERTIES = {
     ),
     "biases": (
         lambda c: getattr(attn(c), "qkv_bias", False) or getattr(c.block.mlp, "bias", False),
-        lambda c, t: (attn(t).qkv_bias, attn(t).o_bias, t.block.mlp.bias)
-        == (attn(c).qkv_bias, attn(c).o_bias, c.block.mlp.bias),
+        lambda c, t: (attn(t).qkv_bias, attn(t).o_bias, getattr(t.block.mlp, "bias", None))
+        == (attn(c).qkv_bias, attn(c).o_bias, getattr(c.block.mlp, "bias", None)),
     ),
     "tied head": (lambda c: c.head.tied, lambda c, t: t.head == c.head),
     "norm kind and placement": (

@@ -64,6 +64,7 @@ ADAPTER_MODULES = [
     "falcon",
     "mpt",
     "gptj",
+    "gpt_oss",
 ]
 # modules that register other checkpoint sources (loader.register_source) and their verify rows
 SOURCE_MODULES = ["glm"]

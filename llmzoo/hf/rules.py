@@ -84,15 +84,70 @@ class Transform:
 
 
 class Transpose(Transform):
-    """Swap the two dims of each matrix (GPT-2's Conv1D stores (in, out))."""
+    """Swap the two dims of each matrix (GPT-2's Conv1D stores (in, out)); dims: the two dims to swap
+    in a stacked tensor (GPT-OSS experts (E, in, out): dims=(1, 2))."""
+
+    def __init__(self, dims: tuple[int, int] | None = None):
+        self.dims = dims
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
-        return [x.t().contiguous() for x in xs]
+        if self.dims is None:
+            return [x.t().contiguous() for x in xs]
+        return [x.transpose(*self.dims).contiguous() for x in xs]
 
     backward = forward
 
     def lazy(self, xs: list[Lazy]) -> list[Lazy]:
-        return [Lazy(x.shape[::-1], x.dtype, lambda r, x=x: x.read(r[::-1]).t()) for x in xs]
+        if self.dims is None:
+            return [Lazy(x.shape[::-1], x.dtype, lambda r, x=x: x.read(r[::-1]).t()) for x in xs]
+        a, b = self.dims
+
+        def swap(t: tuple) -> tuple:
+            t = list(t)
+            t[a], t[b] = t[b], t[a]
+            return tuple(t)
+
+        return [Lazy(swap(x.shape), x.dtype, lambda r, x=x: x.read(swap(r)).transpose(a, b)) for x in xs]
+
+
+class Deinterleave(Transform):
+    """One tensor whose `dim` alternates `parts` tensors (GPT-OSS gate_up: gate at even, up at odd
+    positions) → those tensors; backward interleaves them again."""
+
+    def __init__(self, dim: int, parts: int = 2):
+        self.dim, self.parts = dim, parts
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        (x,) = xs
+        d = self.dim % x.dim()
+        if x.shape[d] % self.parts:
+            raise ValueError(f"dim {d} of size {x.shape[d]} does not interleave {self.parts} tensors")
+        return [x[(slice(None),) * d + (slice(j, None, self.parts),)].contiguous() for j in range(self.parts)]
+
+    def backward(self, xs: list[Tensor]) -> list[Tensor]:
+        d = self.dim % xs[0].dim()
+        return [torch.stack(xs, dim=d + 1).flatten(d, d + 1).contiguous()]
+
+    def lazy(self, xs: list[Lazy]) -> list[Lazy]:
+        (x,) = xs
+        d, p = self.dim % len(x.shape), self.parts
+        if x.shape[d] % p:
+            return super().lazy(xs)  # forward raises the error that names the mismatch
+        shape = tuple(n // p if i == d else n for i, n in enumerate(x.shape))
+
+        held: dict[tuple, list] = {}  # source block → [tensor, parts not yet served]
+
+        def read(j: int, r: Region) -> Tensor:
+            # rows a..b of every part lie in source rows a·p .. b·p: read once, served to each part
+            key = tuple((t.start, t.stop) for t in r)
+            if key not in held:
+                held[key] = [x.read(_shift(r, d, r[d].start * p, r[d].stop * p)), set(range(p))]
+            entry = held[key]
+            entry[1].discard(j)
+            block = entry[0] if entry[1] else held.pop(key)[0]
+            return block[(slice(None),) * d + (slice(j, None, p),)].contiguous()
+
+        return [Lazy(shape, x.dtype, lambda r, j=j: read(j, r)) for j in range(p)]
 
 
 class Concat(Transform):
