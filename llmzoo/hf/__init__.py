@@ -65,6 +65,7 @@ ADAPTER_MODULES = [
     "mpt",
     "gptj",
     "gpt_oss",
+    "qwen3_moe",
 ]
 # modules that register other checkpoint sources (loader.register_source) and their verify rows
 SOURCE_MODULES = ["glm"]
