@@ -66,6 +66,7 @@ ADAPTER_MODULES = [
     "gptj",
     "gpt_oss",
     "qwen3_moe",
+    "glm4_moe",
 ]
 # modules that register other checkpoint sources (loader.register_source) and their verify rows
 SOURCE_MODULES = ["glm"]

@@ -74,9 +74,10 @@ TOP = [
 ]
 
 
-def mtp_rules(config: ModelConfig, n_mtp: int) -> list[Rule]:
+def mtp_rules(config: ModelConfig, n_mtp: int, layer_rules: list[Rule] | None = None) -> list[Rule]:
     """The extra layer(s) num_hidden_layers + k: loaded onto `mtp.{k}` when config.mtp asks for them,
-    skipped otherwise. Embedding and head copies stored with it are the main model's (V3 §2.2)."""
+    skipped otherwise. Embedding and head copies stored with it are the main model's (V3 §2.2).
+    layer_rules: the table of one decoder layer (DeepSeek's MLA + MoE by default; GLM-4.5 passes its own)."""
     out = []
     for k in range(n_mtp):
         src = f"model.layers.{config.n_layers + k}"
@@ -94,7 +95,7 @@ def mtp_rules(config: ModelConfig, n_mtp: int) -> list[Rule]:
             Rule(f"{src}.shared_head.head.weight", IGNORE),  # = lm_head.weight (shared output head)
             Rule(f"{src}.embed_tokens.weight", IGNORE),  # = model.embed_tokens.weight (shared embedding)
         ]
-        for r in ATTENTION + MLP:
+        for r in layer_rules if layer_rules is not None else ATTENTION + MLP:
             hf = r.hf.text.replace("model.layers.{i}", src)
             ours = r.ours.text.replace("blocks.{i}", f"{dst}.block") if (r.ours and dst) else None
             if ours is None:
