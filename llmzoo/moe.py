@@ -77,7 +77,8 @@ class MoESpec(MLPSpecBase):
         }
 
     def param_parts(self, d_model: int) -> dict[str, tuple[int, int]]:
-        p, expert = self.params_by_part(d_model), 3 * d_model * self.d_expert
+        p = self.params_by_part(d_model)
+        expert = p["experts"] // self.n_experts  # one routed expert, biases included
         return {"moe_router": (p["router"],) * 2, "mlp": (p["shared"],) * 2,
                 "moe_experts": (p["experts"], self.top_k * expert)}  # only the top_k routed experts are active
 
