@@ -82,7 +82,8 @@ def test_verify_passes_in_half_precision(dtype):
     reports = verify(dtype=dtype, file=out)
     assert all(r.passed for r in reports), out.getvalue()
     routed = {r.model_type for r in reports if r.routed}
-    assert routed == {"mixtral", "deepseek_v2", "deepseek_v3"}, routed  # only MoE rows get ROUTED bounds
+    moe = {"mixtral", "deepseek_v2", "deepseek_v3", "gpt_oss", "qwen3_moe", "glm4_moe", "llama4_text"}
+    assert routed == moe & set(TYPES), routed  # only MoE rows get ROUTED bounds
 
 
 def test_parity_report_fields(tiny_checkpoint):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
 from ..config import ModelConfig
 from . import register_adapter
@@ -40,9 +39,6 @@ def rotary_fraction(hf: dict[str, Any]) -> float:
 class Glm4MoeAdapter(Adapter):
     model_type = "glm4_moe"
     families = ("glm-4.5",)
-    # bf16: rounding of the hidden state flips near-tied sigmoid routing choices (as for DeepSeek-V3);
-    # the fp32 test (≤ 1e-4) proves the mapping
-    tolerances = {torch.bfloat16: {"atol": 0.0, "rtol": 0.75, "layer_rtol": 0.75}}
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         n = int(require(hf, "num_hidden_layers"))
