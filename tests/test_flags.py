@@ -109,6 +109,31 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
                            "mscale": 1.0, "mscale_all_dim": 1.0}}, None),  # DeepSeek-V3's own values
     ],
+    "gpt_oss": [
+        ({"layer_types": ["full_attention"] * 3}, None),
+        ({"swiglu_limit": 3.0}, None),
+        ({"swiglu_alpha": 1.0}, None),  # plain SiLU gate
+        ({"num_experts_per_tok": 1}, None),
+        ({"attention_bias": False}, None),
+        ({"tie_word_embeddings": True}, None),
+    ],
+    "qwen3_moe": [
+        ({"norm_topk_prob": False}, None),
+        ({"mlp_only_layers": []}, None),  # Qwen3-30B-A3B / 235B-A22B: every layer sparse
+        ({"mlp_only_layers": [], "decoder_sparse_step": 2}, None),  # only layer 1 sparse
+        ({"num_experts_per_tok": 1}, None),
+        ({"tie_word_embeddings": True}, None),
+    ],
+    "glm4_moe": [
+        ({"use_qk_norm": False}, None),  # GLM-4.5-Air
+        ({"attention_bias": False}, None),
+        ({"partial_rotary_factor": 1.0}, None),
+        ({"first_k_dense_replace": 0}, None),
+        ({"n_group": 1, "topk_group": 1}, None),  # every released GLM-4.5
+        ({"norm_topk_prob": False}, None),
+        ({"routed_scaling_factor": 1.0}, None),  # GLM-4.5-Air
+        ({"n_shared_experts": 2}, None),
+    ],
     "gpt2": [
         ({"activation_function": "gelu"}, None),
         ({"activation_function": "relu"}, None),
