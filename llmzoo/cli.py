@@ -129,7 +129,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                     seed=args.seed) if args.sample else {}
     decoder = tokenizer.stream_decoder()
-    print(args.prompt, end="", flush=True)
+    seq2seq = model.config.encoder is not None  # T5: the prompt is the source, the output a new text
+    print(args.prompt, end="\n" if seq2seq else "", flush=True)
     for token in stream(model, ids.to(args.device), mask.to(args.device), max_new_tokens=args.max_new_tokens,
                         repetition_penalty=args.repetition_penalty, eos_token_id=tokenizer.eos_token_ids,
                         pad_token_id=tokenizer.pad_token_id, **sampling):

@@ -67,6 +67,7 @@ def stream(
     position_step: int | Sequence[int] = 1,
     cache: StaticCache | None = None,
     compile: bool | dict = False,
+    decoder_start_token_id: int | None = None,
 ) -> Iterator[Tensor]:
     """Yield the next token id of every row, (B,), once per step, for up to max_new_tokens steps.
 
@@ -81,9 +82,17 @@ def stream(
     cache: a StaticCache for ≥ P + max_new_tokens slots (allocated here when None).
     compile: run the one-token decode step through torch.compile(fullgraph=True, dynamic=False) —
     mode "reduce-overhead" (CUDA graphs) on CUDA; a dict gives torch.compile's keyword arguments.
-    Every step has the same shapes and reads the offset from the cache's tensors: one graph."""
+    Every step has the same shapes and reads the offset from the cache's tensors: one graph.
+    An encoder-decoder model (config.encoder set, T5): input_ids / attention_mask are the source, encoded
+    once (with every layer's cross-attention K/V); decoding starts from decoder_start_token_id (default
+    pad_token_id if given, else 0: T5's pad) and the cache holds the decoder's self-attention."""
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if model.config.encoder is not None:  # the prompt is the source; the decoder starts from one token
+        model = model.decoding(input_ids, attention_mask)
+        start = decoder_start_id(decoder_start_token_id, pad_token_id)
+        input_ids = torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)
+        attention_mask = None
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
     B, P = input_ids.shape
@@ -149,9 +158,21 @@ def stream(
             logits = decode(token[:, None], step_mask, step_pos, prefix_len=prefix_len, cache=cache)[:, -1]
 
 
+def decoder_start_id(decoder_start_token_id: int | None, pad_token_id: int | None) -> int:
+    """An encoder-decoder's first decoder token: given, else the pad id (T5's convention), else 0."""
+    if decoder_start_token_id is not None:
+        return int(decoder_start_token_id)
+    return int(pad_token_id) if pad_token_id is not None else 0
+
+
 def generate(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> Tensor:
-    """Prompt + generated ids (B, P + N), N ≤ max_new_tokens; keyword arguments as `stream`."""
+    """Prompt + generated ids (B, P + N), N ≤ max_new_tokens; keyword arguments as `stream`.
+    An encoder-decoder model returns the decoder sequence, start token + generated ids (B, 1 + N),
+    as transformers' generate does."""
     tokens = list(stream(model, input_ids, attention_mask, **kw))
+    if model.config.encoder is not None:
+        start = decoder_start_id(kw.get("decoder_start_token_id"), kw.get("pad_token_id"))
+        input_ids = torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)
     if not tokens:
         return input_ids
     return torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)

@@ -373,3 +373,143 @@ def test_hub_config_json_of_t5_11b_is_the_zoo_entry():
            "relative_attention_num_buckets": 32, "vocab_size": 32128}
     cfg = get_adapter("t5").to_config(hub)
     assert config_diff(llmzoo.get_config("t5-11b"), cfg) == []
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+def hub_style_folder(ff: str, tied: bool, folder, seed: int):
+    """A transformers T5 saved as the hub holds it: v1.0 tied (rescaled head), v1.1 / Flan-T5 untied
+    (`tie_word_embeddings: false`, its own lm_head.weight, no rescale)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    ref = tiny_reference(ff, tied, seed=seed)
+    if not tied:
+        with torch.no_grad():
+            ref.lm_head.weight = torch.nn.Parameter(torch.randn_like(ref.shared.weight) * 0.3)
+    state = {k: v.contiguous() for k, v in ref.state_dict().items() if "embed_tokens" not in k}
+    if tied:
+        state.pop("lm_head.weight", None)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    hf = {k: v for k, v in ref.config.to_dict().items() if k != "scale_decoder_outputs"}
+    (folder / "config.json").write_text(json.dumps({**hf, "tie_word_embeddings": tied}))
+    return ref
+
+
+def source_batch(vocab: int, seed: int = 2):
+    """Two source rows, the second right-padded (T5 pads on the right, transformers does too)."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(2, vocab, (2, 13), generator=g)
+    mask = torch.ones_like(src)
+    mask[1, 9:] = 0
+    return src.masked_fill(mask == 0, 0), mask
+
+
+STYLES = {"t5-v1.0": ("relu", True), "flan-t5": ("gated-gelu", False)}
+
+
+def reference_generate(ref, src, mask, **kw):
+    """transformers' greedy generate. Its default cache sizes itself by the encoder's layer count
+    (num_layers 2 < num_decoder_layers 3 here), so give it caches that grow per layer (as
+    past_key_values: transformers 4.x and 5.x both read it; 5.x also warns it will become `cache`)."""
+    import warnings
+
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return ref.generate(input_ids=src, attention_mask=mask, do_sample=False, pad_token_id=0,
+                            decoder_start_token_id=0, past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
+                            **kw)
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_greedy_tokens_equal_transformers_generate(style, tmp_path):
+    from llmzoo.generation import generate
+
+    ff, tied = STYLES[style]
+    ref = hub_style_folder(ff, tied, tmp_path, seed=8)
+    ours = llmzoo.from_pretrained(tmp_path).eval()
+    assert ours.config.head.tied == tied
+    src, mask = source_batch(ours.config.vocab_size)
+    n = 12
+    want = reference_generate(ref, src, mask, max_new_tokens=n, min_new_tokens=n, eos_token_id=None)
+    got = generate(ours, src, mask, max_new_tokens=n, decoder_start_token_id=0)
+    assert got.shape == (2, 1 + n) and torch.equal(got, want), (got, want)
+    # A tied random model keeps repeating a token (its own embedding dominates the tied head), so also
+    # greedy under CTRL's repetition penalty: every step then differs and checks the cache's slots
+    want = reference_generate(ref, src, mask, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
+                              repetition_penalty=3.0)
+    got = generate(ours, src, mask, max_new_tokens=n, decoder_start_token_id=0, repetition_penalty=3.0)
+    assert all(len(set(row[1:].tolist())) > n // 2 for row in got), got
+    assert torch.equal(got, want), (got, want)
+    # with an eos id: the token our row 0 emits at step 4 ends it there, then pad (0) as transformers does
+    eos = int(got[0, 4])
+    want = reference_generate(ref, src, mask, max_new_tokens=n, eos_token_id=eos, repetition_penalty=3.0)
+    got = generate(ours, src, mask, max_new_tokens=n, eos_token_id=eos, pad_token_id=0, repetition_penalty=3.0)
+    assert torch.equal(got, want[:, : got.shape[1]]) and (want[:, got.shape[1]:] == 0).all(), (got, want)
+    assert got[0, 4] == eos and (got[0, 5:] == 0).all()
+
+
+def test_cached_decoding_equals_full_decode_and_projects_memory_once():
+    from llmzoo.cache import StaticCache
+
+    ref = tiny_reference("gated-gelu", True, seed=9)
+    cfg = config_from_reference(ref)
+    model = llmzoo.build(cfg).eval()
+    model.load_state_dict(hand_state_dict(ref), strict=True)
+    src, mask = source_batch(cfg.vocab_size)
+    tgt = torch.randint(2, cfg.vocab_size, (2, 7), generator=torch.Generator().manual_seed(3))
+    calls = []
+    hooks = [b.cross_attn.k.register_forward_hook(lambda *a: calls.append(1)) for b in model.blocks]
+    with torch.no_grad():
+        full = model(src, tgt, attention_mask=mask)  # (B, 7, vocab)
+        calls.clear()
+        decoding = model.decoding(src, mask)
+        cache = StaticCache.for_model(model, 2, 8)
+        steps = [decoding(tgt[:, :3], cache=cache)] + [decoding(tgt[:, t : t + 1], cache=cache) for t in range(3, 7)]
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
+    assert len(calls) == len(model.blocks)  # the memory's keys: once per layer per source, not per step
+
+
+def test_cli_generate_on_a_t5_folder(tmp_path, capsys):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from llmzoo.cli import main
+    from llmzoo.generation import generate
+    from llmzoo.parity import loud_init_
+    from llmzoo.tokenizer import Tokenizer
+
+    cfg = T5Config(vocab_size=260, d_model=32, d_kv=8, d_ff=40, num_layers=2, num_decoder_layers=2, num_heads=4,
+                   feed_forward_proj="gated-gelu", tie_word_embeddings=True, dropout_rate=0.0,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    ref = loud_init_(T5ForConditionalGeneration(cfg).eval(), seed=1)
+    ref.save_pretrained(tmp_path)
+    # byte-level tokens 2..257 (0 pad, 1 eos, as T5's ids), eos appended like T5's post-processor
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<pad>": 0, "</s>": 1, **{c: i + 2 for i, c in enumerate(alphabet)}}
+    tok = HFTokenizer(models.BPE(vocab, []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<pad>", "</s>"])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text('{"pad_token": "<pad>", "eos_token": "</s>"}')
+    prompt = "translate: zoo"
+    assert main(["generate", str(tmp_path), "--prompt", prompt, "--max-new-tokens", "8"]) == 0
+    printed = capsys.readouterr().out
+    tokenizer = Tokenizer(tmp_path)
+    ids, mask = tokenizer.encode_batch([prompt])
+    assert ids[0, -1] == 1  # the source ends in </s>
+    with torch.no_grad():
+        want = ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    assert torch.equal(generate(llmzoo.from_pretrained(tmp_path).eval(), ids, mask, max_new_tokens=8,
+                                eos_token_id=1, pad_token_id=0)[:, : want.shape[1]], want)
+    text = tokenizer.decode(want[0, 1:].tolist())
+    assert printed == prompt + "\n" + text.rstrip("\ufffd") + "\n"
