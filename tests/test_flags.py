@@ -49,6 +49,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
                            "original_max_position_embeddings": 16}}, (R, "longrope")),
         ({"rms_norm_eps": 1e-2}, None),
+        ({"pretraining_tp": 2}, None),  # LLaMA-2's configs carry it; transformers 5 no longer reads it
     ],
     "mistral": [
         ({"sliding_window": None}, None),  # Mistral-7B-v0.2+
@@ -87,6 +88,8 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"sliding_window": None}, None),  # Mixtral-8x7B-v0.1
         ({"num_local_experts": 4}, None),
         ({"router_jitter_noise": 0.1}, None),  # training-time noise only: eval is unchanged
+        ({"head_dim": 16}, None),
+        ({"tie_word_embeddings": True}, None),
     ],
     "deepseek_v2": [
         ({"topk_method": "greedy", "n_group": 1, "topk_group": 1}, None),  # DeepSeek-V2-Lite
@@ -106,6 +109,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"q_lora_rank": None}, None),
         ({"first_k_dense_replace": 0}, None),
         ({"routed_scaling_factor": 1.0}, None),
+        ({"n_group": 1, "topk_group": 1}, None),  # Moonlight-style: no group limit
         ({"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
                            "mscale": 1.0, "mscale_all_dim": 1.0}}, None),  # DeepSeek-V3's own values
     ],
@@ -190,6 +194,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"activation": "gelu"}, None),
         ({"tie_word_embeddings": False}, None),
         ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, None),
+        ({"num_kv_heads": 8}, None),  # new decoder architecture with one KV head per query head
     ],
     "mpt": [
         ({"attn_config": {"alibi": False}}, (R, "alibi")),  # no released MPT lacks ALiBi
@@ -197,6 +202,8 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"attn_config": {"alibi": True, "alibi_bias_max": 4}}, (R, "alibi_bias_max")),
         ({"attn_config": {"alibi": True, "clip_qkv": None}}, None),  # MPT-7B
         ({"attn_config": {"alibi": True, "softmax_scale": 0.5}}, None),
+        ({"attn_config": {"alibi": True, "qk_ln": True}}, (R, "qk_ln")),  # transformers' MPT has no qk LayerNorm
+        ({"attn_config": {"alibi": True, "prefix_lm": True}}, (R, "prefix_lm")),
         ({"no_bias": False}, (R, "no_bias")),
         ({"expansion_ratio": 2}, (R, "expansion_ratio")),
         ({"tie_word_embeddings": False}, None),
@@ -215,6 +222,8 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"tie_word_embeddings": True, "scale_decoder_outputs": True}, None),  # v1.0 head rescale
         ({"num_decoder_layers": 1}, None),
         ({"relative_attention_max_distance": 20}, None),
+        ({"layer_norm_epsilon": 1e-3}, None),
+        ({"num_heads": 2, "d_kv": 20}, None),
     ],
     "internlm2": [
         ({"bias": True}, None),  # InternLM2 has none; the code reads it
