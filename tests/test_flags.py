@@ -68,6 +68,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"num_key_value_heads": 4}, None),  # Qwen1.5: MHA
         ({"rope_scaling": {**YARN, "mscale": 0.8, "mscale_all_dim": 0.5}}, None),  # Qwen2.5 long-context
         ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}, "max_position_embeddings": 16}, None),
+        ({"hidden_act": "gelu"}, None),
     ],
     "qwen3": [
         ({"attention_bias": True}, None),
@@ -75,12 +76,14 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"use_sliding_window": True, "max_window_layers": 1}, None),
         ({"rope_scaling": {**YARN, "mscale": 0.8, "mscale_all_dim": 0.5}}, None),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}}, None),
+        ({"hidden_act": "gelu"}, None),
     ],
     "gemma": [
         ({"num_key_value_heads": 4, "hidden_act": "gelu"}, None),  # gemma-7b's config says gelu
         ({"hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu"}, None),  # hidden_activation wins
         ({"attention_bias": True}, None),
         ({"head_dim": 12}, None),
+        ({"use_bidirectional_attention": True}, (R, "use_bidirectional_attention")),
     ],
     "mixtral": [
         ({"num_experts_per_tok": 1}, None),
@@ -90,6 +93,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"router_jitter_noise": 0.1}, None),  # training-time noise only: eval is unchanged
         ({"head_dim": 16}, None),
         ({"tie_word_embeddings": True}, None),
+        ({"hidden_act": "gelu"}, None),
     ],
     "deepseek_v2": [
         ({"topk_method": "greedy", "n_group": 1, "topk_group": 1}, None),  # DeepSeek-V2-Lite
@@ -102,6 +106,8 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"norm_topk_prob": True}, None),
         ({"attention_bias": True}, None),
         ({"tie_word_embeddings": True}, None),
+        ({"hidden_act": "gelu"}, None),
+        ({"mlp_bias": True}, None),
     ],
     "deepseek_v3": [
         ({"rope_interleave": False}, None),
@@ -110,6 +116,8 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"first_k_dense_replace": 0}, None),
         ({"routed_scaling_factor": 1.0}, None),
         ({"n_group": 1, "topk_group": 1}, None),  # Moonlight-style: no group limit
+        ({"attention_bias": True}, None),
+        ({"hidden_act": "gelu"}, None),
         ({"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
                            "mscale": 1.0, "mscale_all_dim": 1.0}}, None),  # DeepSeek-V3's own values
     ],
@@ -204,6 +212,9 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"attn_config": {"alibi": True, "softmax_scale": 0.5}}, None),
         ({"attn_config": {"alibi": True, "qk_ln": True}}, (R, "qk_ln")),  # transformers' MPT has no qk LayerNorm
         ({"attn_config": {"alibi": True, "prefix_lm": True}}, (R, "prefix_lm")),
+        # llm-foundry keys transformers' MPT does not read: ignored on both sides, or refused by name
+        ({"embedding_fraction": 0.5, "norm_type": "low_precision_layernorm", "learned_pos_emb": False}, None),
+        ({"logit_scale": 0.5}, (R, "logit_scale")),
         ({"no_bias": False}, (R, "no_bias")),
         ({"expansion_ratio": 2}, (R, "expansion_ratio")),
         ({"tie_word_embeddings": False}, None),
@@ -246,6 +257,31 @@ CASES = [(mt, i) for mt in supported_model_types() for i in range(len(MATRIX.get
 
 def test_every_supported_type_has_flags():
     assert sorted(MATRIX) == supported_model_types()
+
+
+# config.json keys that change nothing in an inference forward (dropout, init, cache and output
+# switches, special token ids), and keys transformers derives from others it already covers
+NO_EFFECT = {"attention_dropout", "hidden_dropout", "classifier_dropout", "attn_pdrop", "embd_pdrop", "resid_pdrop",
+             "embed_dropout", "resid_dropout", "emb_pdrop", "dropout", "layerdrop", "initializer_range", "init_std",
+             "initializer_factor", "init_device", "use_cache", "output_router_logits", "router_aux_loss_coef",
+             "bos_token_id", "eos_token_id", "pad_token_id", "is_decoder", "pretraining_tp",
+             "summary_activation", "summary_first_dropout", "summary_proj_to_labels", "summary_type", "summary_use_proj"}
+DERIVED = {"rope_parameters": "rope_theta / rope_scaling", "layer_types": "use_sliding_window, max_window_layers",
+           "attention_layers": "attention_types", "dense_act_fn": "feed_forward_proj",
+           "is_gated_act": "feed_forward_proj", "head_dim": "qk_rope_head_dim (DeepSeek)",
+           "qk_head_dim": "qk_nope_head_dim + qk_rope_head_dim"}
+
+
+@pytest.mark.parametrize("model_type", [t for t in supported_model_types() if not get_adapter(t).remote_code])
+def test_every_config_key_is_in_the_matrix(model_type):
+    """Each key of the transformers config class is set by the tiny config, varied in MATRIX, or
+    listed above as having no effect at inference / derived from a covered key."""
+    import transformers
+
+    base = set(transformers.PretrainedConfig().to_dict())
+    keys = set(transformers.AutoConfig.for_model(model_type).to_dict()) - base
+    covered = set(get_adapter(model_type).tiny_hf_config()) | {k for o, _ in MATRIX[model_type] for k in o}
+    assert keys - covered - NO_EFFECT - set(DERIVED) == set()
 
 
 def hub4(config: dict, model_type: str) -> dict:

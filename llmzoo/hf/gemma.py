@@ -19,6 +19,8 @@ class GemmaAdapter(Adapter):
     families = ("gemma",)
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
+        if hf.get("use_bidirectional_attention"):  # an encoder switch; no released `gemma` checkpoint sets it
+            raise ValueError("use_bidirectional_attention: true is not supported (GemmaForCausalLM is causal)")
         # the official config.json says hidden_act "gelu" but means the tanh form (transformers #29402)
         act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
         act = "gelu_tanh" if act == "gelu" else activation_name(act)
