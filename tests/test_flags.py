@@ -231,6 +231,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"feed_forward_proj": "gated-silu"}, None),
         ({"feed_forward_proj": "gelu"}, None),
         ({"tie_word_embeddings": True, "scale_decoder_outputs": True}, None),  # v1.0 head rescale
+        ({"tie_word_embeddings": False, "feed_forward_proj": "gated-gelu"}, None),  # flan-t5: untied head
         ({"num_decoder_layers": 1}, None),
         ({"relative_attention_max_distance": 20}, None),
         ({"layer_norm_epsilon": 1e-3}, None),
