@@ -128,6 +128,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"num_experts_per_tok": 1}, None),
         ({"attention_bias": False}, None),
         ({"tie_word_embeddings": True}, None),
+        ({"hidden_act": "gelu"}, None),
     ],
     "qwen3_moe": [
         ({"norm_topk_prob": False}, None),
@@ -135,6 +136,9 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"mlp_only_layers": [], "decoder_sparse_step": 2}, None),  # only layer 1 sparse
         ({"num_experts_per_tok": 1}, None),
         ({"tie_word_embeddings": True}, None),
+        ({"hidden_act": "gelu"}, None),
+        ({"sliding_window": 4}, None),
+        ({"num_local_experts": 4}, None),
     ],
     "glm4_moe": [
         ({"use_qk_norm": False}, None),  # GLM-4.5-Air
@@ -145,6 +149,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"norm_topk_prob": False}, None),
         ({"routed_scaling_factor": 1.0}, None),  # GLM-4.5-Air
         ({"n_shared_experts": 2}, None),
+        ({"hidden_act": "gelu"}, None),
     ],
     "gpt2": [
         ({"activation_function": "gelu"}, None),
