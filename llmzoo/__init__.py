@@ -1,5 +1,7 @@
 """llmzoo: published LLM architectures from config, as plain PyTorch modules, proved against the reference."""
 
+# the built-in components register themselves; the schema (config.py) finds them in the registry
+from . import attention, mlp, moe, norms, positions  # noqa: F401
 from .builder import build
 from .cache import StaticCache
 from .config import ModelConfig, load_config
@@ -7,6 +9,7 @@ from .errors import CheckpointError, ConfigError, LLMZooError
 from .generation import generate, stream
 from .hf import from_pretrained, save_pretrained
 from .model import CausalLM
+from . import parallel
 from .params import ParamCount, count_params, kv_cache_bytes
 from .parity import parity, verify
 from .registry import register
@@ -42,9 +45,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # llmzoo.parallelize without importing torch.distributed for every user of llmzoo
+    # llmzoo.parallelize without importing the sharding code for every user of llmzoo
     if name == "parallelize":
-        from .parallel import parallelize
-
-        return parallelize
+        return parallel.parallelize
     raise AttributeError(f"module 'llmzoo' has no attribute {name!r}")

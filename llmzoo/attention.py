@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .errors import UnsupportedError
 from .norms import RMSNormSpec
+from .parallel import plan
 from .positions import apply_rope
 from .protocol import AttentionModule, AttentionSpecBase, KVLayout
 from .registry import Component, build, register
@@ -291,20 +292,16 @@ class Attention(AttentionModule):
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan (llmzoo.parallel): heads split across ranks, q/k/v column-parallel and o
         row-parallel; with fewer KV heads than ranks (MQA) each rank keeps the KV head it needs."""
-        from .parallel import ColwiseParallel, ReplicatedHeads, RowwiseParallel
-
         where = f"blocks.{self.layer}.attn"
         if self.spec.qk_norm is not None and self.spec.qk_norm_scope == "projection" and tp > 1:
             raise UnsupportedError(f"{where}: qk_norm_scope 'projection' normalises across heads; "
                                    "tensor parallelism would split it (use tp=1)")
         self.spec.tp_local(tp, where)  # checks divisibility
-        kv = ColwiseParallel if self.n_kv % tp == 0 else lambda: ReplicatedHeads(self.n_kv, self.head_dim)
-        plan = {"q": ColwiseParallel(), "k": kv(), "v": kv(), "o": RowwiseParallel()}
+        kv = plan.ColwiseParallel if self.n_kv % tp == 0 else lambda: plan.ReplicatedHeads(self.n_kv, self.head_dim)
+        styles = {"q": plan.ColwiseParallel(), "k": kv(), "v": kv(), "o": plan.RowwiseParallel()}
         if self.sinks is not None:  # one sink per query head: split with the heads
-            from .parallel import ShardParams
-
-            plan[""] = ShardParams({"sinks": 0})
-        return plan
+            styles[""] = plan.ShardParams({"sinks": 0})
+        return styles
 
     def beta_scaled(self) -> list[nn.Module]:
         return [self.v, self.o]
@@ -423,13 +420,11 @@ class MLAttention(AttentionModule):
         """Tensor-parallel plan (llmzoo.parallel): the per-head up-projections (q or q_b, kv_b) column-
         parallel and o row-parallel; the latents (q_a, kv_a) and their norms stay whole on every rank.
         The absorbed decode path is not split (it reads kv_b's weight directly)."""
-        from .parallel import ColwiseParallel, RowwiseParallel, SumGradColumns
-
         self.spec.tp_local(tp, f"blocks.{self.layer}.attn")  # checks divisibility
         q = "q" if self.spec.q_lora_rank is None else "q_b"
         r = self.spec.kv_lora_rank  # kv_a's rope-key columns reach every rank's heads directly
-        return {q: ColwiseParallel(), "kv_a": SumGradColumns(r, r + self.spec.qk_rope_head_dim),
-                "kv_b": ColwiseParallel(), "o": RowwiseParallel()}
+        return {q: plan.ColwiseParallel(), "kv_a": plan.SumGradColumns(r, r + self.spec.qk_rope_head_dim),
+                "kv_b": plan.ColwiseParallel(), "o": plan.RowwiseParallel()}
 
     def beta_scaled(self) -> list[nn.Module]:
         return [self.o]

@@ -11,6 +11,7 @@ from .config import ModelConfig
 from .errors import ConfigError
 from .model import CausalLM
 from .protocol import init_module
+from .scaling import scale_down
 from .seq2seq import EncoderDecoderLM
 from .zoo import get_config
 
@@ -78,8 +79,6 @@ def build(
     initialised from `seed` (None keeps the global RNG state)."""
     config = get_config(source)
     if scale is not None:
-        from .scaling import scale_down
-
         config = scale_down(config, preset=scale)
     with torch.device("meta"):
         model = model_class(config)(config)

@@ -9,7 +9,19 @@ import argparse
 import sys
 from typing import Sequence
 
+import torch
 from torch import nn
+
+from .builder import build
+from .generation import stream
+from .hf import from_pretrained, save_pretrained
+from .hf.loader import resolve_source
+from .parallel.memory import memory_estimate
+from .params import count_params, kv_cache_bytes
+from .parity import parity, verify
+from .scaling import scale_down
+from .tokenizer import Tokenizer
+from .zoo import config_path, get_config, list_models
 
 
 def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
@@ -44,8 +56,6 @@ def human(n: float | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .zoo import config_path, list_models
-
     rows = [(name, config_path(name).parent.name) for name in list_models(args.family)]
     print(format_table(rows, ["name", "family"]))
     return 0
@@ -73,9 +83,6 @@ def module_tree(model: nn.Module, depth: int = 2) -> list[tuple[str, int]]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .builder import build
-    from .zoo import get_config
-
     config = get_config(args.name)
     print(config.to_yaml())
     model = build(config, device="meta")
@@ -84,9 +91,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from .params import count_params, kv_cache_bytes
-    from .zoo import get_config, list_models
-
     rows = []
     for name in args.names or list_models():
         c = get_config(name)
@@ -100,28 +104,16 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
-    from .scaling import scale_down
-
     config = scale_down(args.name, preset=args.preset)
     if args.out is None:
         print(config.to_yaml(), end="")
         return 0
-    from .builder import build
-    from .hf import save_pretrained
-
     save_pretrained(build(config, seed=args.seed), args.out)
     print(f"wrote {config.name} to {args.out}")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from .generation import stream
-    from .hf import from_pretrained
-    from .hf.loader import resolve_source
-    from .tokenizer import Tokenizer
-
     folder, _ = resolve_source(args.source)
     tokenizer = Tokenizer(folder)
     model = from_pretrained(args.source, dtype=args.dtype, device=args.device).eval()
@@ -140,16 +132,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from .parity import parity
-
     report = parity(args.source, dtype=args.dtype, seq_len=args.seq_len, seed=args.seed)
     print(report)
     return 0 if report.passed else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .parity import verify
-
     reports = verify(args.model_types or None, seed=args.seed, dtype=args.dtype)
     return 0 if all(r.passed for r in reports) else 1
 
@@ -158,8 +146,6 @@ DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8"
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from .parallel import memory_estimate
-
     dtype = DTYPE_ALIASES.get(args.dtype, args.dtype)
     m = memory_estimate(args.name, tp=args.tp, dp=args.dp, ep=args.ep, dtype=dtype, seq_len=args.seq, batch=args.batch)
     gib = 2**30

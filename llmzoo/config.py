@@ -14,7 +14,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from . import attention, mlp, moe, norms, positions  # noqa: F401  (register the built-in components)
 from .errors import ConfigError, clip
 from .registry import Component, Spec
 

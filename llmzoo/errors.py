@@ -7,6 +7,7 @@ stops working.
 """
 
 from __future__ import annotations
+import importlib
 
 MAX_ECHO = 2000  # characters of user input a message may repeat
 
@@ -53,8 +54,6 @@ class MissingExtraError(LLMZooError, ImportError):
 
 def require(module: str, extra: str, purpose: str):
     """Import an optional dependency, or raise MissingExtraError naming `pip install "llmzoo[extra]"`."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:

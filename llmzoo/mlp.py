@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from .parallel import plan
 from .protocol import MLPSpecBase, Module
 from .registry import register
 
@@ -64,9 +65,7 @@ class MLP(Module):
 
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan (Megatron-LM, arXiv:1909.08053, §3): up column-, down row-parallel."""
-        from .parallel import ColwiseParallel, RowwiseParallel
-
-        return {"up": ColwiseParallel(), "down": RowwiseParallel()}
+        return {"up": plan.ColwiseParallel(), "down": plan.RowwiseParallel()}
 
 
 @register("mlp", "glu", GLUSpec)
@@ -87,6 +86,4 @@ class GLU(Module):
 
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan: gate and up column-parallel (the product is elementwise), down row-parallel."""
-        from .parallel import ColwiseParallel, RowwiseParallel
-
-        return {"gate": ColwiseParallel(), "up": ColwiseParallel(), "down": RowwiseParallel()}
+        return {"gate": plan.ColwiseParallel(), "up": plan.ColwiseParallel(), "down": plan.RowwiseParallel()}

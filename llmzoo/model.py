@@ -12,6 +12,8 @@ from .attention import Context
 from .positions import PositionEncoding
 from .block import Block
 from .config import ModelConfig, rotary_dim
+from .mtp import MTPLayer
+from .parallel import plan as styles
 from .registry import build
 
 
@@ -120,8 +122,6 @@ class CausalLM(LanguageModel):
         )
         self.prefix_lm = any(b.attention.sees_prefix() for b in c.blocks)
         if c.mtp is not None:  # DeepSeek-V3 multi-token prediction: used by llmzoo.mtp.predict_ahead only
-            from .mtp import MTPLayer
-
             self.mtp = nn.ModuleList(MTPLayer(c, k, scale_mult) for k in range(c.mtp.n_layers))
 
     def context(
@@ -167,13 +167,9 @@ class CausalLM(LanguageModel):
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan of the whole model (llmzoo.parallel.parallelize): vocab-parallel embedding
         and head, then each block's attention and MLP plans (their `tp_plan` methods)."""
-        from torch.distributed.tensor import Replicate
-
-        from .parallel import ColwiseParallel, RowwiseParallel
-
-        plan = {"embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())}
+        plan = {"embed": styles.RowwiseParallel(input_layouts=styles.Replicate(), output_layouts=styles.Replicate())}
         if self.head is not None and not self.config.head.normalize:
-            plan["head"] = ColwiseParallel(output_layouts=Replicate())
+            plan["head"] = styles.ColwiseParallel(output_layouts=styles.Replicate())
         for i, block in enumerate(self.blocks):
             # a component's own parameters (key "") are planned on the component itself
             plan.update({f"blocks.{i}.attn{'.' + k if k else ''}": v for k, v in block.attn.tp_plan(tp, ep=ep).items()})

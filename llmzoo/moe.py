@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from .mlp import GLU, Activation, GLUSpec, activation
+from .parallel import plan
 from .protocol import MLPSpecBase, Module
 from .registry import register
 
@@ -243,7 +244,5 @@ class MoE(Module):
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan: routed experts split across ranks (ep: whole experts, E / tp each;
         otherwise each expert's inner dim), shared experts as a GLU; the router stays whole."""
-        from .parallel import ExpertShards
-
         shared = {f"shared.{k}": v for k, v in self.shared.tp_plan(tp).items()} if self.shared is not None else {}
-        return {"experts": ExpertShards(ep), **shared}
+        return {"experts": plan.ExpertShards(ep), **shared}

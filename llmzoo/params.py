@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .builder import resolve_dtype
 from .config import ModelConfig
 from .zoo import get_config
 
@@ -70,8 +71,6 @@ def kv_cache_bytes(
     Per layer: attention.kv_cache_dims elements per cached token (its kv_layout: 2·n_kv_heads·head_dim;
     MLA caches kv_lora_rank + qk_rope_head_dim) for attention.cached_tokens(seq_len) tokens (a window: fewer).
     Encoder-decoder (T5): each decoder layer also caches its cross-attention K/V of a `seq_len`-token source."""
-    from .builder import resolve_dtype
-
     c = get_config(source) if not isinstance(source, ModelConfig) else source
     itemsize = torch.empty((), dtype=resolve_dtype(dtype)).element_size()
     total = 0

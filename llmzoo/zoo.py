@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from typing import Any
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -55,3 +56,60 @@ def get_config(source: str | Path | dict | ModelConfig) -> ModelConfig:
     if isinstance(source, str) and not source.endswith((".yaml", ".yml")):
         return _cached(source).model_copy(deep=True)
     return load_config(source)
+
+
+# ------------------------------------------------------------------------------ comparing configs
+
+METADATA_FIELDS = ("name", "family", "reference", "published_params", "published_active_params", "notes")
+
+
+def arch_dict(config: ModelConfig) -> dict[str, Any]:
+    """The architecture part of a config (metadata such as name and reference dropped)."""
+    return {k: v for k, v in config.to_dict().items() if k not in METADATA_FIELDS}
+
+
+def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            _diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k), out)
+    elif a != b:
+        out.append(f"{path}: {a!r} became {b!r}")
+
+
+def config_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
+    out: list[str] = []
+    _diff(arch_dict(a), arch_dict(b), "", out)
+    return out
+
+
+_SHAPE_KEYS = ("vocab_size", "d_model", "n_layers")
+
+
+def _shape_key(config: ModelConfig) -> tuple:
+    a = config.block.attention
+    return (
+        config.vocab_size, config.d_model, config.n_layers, a.n_heads,
+        getattr(a, "n_kv_heads", None), getattr(a, "head_dim", None), getattr(config.block.mlp, "d_ff", None),
+    )
+
+
+@lru_cache(maxsize=1)
+def _zoo_shapes() -> dict[tuple, list[str]]:
+    out: dict[tuple, list[str]] = {}
+    for name in list_models():
+        try:
+            out.setdefault(_shape_key(get_config(name)), []).append(name)
+        except Exception:  # a broken zoo entry must not stop a checkpoint from loading
+            continue
+    return out
+
+
+def closest_zoo_entry(config: ModelConfig) -> tuple[str | None, list[str]]:
+    """The zoo entry whose shapes match (name, architecture differences), or (None, [])."""
+    names = _zoo_shapes().get(_shape_key(config), [])
+    best = None
+    for name in names:
+        diff = config_diff(get_config(name), config)
+        if best is None or len(diff) < len(best[1]):
+            best = (name, diff)
+    return best if best else (None, [])

@@ -134,20 +134,6 @@ def adapter_for_config(config) -> "Adapter":
     raise ValueError(f"no adapter can express {config.name} (family {config.family!r}):\n  " + "\n  ".join(errors))
 
 
-def from_pretrained(source, *args, config=None, **kwargs):
-    """llmzoo.hf.loader.from_pretrained; `config` may also be a zoo name, a YAML path or a mapping."""
-    from .loader import from_pretrained as _impl
-
-    if config is not None:
-        from ..config import ModelConfig
-        from ..zoo import get_config
-
-        if not isinstance(config, ModelConfig):
-            config = get_config(config)
-    return _impl(source, *args, config=config, **kwargs)
-
-
-def save_pretrained(*args, **kwargs):
-    from .export import save_pretrained as _impl
-
-    return _impl(*args, **kwargs)
+# the loader and the exporter import the registry above: they come last
+from .export import save_pretrained  # noqa: E402
+from .loader import from_pretrained  # noqa: E402

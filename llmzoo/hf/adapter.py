@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +13,9 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, LLMZooError, clip
+from ..zoo import METADATA_FIELDS, arch_dict, closest_zoo_entry, config_diff  # noqa: F401  (their old home)
+from .export import write_reference_checkpoint
+from .loader import _read_file, checkpoint_index, read_hf_config
 from .rules import Rule
 
 # ------------------------------------------------------------------------------ config.json types
@@ -111,8 +114,6 @@ def _checked_to_config(to_config):
     wrapper._types_checked = True
     return wrapper
 
-METADATA_FIELDS = ("name", "family", "reference", "published_params", "published_active_params", "notes")
-
 
 class Adapter:
     """config.json ↔ ModelConfig and the weight-name table for one HF model_type.
@@ -194,25 +195,6 @@ def transformers_load(folder: str, dtype: torch.dtype, auto_class: str, attentio
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def arch_dict(config: ModelConfig) -> dict[str, Any]:
-    """The architecture part of a config (metadata such as name and reference dropped)."""
-    return {k: v for k, v in config.to_dict().items() if k not in METADATA_FIELDS}
-
-
-def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
-            _diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k), out)
-    elif a != b:
-        out.append(f"{path}: {a!r} became {b!r}")
-
-
-def config_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
-    out: list[str] = []
-    _diff(arch_dict(a), arch_dict(b), "", out)
-    return out
 
 
 def require(hf: dict[str, Any], key: str, file: str = "config.json") -> Any:
@@ -312,43 +294,6 @@ def attention_kind(n_heads: int, n_kv: int) -> str:
     return "mha" if n_kv == n_heads else "mqa" if n_kv == 1 else "gqa"
 
 
-_SHAPE_KEYS = ("vocab_size", "d_model", "n_layers")
-
-
-def _shape_key(config: ModelConfig) -> tuple:
-    a = config.block.attention
-    return (
-        config.vocab_size, config.d_model, config.n_layers, a.n_heads,
-        getattr(a, "n_kv_heads", None), getattr(a, "head_dim", None), getattr(config.block.mlp, "d_ff", None),
-    )
-
-
-@lru_cache(maxsize=1)
-def _zoo_shapes() -> dict[tuple, list[str]]:
-    from ..zoo import get_config, list_models
-
-    out: dict[tuple, list[str]] = {}
-    for name in list_models():
-        try:
-            out.setdefault(_shape_key(get_config(name)), []).append(name)
-        except Exception:  # a broken zoo entry must not stop a checkpoint from loading
-            continue
-    return out
-
-
-def closest_zoo_entry(config: ModelConfig) -> tuple[str | None, list[str]]:
-    """The zoo entry whose shapes match (name, architecture differences), or (None, [])."""
-    from ..zoo import get_config
-
-    names = _zoo_shapes().get(_shape_key(config), [])
-    best = None
-    for name in names:
-        diff = config_diff(get_config(name), config)
-        if best is None or len(diff) < len(best[1]):
-            best = (name, diff)
-    return best if best else (None, [])
-
-
 class RemoteCodeAdapter(Adapter):
     """An adapter for a type with no transformers class: `reference(hf_config)` returns a small
     nn.Module written from the published modeling file, parameter names equal to the checkpoint's."""
@@ -356,10 +301,6 @@ class RemoteCodeAdapter(Adapter):
     remote_code = True
 
     def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
-        from .loader import _read_file, checkpoint_index, read_hf_config
-
-        from pathlib import Path
-
         model = self.reference(read_hf_config(Path(folder)))
         infos = checkpoint_index(Path(folder))
         by_file: dict = {}
@@ -372,8 +313,6 @@ class RemoteCodeAdapter(Adapter):
         return model.to(dtype).eval()
 
     def save_reference(self, model: nn.Module, folder: str, max_shard_size: str | int) -> None:
-        from .export import write_reference_checkpoint
-
         tied = set(_tied_copies(model))
         state = {n: t for n, t in model.state_dict().items() if n not in tied}
         write_reference_checkpoint(folder, {"model_type": self.model_type, **model.hf_config}, state, max_shard_size)

@@ -17,6 +17,7 @@ from ..config import ModelConfig
 from . import register_adapter
 from .adapter import RemoteCodeAdapter
 from .llama import llama_like_config, llama_like_hf
+from .remote_reference import BaichuanReference
 from .rules import IGNORE, Rule, Split
 
 
@@ -84,6 +85,4 @@ class BaichuanAdapter(RemoteCodeAdapter):
         }
 
     def reference(self, hf_config: dict[str, Any]) -> nn.Module:
-        from .remote_reference import BaichuanReference
-
         return BaichuanReference(hf_config, alibi=uses_alibi(hf_config))

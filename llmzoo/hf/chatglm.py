@@ -18,15 +18,19 @@ Unsupported (an error names them): p-tuning prefixes (`pre_seq_len`), quantized 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from torch import nn
 
 from ..config import ModelConfig
+from ..reference.glm130b import ChatGLMReference
 from . import register_adapter
 from .adapter import Adapter, clean_name, require
+from .loader import _read_file, checkpoint_index
 from .rules import IGNORE, Rule, SplitInterleavedQKV
 
 ALPHA = (2 * 28) ** 0.5  # GLMBlock(num_layers=28) default, never overridden
@@ -124,15 +128,9 @@ class ChatGLMAdapter(Adapter):
 
     # ------------------------------------------------------------------ remote-code reference
     def reference(self, hf_config: dict[str, Any]) -> nn.Module:
-        from ..reference.glm130b import ChatGLMReference
-
         return ChatGLMReference(hf_config).eval()
 
     def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
-        import json
-
-        from .loader import checkpoint_index, _read_file
-
         hf = json.loads((Path(folder) / "config.json").read_text())
         ref = self.reference(hf)
         infos = checkpoint_index(Path(folder))
@@ -148,10 +146,6 @@ class ChatGLMAdapter(Adapter):
         return ref.to(dtype).eval()
 
     def save_reference(self, model: nn.Module, folder: str, max_shard_size: str | int) -> None:
-        import json
-
-        from huggingface_hub import save_torch_state_dict
-
         Path(folder).mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         if model.tied:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import adapter_for_config, get_adapter
@@ -41,8 +42,6 @@ def write_shards(
 ) -> list[Path]:
     """Write groups of tensors (names, bytes, producer) to model.safetensors or numbered shards with an
     index; a group is produced only while its shard is written, so peak memory is one shard."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     limit = parse_size(max_shard_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 from .rules import Lazy, Transform
@@ -141,8 +142,6 @@ def dequantize_loaded(name: str, weight: Tensor, scales: dict, hf: dict, dtype: 
     shard: the pair may be split across files), to `dtype`, else config.json's dtype, else float32."""
     if name not in scales:
         return weight
-    from safetensors import safe_open
-
     scale_name, info = scales[name]
     with safe_open(str(info.file), framework="pt") as f:
         scale_inv = f.get_tensor(scale_name)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import safe_open, save_file
 from torch import Tensor
 
 from ..builder import resolve_dtype
@@ -158,8 +159,6 @@ def convert_to_safetensors(
 ) -> Path:
     """Merge the TP shards once and write them (official names) as safetensors shards plus an index
     into `out` (default `<folder>/safetensors`). Tensors are merged one at a time from mmap'd ranks."""
-    from safetensors.torch import save_file
-
     out = Path(out) if out is not None else Path(folder) / SAFETENSORS_DIR
     out.mkdir(parents=True, exist_ok=True)
     shards = [read_rank(f) for f in rank_files(folder)]
@@ -195,8 +194,6 @@ def convert_to_safetensors(
 
 def read_merged(folder: str | Path) -> dict[str, Tensor]:
     """The merged state dict (official names): mmap'd safetensors if converted, else merged in memory."""
-    from safetensors.torch import safe_open
-
     folder = Path(folder)
     index = folder / SAFETENSORS_DIR / INDEX
     if not index.is_file():

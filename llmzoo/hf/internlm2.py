@@ -15,6 +15,7 @@ from ..config import ModelConfig
 from . import register_adapter
 from .adapter import RemoteCodeAdapter
 from .llama import llama_like_config, llama_like_hf
+from .remote_reference import InternLM2Reference
 from .rules import IGNORE, Rule, SplitInterleavedQKV
 
 
@@ -66,6 +67,4 @@ class InternLM2Adapter(RemoteCodeAdapter):
         }
 
     def reference(self, hf_config: dict[str, Any]) -> nn.Module:
-        from .remote_reference import InternLM2Reference
-
         return InternLM2Reference(hf_config)

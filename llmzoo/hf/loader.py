@@ -28,11 +28,12 @@ from ..builder import model_class, resolve_dtype
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..model import CausalLM
-from ..zoo import get_config
+from ..zoo import closest_zoo_entry, get_config
 from . import get_adapter, load_plugins
-from .adapter import Adapter, closest_zoo_entry
 from .fp8 import Dequantize, dequantize_loaded, fp8_block_size, split_scales
 from .rules import Group, Lazy, plan_load
+
+Adapter = Any  # an llmzoo.hf.adapter.Adapter: its `rules(config)` and `model_type` (adapter.py imports this module)
 
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
