@@ -12,17 +12,9 @@ from .errors import ConfigError
 from .model import CausalLM
 from .protocol import init_module
 from .scaling import scale_down
+from .params import count_params, resolve_dtype  # noqa: F401  (resolve_dtype: its old home)
 from .seq2seq import EncoderDecoderLM
 from .zoo import get_config
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(value, torch.dtype):
-        raise ConfigError(f"dtype {dtype!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
-    return value
 
 
 @torch.no_grad()
@@ -48,8 +40,6 @@ MAX_PARAMS = 10**13
 
 def check_size(config: ModelConfig) -> None:
     """ConfigError when the analytic parameter count exceeds MAX_PARAMS (nothing allocated)."""
-    from .params import count_params
-
     n = count_params(config)
     if n.total > MAX_PARAMS:
         parts = ", ".join(f"{k} {v:.3g}" for k, v in n.parts.items() if v)

@@ -6,9 +6,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .builder import resolve_dtype
 from .config import ModelConfig
+from .errors import ConfigError
 from .zoo import get_config
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype):
+        raise ConfigError(f"dtype {dtype!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
+    return value
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from .config import BlockSpec, ModelConfig, deep_merge
 from .errors import ConfigError
+from .params import count_params
 from .zoo import get_config
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -135,8 +136,6 @@ def scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrid
     except ValidationError as e:
         raise ConfigError(f"scale_down({c.name!r}, {preset!r}): the scaled config does not validate: {e}") from None
     if not overrides:
-        from .params import count_params
-
         n = count_params(out).total
         if n > MAX_PARAMS[preset]:
             raise ConfigError(f"scale_down({c.name!r}, {preset!r}): {n:,} parameters exceed the preset's "

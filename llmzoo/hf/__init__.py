@@ -41,6 +41,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from ..errors import UnsupportedError, clip
+
 if TYPE_CHECKING:
     from .adapter import Adapter
 
@@ -110,8 +112,6 @@ def get_adapter(model_type: str) -> "Adapter":
     load_plugins()
     name = _ALIASES.get(model_type, model_type) if isinstance(model_type, str) else None
     if name not in _ADAPTERS:
-        from ..errors import UnsupportedError, clip
-
         known = sorted([*_ADAPTERS, *_ALIASES])
         raise UnsupportedError(f"config.json: model_type {clip(repr(model_type), 100)} is not supported; "
                                f"supported: {', '.join(known)}")
