@@ -20,6 +20,7 @@ from .parallel.memory import memory_estimate
 from .params import count_params, kv_cache_bytes
 from .parity import parity, verify
 from .scaling import scale_down
+from .serve import serve
 from .tokenizer import Tokenizer
 from .zoo import config_path, get_config, list_models
 
@@ -163,8 +164,6 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
-
     serve(args.source, host=args.host, port=args.port, model_name=args.model_name, dtype=args.dtype,
           device=args.device, block_size=args.block_size, n_blocks=args.n_blocks, max_seqs=args.max_seqs,
           max_batch_tokens=args.max_batch_tokens)

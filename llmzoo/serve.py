@@ -23,6 +23,9 @@ from typing import Any
 
 from .engine import Engine, Request, SamplingParams
 from .errors import require
+from .hf import from_pretrained
+from .hf.loader import resolve_source
+from .tokenizer import Tokenizer
 
 
 class BadRequest(ValueError):
@@ -462,10 +465,6 @@ class ServeTokenizer:
 def app_for(source: str, *, model_name: str | None = None, dtype: str | None = None, device: str = "cpu",
             **engine_kw):
     """Load a checkpoint (folder or hub id) with its tokenizer and chat template; return the app."""
-    from .hf import from_pretrained
-    from .hf.loader import resolve_source
-    from .tokenizer import Tokenizer
-
     folder, _ = resolve_source(source)
     tokenizer = Tokenizer(folder)
     model = from_pretrained(source, dtype=dtype, device=device).eval()
