@@ -82,9 +82,6 @@ def config_diff(a: ModelConfig, b: ModelConfig) -> list[str]:
     return out
 
 
-_SHAPE_KEYS = ("vocab_size", "d_model", "n_layers")
-
-
 def _shape_key(config: ModelConfig) -> tuple:
     a = config.block.attention
     return (

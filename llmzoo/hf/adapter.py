@@ -15,7 +15,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, LLMZooError, clip
 from ..zoo import METADATA_FIELDS, arch_dict, closest_zoo_entry, config_diff  # noqa: F401  (their old home)
 from .export import write_reference_checkpoint
-from .loader import _read_file, checkpoint_index, read_hf_config
+from .loader import read_hf_config, read_state_dict
 from .rules import Rule
 
 # ------------------------------------------------------------------------------ config.json types
@@ -302,11 +302,7 @@ class RemoteCodeAdapter(Adapter):
 
     def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
         model = self.reference(read_hf_config(Path(folder)))
-        infos = checkpoint_index(Path(folder))
-        by_file: dict = {}
-        for name, info in infos.items():
-            by_file.setdefault(info.file, []).append(name)
-        state = {n: t for path, names in by_file.items() for n, t in _read_file(path, names)}
+        state = read_state_dict(folder)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or set(missing) - set(_tied_copies(model)):  # a tied copy is saved once, as transformers does
             model.load_state_dict(state, strict=True)  # raises, naming them

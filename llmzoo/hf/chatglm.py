@@ -30,7 +30,7 @@ from ..config import ModelConfig
 from ..reference.glm130b import ChatGLMReference
 from . import register_adapter
 from .adapter import Adapter, clean_name, require
-from .loader import _read_file, checkpoint_index
+from .loader import read_state_dict
 from .rules import IGNORE, Rule, SplitInterleavedQKV
 
 ALPHA = (2 * 28) ** 0.5  # GLMBlock(num_layers=28) default, never overridden
@@ -131,14 +131,8 @@ class ChatGLMAdapter(Adapter):
         return ChatGLMReference(hf_config).eval()
 
     def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
-        hf = json.loads((Path(folder) / "config.json").read_text())
-        ref = self.reference(hf)
-        infos = checkpoint_index(Path(folder))
-        by_file: dict[Path, list[str]] = {}
-        for name, info in infos.items():
-            by_file.setdefault(info.file, []).append(name)
-        state = {n: t for f, names in by_file.items() for n, t in _read_file(f, names)}
-        state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+        ref = self.reference(json.loads((Path(folder) / "config.json").read_text()))
+        state = {k: v for k, v in read_state_dict(folder).items() if not k.endswith("rotary_emb.inv_freq")}
         if ref.tied:
             state.pop("lm_head.weight", None)
             state["lm_head.weight"] = state["transformer.word_embeddings.weight"]

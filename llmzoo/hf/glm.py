@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from ..builder import resolve_dtype
@@ -35,7 +35,7 @@ from ..parity import check_report, register_check
 from ..reference.glm130b import glm130b_masks_and_position_ids, glm_forward, random_official_state
 from ..zoo import get_config
 from .adapter import Adapter
-from .loader import Checkpoint, Source, checkpoint_index, load, register_source
+from .loader import Checkpoint, Source, checkpoint_index, load, read_state_dict, register_source
 from .rules import IGNORE, Rule, Split, SplitInterleavedQKV
 
 REPLICATED = (
@@ -76,14 +76,18 @@ def merge_tp(shards: list[dict[str, Tensor]], key: str) -> Tensor:
     return torch.cat([sd[key] for sd in shards], dim=dim)
 
 
-def merge_state_dicts(shards: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """The unsharded state dict; every rank must hold the same names."""
+def _names(shards: list[dict[str, Tensor]]) -> list[str]:
+    """The tensor names every rank holds (the same for all, else an error naming the difference)."""
     names = list(shards[0])
     for r, sd in enumerate(shards[1:], 1):
         if set(sd) != set(names):
-            diff = sorted(set(sd) ^ set(names))
-            raise ValueError(f"mp_rank_{r:02d} and mp_rank_00 hold different tensors: {diff[:8]}")
-    return {k: merge_tp(shards, k) for k in names}
+            raise ValueError(f"mp_rank_{r:02d} and mp_rank_00 hold different tensors: {sorted(set(sd) ^ set(names))[:8]}")
+    return names
+
+
+def merge_state_dicts(shards: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The unsharded state dict; every rank must hold the same names."""
+    return {k: merge_tp(shards, k) for k in _names(shards)}
 
 
 def split_tp(state: dict[str, Tensor], tp: int) -> list[dict[str, Tensor]]:
@@ -162,10 +166,7 @@ def convert_to_safetensors(
     out = Path(out) if out is not None else Path(folder) / SAFETENSORS_DIR
     out.mkdir(parents=True, exist_ok=True)
     shards = [read_rank(f) for f in rank_files(folder)]
-    names = list(shards[0])
-    for r, sd in enumerate(shards[1:], 1):
-        if set(sd) != set(names):
-            raise ValueError(f"mp_rank_{r:02d} and mp_rank_00 hold different tensors: {sorted(set(sd) ^ set(names))[:8]}")
+    names = _names(shards)
     buckets: list[list[str]] = [[]]
     size = 0
     for k in names:
@@ -194,16 +195,9 @@ def convert_to_safetensors(
 
 def read_merged(folder: str | Path) -> dict[str, Tensor]:
     """The merged state dict (official names): mmap'd safetensors if converted, else merged in memory."""
-    folder = Path(folder)
-    index = folder / SAFETENSORS_DIR / INDEX
-    if not index.is_file():
+    if not (Path(folder) / SAFETENSORS_DIR / INDEX).is_file():
         return merge_state_dicts([read_rank(f) for f in rank_files(folder)])
-    weight_map = json.loads(index.read_text())["weight_map"]
-    out: dict[str, Tensor] = {}
-    for fname in sorted(set(weight_map.values())):
-        with safe_open(str(folder / SAFETENSORS_DIR / fname), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
+    return read_state_dict(Path(folder) / SAFETENSORS_DIR)
 
 
 # --------------------------------------------------------------------------------- the table

@@ -269,6 +269,14 @@ def _read_file(path: Path, names: list[str]) -> Iterator[tuple[str, Tensor]]:
         yield n, t
 
 
+def read_state_dict(folder: str | os.PathLike) -> dict[str, Tensor]:
+    """Every tensor of a checkpoint folder by its stored name (references in tests and verify)."""
+    by_file: dict[Path, list[str]] = {}
+    for name, info in checkpoint_index(Path(folder)).items():
+        by_file.setdefault(info.file, []).append(name)
+    return {n: t for path, names in by_file.items() for n, t in _read_file(path, names)}
+
+
 def _assign(model: nn.Module, name: str, value: Tensor) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model

@@ -16,22 +16,12 @@ import importlib
 
 from .plan import STYLES, head_split, local_config  # noqa: F401
 
-_HOME = {
-    **dict.fromkeys(STYLES, "styles"),
-    **dict.fromkeys(["make_mesh", "parallelize", "init_sharded", "normal_region", "param_bytes", "local_region",
-                     "sharded_cache", "BLOCK_ELEMENTS", "_local", "_dim_mesh"], "sharding"),
-    **dict.fromkeys(["load_hf_sharded", "from_pretrained_sharded", "SliceReader"], "loading"),
-    **dict.fromkeys(["memory_estimate", "_tp_dims", "_chunk"], "memory"),
-    **dict.fromkeys(["save_checkpoint", "load_checkpoint", "save_hf"], "checkpoint"),
-}
-__all__ = sorted(["head_split", "local_config", *(n for n in _HOME if not n.startswith("_"))])
+MODULES = ("styles", "sharding", "loading", "memory", "checkpoint")
 
 
 def __getattr__(name: str):
-    if name in _HOME:
-        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    for module in MODULES if not name.startswith("__") else ():
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name, importlib)
+        if value is not importlib:
+            return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOME])
