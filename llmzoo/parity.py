@@ -203,12 +203,16 @@ def _logits(out: Any) -> Tensor:
     return out if isinstance(out, Tensor) else out.logits
 
 
-def forward_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, like: nn.Module | None = None) -> Tensor:
-    """Logits of an llmzoo model or a reference on one batch. An encoder-decoder (T5; judged from
-    `like`, the llmzoo model) reads the batch as source and as target; the logits are the target's."""
+def forward_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, like: nn.Module | None = None,
+                   decoder_input_ids: Tensor | None = None, decoder_attention_mask: Tensor | None = None) -> Tensor:
+    """Logits of an llmzoo model or a reference on one batch. An encoder-decoder (judged from `like`,
+    the llmzoo model) reads the batch as source and, unless decoder inputs are given, as target too;
+    the logits are the target's."""
     like = model if like is None else like
     seq2seq = getattr(getattr(like, "config", None), "encoder", None) is not None
-    extra = dict(decoder_input_ids=input_ids, decoder_attention_mask=attention_mask) if seq2seq else {}
+    if decoder_input_ids is None:
+        decoder_input_ids, decoder_attention_mask = input_ids, attention_mask
+    extra = dict(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask) if seq2seq else {}
     with torch.no_grad():
         return _logits(model(input_ids=input_ids, attention_mask=attention_mask, **extra))
 
@@ -245,6 +249,7 @@ class ParityReport:
     top_k_agreement: float = float("nan")  # share of positions whose greedy tokens are in each other's top-k
     min_top_k: float = 1.0
     routed: bool = False  # judged with the ROUTED tolerances (discrete expert routing)
+    scale: float = float("nan")  # max |reference logits| at the real tokens: loud weights make it ≫ 1
 
     def __str__(self) -> str:
         gated = "" if tolerance_for(getattr(torch, self.dtype, torch.float32))["gate_max_abs"] else ", reported"
@@ -279,9 +284,12 @@ def compare(
     dtype: torch.dtype = torch.float32,
     model_type: str = "",
     tolerance: dict[str, float] | None = None,
+    decoder_input_ids: Tensor | None = None,
+    decoder_attention_mask: Tensor | None = None,
 ) -> ParityReport:
     """Run both models on one batch with hooks on paired boundaries; compare at non-pad positions.
-    tolerance: entries overriding TOLERANCES[dtype] (a test's deliberately different bound)."""
+    tolerance: entries overriding TOLERANCES[dtype] (a test's deliberately different bound).
+    decoder_*: an encoder-decoder's own target batch (default: the source batch); positions are its."""
     tol = {**tolerance_for(dtype, is_routed(ours)), **(tolerance or {})}
     pairs = boundary_pairs(rules, ours, ref)
     got_ours: dict[str, Tensor] = {}
@@ -312,12 +320,13 @@ def compare(
             handles.append(om.register_forward_pre_hook(in_hook(got_ours, o, True), with_kwargs=True))
             handles.append(hm.register_forward_pre_hook(in_hook(got_ref, o, False), with_kwargs=True))
     try:
-        a = forward_logits(ours, input_ids, attention_mask, like=ours).float()
-        b = forward_logits(ref, input_ids, attention_mask, like=ours).float()
+        dec = dict(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
+        a = forward_logits(ours, input_ids, attention_mask, like=ours, **dec).float()
+        b = forward_logits(ref, input_ids, attention_mask, like=ours, **dec).float()
     finally:
         for hd in handles:
             hd.remove()
-    keep = attention_mask.bool()
+    keep = (attention_mask if decoder_attention_mask is None else decoder_attention_mask).bool()
     m = logit_metrics(a[keep], b[keep], dtype, tolerance, is_routed(ours))  # (N, vocab) at real tokens
     passed = m["passed"]
     ref_of = dict(pairs)
@@ -339,8 +348,10 @@ def compare(
         diverged[key] = delta > tol["layer_rtol"] * scale
     boundaries = [(k, d) for k, d in events if not k.startswith("in:")]
     first = None if passed else first_divergence(events, diverged, ref_of)
-    return report_from_metrics(model_type, str(dtype).removeprefix("torch."), m, first, boundaries,
-                               routed=is_routed(ours))
+    report = report_from_metrics(model_type, str(dtype).removeprefix("torch."), m, first, boundaries,
+                                 routed=is_routed(ours))
+    report.scale = float(b[keep].abs().max())
+    return report
 
 
 def first_divergence(

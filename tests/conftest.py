@@ -20,27 +20,35 @@ def loud():
 
 
 def save_tiny_checkpoint(
-    model_type: str, folder: Path, seed: int = 0, n_shards: int = 4, overrides: dict | None = None
+    model_type: str, folder: Path, seed: int = 0, n_shards: int = 4, overrides: dict | None = None,
+    loud_buffers: tuple[str, ...] = (),
 ) -> torch.nn.Module:
     """Build the adapter's tiny reference (loud, seeded; `overrides` replace config.json keys of
-    tiny_hf_config()), save it sharded into ~n_shards safetensors."""
+    tiny_hf_config(); buffers whose names end with one of `loud_buffers`, which loud_init_ leaves
+    alone, re-drawn N(0, 0.3²)), save it sharded into ~n_shards safetensors."""
     from llmzoo.hf import get_adapter
 
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     ref = tiny_reference(model_type, seed, overrides)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, b in ref.named_buffers():
+            if loud_buffers and name.endswith(tuple(loud_buffers)):
+                b.copy_(0.3 * torch.randn(b.shape, generator=g))
     get_adapter(model_type).save_reference(ref, str(folder), shard_size_for(ref, n_shards))
     return ref
 
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
-    """tiny_checkpoint(model_type, seed=0, overrides=None) -> (folder, reference) with ≥ 3 shards."""
+    """tiny_checkpoint(model_type, seed=0, overrides=None, loud_buffers=()) -> (folder, reference), ≥ 3 shards."""
 
-    def make(model_type: str, seed: int = 0, name: str = "ckpt", overrides: dict | None = None):
+    def make(model_type: str, seed: int = 0, name: str = "ckpt", overrides: dict | None = None,
+             loud_buffers: tuple[str, ...] = ()):
         folder = tmp_path / f"{name}-{model_type}-{seed}-{len(list(tmp_path.iterdir()))}"
-        ref = save_tiny_checkpoint(model_type, folder, seed, overrides=overrides)
+        ref = save_tiny_checkpoint(model_type, folder, seed, overrides=overrides, loud_buffers=loud_buffers)
         return folder, ref
 
     return make

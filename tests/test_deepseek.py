@@ -11,10 +11,9 @@ import llmzoo
 from llmzoo.hf import get_adapter
 from llmzoo.hf.loader import from_pretrained
 from llmzoo.moe import MoE
-from llmzoo.parity import loud_init_, make_batch, shard_size_for
+from llmzoo.parity import compare, loud_init_, make_batch, shard_size_for
 from llmzoo.positions import RopeSpec, RoPE, rope_inv_freq
-
-YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 32, "beta_slow": 1}
+from variants import VARIANTS
 
 
 def variant(model_type: str, **changes) -> dict:
@@ -23,21 +22,9 @@ def variant(model_type: str, **changes) -> dict:
     return hf
 
 
-CASES = {
-    # V2: full-rank query (V2-Lite style), softmax + group-limited greedy with max group score, YaRN
-    "v2-q_full-grouped": ("deepseek_v2", variant("deepseek_v2")),
-    # V2: low-rank query, attention and MLP biases, greedy routing over all experts
-    "v2-q_lora-greedy-bias": ("deepseek_v2", variant(
-        "deepseek_v2", q_lora_rank=24, topk_method="greedy", attention_bias=True, mlp_bias=True,
-        rope_scaling={**YARN, "mscale": 1.0, "mscale_all_dim": 0.5})),
-    # V3: sigmoid + correction bias, top2-sum group score, normalised × 2.5, interleaved rope, YaRN
-    "v3-q_lora-interleave": ("deepseek_v3", variant("deepseek_v3")),
-    # V3: full-rank query, rope halves, two dense layers, tied embeddings
-    "v3-q_full-halves": ("deepseek_v3", variant(
-        "deepseek_v3", q_lora_rank=None, rope_interleave=False, first_k_dense_replace=2, num_hidden_layers=4,
-        tie_word_embeddings=True, rope_scaling={**YARN, "mscale": 0.707, "mscale_all_dim": 0.707})),
-    "mixtral": ("mixtral", variant("mixtral")),
-}
+# the DeepSeek / Mixtral rows of the one variant table (tests/variants.py)
+CASES = {name: (model_type, variant(model_type, **changes)) for name, (model_type, changes) in VARIANTS.items()
+         if model_type in ("deepseek_v2", "deepseek_v3", "mixtral")}
 
 
 def loud_reference(model_type: str, hf: dict, seed: int = 0) -> torch.nn.Module:
@@ -71,6 +58,8 @@ def group_exclusions(model) -> int:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_logits_match_transformers(case, tmp_path):
+    """Each MoE row on its own batch (llmzoo.parity.compare): logits ≤ 1e-4, YaRN, routed + shared
+    experts and dense first layers loaded, and (with groups) the group limit changes real routing."""
     model_type, hf = CASES[case]
     ref = loud_reference(model_type, hf)
     save_sharded(ref, tmp_path)
@@ -78,15 +67,11 @@ def test_logits_match_transformers(case, tmp_path):
     ids, mask = make_batch(hf["vocab_size"], seq_len=20, pad=6)
     hooks = [m.register_forward_pre_hook(lambda mod, a: setattr(mod, "_seen", a[0]))
              for m in ours.modules() if isinstance(m, MoE)]
-    with torch.no_grad():
-        want = ref(input_ids=ids, attention_mask=mask).logits
-        got = ours(ids, mask)
+    report = compare(ours, ref, get_adapter(model_type).rules(ours.config), ids, mask)
     for h in hooks:
         h.remove()
-    real = mask.bool()
-    delta = (got - want)[real].abs().max().item()
-    assert delta <= 1e-4, f"{case}: max |Δlogits| {delta:.2e}"
-    assert want[real].std() > 0.1
+    assert report.max_abs <= 1e-4, f"{case}: max |Δlogits| {report.max_abs:.2e}"
+    assert report.scale > 1.0
     cfg = ours.config
     if model_type.startswith("deepseek"):
         assert cfg.position.scaling is not None and cfg.position.scaling.type == "yarn"

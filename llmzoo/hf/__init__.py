@@ -28,7 +28,7 @@ tests/test_hf_rules.py, tests/test_hf_load.py and tests/test_parity.py are param
 new test code: fp32 logits ≤ 1e-4 and bf16 (nmse, top-k; llmzoo.parity.TOLERANCES) on a padded batch from a ≥ 3-shard checkpoint, config
 round trip in both config.json dialects, transformers save → load → export byte-identical,
 export → reference loads it with the same logits, `llmzoo tiny` for one zoo entry per family,
-and `llmzoo verify`. Variants the tiny config does not cover go in test_parity.VARIANTS as
+and `llmzoo verify`. Variants the tiny config does not cover go in tests/variants.py as
 (model_type, config.json overrides).
 
 Loading rules (loader.py): every checkpoint tensor matches exactly one rule (IGNORE counts), every
