@@ -86,12 +86,19 @@ class Context:
     def rope_apply(self, x: Tensor, layer: int | None = None) -> Tensor:
         return apply_rope(x, *(self.rope if layer is None else self.layer_rope.get(layer, self.rope)), self.rope_layout)
 
-    def mask(self, window: int | None) -> Tensor | None:
-        """SDPA attn_mask for a layer with this window; None means plain causal (is_causal)."""
+    def query_slots(self) -> Tensor:
+        """(1 or B, T) slot of each query (Llama-4's query temperature reads it)."""
+        return self.q_index[None]
+
+    def mask(self, window: int | None, chunk: int | None = None) -> Tensor | None:
+        """SDPA attn_mask for a layer with this window (and chunk); None means plain causal (is_causal)."""
         T, S = len(self.q_index), len(self.k_index)
         plain = self.causal and self.key_padding is None and self.prefix_len is None and self.bias is None
-        if plain and self.keys is None and T == S and (window is None or window >= S):
+        short = (window is None or window >= S) and (chunk is None or chunk >= S)
+        if plain and self.keys is None and T == S and short:
             return None
+        if chunk is not None:
+            return self._chunk_mask(window, chunk)
         if window not in self._masks:
             k_index, key_padding, bias = self.k_index, self.key_padding, self.bias
             if self.keys is not None:
@@ -103,6 +110,22 @@ class Context:
             else:
                 self._masks[window] = bias.masked_fill(~allowed, float("-inf"))
         return self._masks[window]
+
+    def _chunk_mask(self, window: int | None, chunk: int) -> Tensor:
+        """The window's mask restricted to keys whose position lies in the query's chunk of `chunk`
+        positions (Llama-4; positions, not slots, as transformers shifts chunks by the left padding).
+        A chunk never reaches further back than `chunk` tokens, so a cache keeps it as that window."""
+        key = (window, chunk)
+        if key not in self._masks:
+            k_index, key_padding, k_pos = self.k_index, self.key_padding, self.positions
+            if self.keys is not None:
+                k_index, key_padding, k_pos = self.keys(window, self.q_index)
+            allowed = attention_mask(self.q_index, k_index, key_padding, self.prefix_len, window, self.causal)
+            q_chunk = torch.div(self.positions, chunk, rounding_mode="floor")  # (B, T)
+            same = q_chunk[:, :, None] == torch.div(k_pos, chunk, rounding_mode="floor")[:, None, :]  # (B, T, S)
+            allowed = allowed & same[:, None]
+            self._masks[key] = allowed | ~allowed.any(-1, keepdim=True)  # a row seeing nothing: finite garbage
+        return self._masks[key]
 
 
 def with_sinks(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, sinks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -179,6 +202,13 @@ class AttentionSpec(AttentionSpecBase):
     )
     softcap: float | None = Field(None, gt=0, description="scores → cap·tanh(scores/cap) before the mask (Gemma-2)")
     sinks: bool = Field(False, description="a learned per-head logit in every softmax denominator (GPT-OSS)")
+    chunk: int | None = Field(None, gt=0, description="chunked local attention: a query sees the keys of its "
+                              "own chunk of `chunk` slots (Llama-4 attention_chunk_size)")
+    qk_norm_after_rope: bool = Field(False, description="apply qk_norm to the rotated q and k (Llama-4)")
+    query_temperature: float | None = Field(
+        None, gt=0, description="q × (1 + t·log(1 + ⌊(slot + 1) / temperature_floor⌋)) (Llama-4 NoPE layers)"
+    )
+    temperature_floor: int = Field(8192, gt=0, description="positions per temperature step (Llama-4 floor_scale)")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "AttentionSpec":
@@ -190,6 +220,8 @@ class AttentionSpec(AttentionSpecBase):
         expected = {"mha": kv == self.n_heads, "mqa": kv == 1, "gqa": 1 < kv < self.n_heads}
         if not expected[self.type]:
             raise ValueError(f"type {self.type!r} does not fit n_kv_heads={kv} with n_heads={self.n_heads}")
+        if self.chunk is not None and self.window is not None:
+            raise ValueError("chunk and window: a layer attends either within its chunk or within a window")
         return self
 
     @property
@@ -214,7 +246,7 @@ class AttentionSpec(AttentionSpecBase):
         return KVLayout(self.n_kv_heads, self.head_dim, self.head_dim)  # the KV heads only
 
     def kv_window(self) -> int | None:
-        return self.window
+        return self.window if self.chunk is None else self.chunk  # a chunk reaches back < chunk slots
 
     def sees_prefix(self) -> bool:
         return self.prefix_lm
@@ -237,7 +269,7 @@ class AttentionSpec(AttentionSpecBase):
     def scaled(self, s) -> "AttentionSpec":
         h, kv = s.heads(self.n_heads, self.n_kv_heads)
         consistent = self.n_heads * self.head_dim == s.full_d_model  # else keep head_dim ≠ d_model / n_heads
-        return self.updated(n_heads=h, n_kv_heads=kv, window=s.window(self.window),
+        return self.updated(n_heads=h, n_kv_heads=kv, window=s.window(self.window), chunk=s.window(self.chunk),
                             head_dim=s.head_dim if consistent else s.head_dim * 3 // 2)
 
 
@@ -248,6 +280,8 @@ class Attention(AttentionModule):
     qk_norm: QK-norm (Dehghani et al., arXiv:2302.05442): RMSNorm on q and k before rotary, per head
     (Qwen3, Gemma-3) or over the whole projection (OLMo-2, arXiv:2501.00656 §3.2).
     softcap: Gemma-2's attention logit soft-capping (arXiv:2408.00118, §2), cap·tanh(s/cap).
+    chunk, qk_norm_after_rope, query_temperature: Llama-4's chunked local attention, QK L2-norm on the
+    rotated heads and NoPE-layer temperature tuning.
     window, prefix_lm, clip_qkv, softmax_scale, sinks: see AttentionSpec."""
 
     def __init__(self, spec: AttentionSpec, d_model: int, layer: int = 0, scale_mult: float = 1.0):
@@ -261,14 +295,26 @@ class Attention(AttentionModule):
         # the norms read (B, T, ·, width): width head_dim per head, or the whole projection
         self.q_width, k_width = spec.qk_norm_dims
         self.k_width = k_width
-        norm = spec.qk_norm
+        norm = spec.qk_norm if not spec.qk_norm_after_rope else None
         self.q_norm = build("norm", norm, self.q_width) if norm is not None else nn.Identity()
         self.k_norm = build("norm", norm, k_width) if norm is not None else nn.Identity()
+        after = spec.qk_norm if spec.qk_norm_after_rope else None  # Llama-4: on the rotated heads
+        self.q_rot_norm = build("norm", after, self.head_dim) if after is not None else nn.Identity()
+        self.k_rot_norm = build("norm", after, self.head_dim) if after is not None else nn.Identity()
+        self.chunk = spec.chunk
         self.attend = sdpa if spec.softcap is None else partial(softcapped_attention, cap=spec.softcap)
         base = spec.softmax_scale if spec.softmax_scale is not None else self.head_dim**-0.5
         self.scale = base * scale_mult
-        self.window = spec.window
+        self.window = spec.kv_window()
         self.sinks = nn.Parameter(torch.zeros(self.n_heads)) if spec.sinks else None
+        self.temper = self._temper if spec.query_temperature is not None else lambda q, ctx: q
+
+    def _temper(self, q: Tensor, ctx: Context) -> Tensor:
+        """Llama-4's attention temperature tuning on NoPE layers: queries grow with log(slot / floor)."""
+        s = self.spec
+        slots = ctx.query_slots().float()  # (1 or B, T)
+        t = torch.log1p(torch.floor((slots + 1.0) / s.temperature_floor)) * s.query_temperature + 1.0
+        return (q * t[:, None, :, None]).to(q.dtype)
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:  # (B, T, D)
         B, T, _ = x.shape
@@ -283,10 +329,11 @@ class Attention(AttentionModule):
         rope = ctx.rotary(self.layer)
         if rope is not None:
             q, k = apply_rope(q, *rope, ctx.rope_layout), apply_rope(k, *rope, ctx.rope_layout)
+        q, k = self.temper(self.q_rot_norm(q), ctx), self.k_rot_norm(k)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer, k, v)
         sinks = self.sinks.to_local() if hasattr(self.sinks, "to_local") else self.sinks  # this rank's heads
-        y = self.attend(q, k, v, ctx.mask(self.window), self.scale, sinks)  # (B, H, T, Dh)
+        y = self.attend(q, k, v, ctx.mask(self.window, self.chunk), self.scale, sinks)  # (B, H, T, Dh)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
     def tp_plan(self, tp: int, ep: bool = False) -> dict:

@@ -39,6 +39,8 @@ class MoESpec(MLPSpecBase):
     )
     swiglu_alpha: float = Field(1.0, gt=0, description="gate · σ(alpha · gate); 1 is SiLU (GPT-OSS 1.702)")
     up_offset: float = Field(0.0, description="(up + offset) ⊙ act(gate) in the routed experts (GPT-OSS 1)")
+    weigh_input: bool = Field(False, description="multiply an expert's input by its router weight, not its "
+                              "output: FFN_i(g_i·x) (Llama-4)")
 
     @model_validator(mode="after")
     def _check(self) -> "MoESpec":
@@ -183,6 +185,7 @@ class Experts(nn.Module):
         for n, shape in (("gate_bias", (e, f)), ("up_bias", (e, f)), ("down_bias", (e, d_model))):
             setattr(self, n, nn.Parameter(torch.zeros(shape)) if spec.expert_bias else None)
         self.glu = gated(spec)
+        self.weigh_input = spec.weigh_input
 
     def expert(self, i: int, x: Tensor, weights: tuple | None = None) -> Tensor:
         """Expert i on its tokens x (n, D); weights: the PARAMS stacks to use (local shards; biases may be None)."""
@@ -206,7 +209,8 @@ class Experts(nn.Module):
         for i, n in enumerate(counts):
             if n:
                 rows = token[start : start + n]
-                y = self.expert(i, x[rows], local) * weights.flatten()[order[start : start + n], None].to(x.dtype)
+                w = weights.flatten()[order[start : start + n], None].to(x.dtype)
+                y = self.expert(i, x[rows] * w, local) if self.weigh_input else self.expert(i, x[rows], local) * w
                 out.index_add_(0, rows, y)
                 start += n
         return out

@@ -44,8 +44,10 @@ class RMSNormSpec(NormSpecBase):
         "HF LlamaRMSNorm); False multiplies in float32 and rounds once (Gemma). Same result in float32"
     )
 
+    weight: bool = Field(True, description="False: no gain g, y = x / rms(x) (Llama-4's QK L2Norm)")
+
     def n_params(self, dim: int) -> int:
-        return dim
+        return dim if self.weight else 0
 
 
 @register("norm", "layernorm", LayerNormSpec)
@@ -76,21 +78,25 @@ class RMSNorm(NormModule):
     """RMSNorm (Zhang & Sennrich, arXiv:1910.07467): y = x / sqrt(mean(x²) + eps) * g.
 
     unit_offset: scale by (1 + g), for checkpoints that store g - 1 (Gemma).
-    round_before_weight: in half precision, round x/rms(x) before multiplying by g (T5LayerNorm)."""
+    round_before_weight: in half precision, round x/rms(x) before multiplying by g (T5LayerNorm).
+    weight: False drops g (Llama-4's parameter-free QK-norm)."""
 
     def __init__(self, spec: RMSNormSpec, dim: int):
         super().__init__()
         self.eps = spec.eps
         self.offset = 1.0 if spec.unit_offset else 0.0
         self.round_before_weight = spec.round_before_weight
-        self.weight = nn.Parameter(torch.full((dim,), 1.0 - self.offset))
+        self.weight = nn.Parameter(torch.full((dim,), 1.0 - self.offset)) if spec.weight else None
 
     def forward(self, x: Tensor) -> Tensor:  # (..., D)
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is None:
+            return y.type_as(x)
         if self.round_before_weight:  # half precision: two roundings, as the reference implementation
             return (self.offset + self.weight) * y.type_as(x)
         return (y * (self.offset + self.weight.float())).type_as(x)
 
     def reset_parameters(self) -> None:
-        nn.init.constant_(self.weight, 1.0 - self.offset)
+        if self.weight is not None:
+            nn.init.constant_(self.weight, 1.0 - self.offset)

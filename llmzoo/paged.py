@@ -86,22 +86,29 @@ class PagedContext(Context):
     q_slot: Tensor | None = None  # (B, T)
     prefix_slots: Tensor | None = None  # (B,) prefix-LM context length per row
 
-    def mask(self, window: int | None) -> Tensor:
-        if window not in self._masks:
+    def query_slots(self) -> Tensor:
+        return self.q_slot.clamp(min=0)  # (B, T); padding queries read slot 0
+
+    def mask(self, window: int | None, chunk: int | None = None) -> Tensor:
+        key = window if chunk is None else (window, chunk)
+        if key not in self._masks:
             group = self.cache.group_of(window)
             _, k_slot, valid, k_pos = group.view
             i, j = self.q_slot[:, :, None], k_slot[:, None, :]  # (B, T, 1), (B, 1, S)
             allowed = j <= i
             if window is not None:
                 allowed = allowed & (i - j < window)
+            if chunk is not None:  # Llama-4 chunked attention: keys in the query's chunk of positions
+                q_chunk = torch.div(self.positions, chunk, rounding_mode="floor")[:, :, None]
+                allowed = allowed & (q_chunk == torch.div(k_pos, chunk, rounding_mode="floor")[:, None, :])
             if self.prefix_slots is not None:
                 allowed = allowed | (j < self.prefix_slots[:, None, None])
             allowed = allowed & valid[:, None, :] & (i >= 0)
             allowed = allowed | ~allowed.any(-1, keepdim=True)  # padding queries: finite garbage, never NaN
             allowed = allowed[:, None]  # (B, 1, T, S)
             bias = self.bias_fn(self.positions, k_pos) if self.bias_fn is not None else None
-            self._masks[window] = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
-        return self._masks[window]
+            self._masks[key] = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
+        return self._masks[key]
 
 
 class PagedCache:

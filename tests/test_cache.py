@@ -75,6 +75,15 @@ KINDS = {
         "type": "moe", "n_experts": 4, "top_k": 2, "d_expert": 16, "norm_topk": True, "router_bias": True,
         "expert_bias": True, "swiglu_limit": 7.0, "swiglu_alpha": 1.702, "up_offset": 1.0}},
         overrides=[{"layers": "0::2", "block": {"attention": {"window": 4}}}]),
+    # Llama-4: chunked local attention with an L2 QK-norm on the rotated heads, a NoPE layer with query
+    # temperature tuning, experts weighted on their input plus a shared expert
+    "chunked-nope-temperature-moe": tiny({"type": "rope", "layout": "interleaved"}, {
+        "chunk": 4, "qk_norm": {"type": "rmsnorm", "eps": 1e-5, "weight": False}, "qk_norm_after_rope": True},
+        block={"mlp": {"type": "moe", "n_experts": 4, "top_k": 1, "d_expert": 16, "score": "sigmoid",
+                       "n_shared_experts": 1, "weigh_input": True}},
+        overrides=[{"layers": [2], "block": {"position": {"type": "none"}, "attention": {
+            "chunk": None, "qk_norm": None, "qk_norm_after_rope": False, "query_temperature": 0.1,
+            "temperature_floor": 3}}}]),
 }
 for _k in ("mla", "mla-full-rank-q"):  # MLA specs have no GQA keys
     KINDS[_k]["block"]["attention"] = {**MLA, **({"q_lora_rank": None} if "full" in _k else {})}

@@ -23,7 +23,8 @@ from llmzoo.scaling import scale_down
 # dense GQA (8 heads, 2 KV heads: replicated KV at tp=4), MQA (tied head, parallel block),
 # MLA + MoE (shared experts, group routing), ALiBi (tied head, fused interleaved QKV in HF)
 # GPT-OSS: per-head sinks split with the heads, biased experts whole per rank (ep)
-MODELS = ["llama-2-70b", "falcon-7b", "deepseek-v3", "bloom-7b1", "gpt-oss-20b"]
+# Llama-4: chunked + NoPE layers, experts weighted on their input, split on their inner dim (ep=False)
+MODELS = ["llama-2-70b", "falcon-7b", "deepseek-v3", "bloom-7b1", "gpt-oss-20b", "llama-4-maverick-17b-128e"]
 # world size → (model, tp, dp, ep) runs; every run compares logits and measures memory. ep=True: experts
 # over the tp ranks (all-reduce); ep="dp": over the dp ranks, tokens exchanged with all-to-all.
 # With dp > 1 each data-parallel rank feeds its own sequence (rank r: sequence r % 2).
@@ -32,7 +33,7 @@ JOBS = {
     2: [("llama-2-70b", 2, 1, False), ("falcon-7b", 2, 1, False), ("deepseek-v3", 2, 1, True),
         ("deepseek-v3-fp8", 2, 1, False),
         ("deepseek-v3", 1, 2, "dp"), ("bloom-7b1", 2, 1, False), ("bloom-7b1", 1, 2, False),
-        ("gpt-oss-20b", 2, 1, True), ("gpt-oss-20b", 1, 2, "dp")],
+        ("gpt-oss-20b", 2, 1, True), ("gpt-oss-20b", 1, 2, "dp"), ("llama-4-maverick-17b-128e", 2, 1, False)],
     4: [("llama-2-70b", 4, 1, False), ("llama-2-70b", 1, 4, False), ("falcon-7b", 2, 2, False),
         ("deepseek-v3", 2, 2, "dp"), ("deepseek-v3", 2, 2, False), ("bloom-7b1", 4, 1, False)],
 }

@@ -151,6 +151,15 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"n_shared_experts": 2}, None),
         ({"hidden_act": "gelu"}, None),
     ],
+    "llama4_text": [
+        ({"use_qk_norm": False}, None),  # Maverick
+        ({"attn_temperature_tuning": False}, None),
+        ({"attention_chunk_size": None}, None),  # every layer full attention
+        ({"moe_layers": None, "interleave_moe_layer_step": 1}, None),  # Scout: every layer MoE
+        ({"no_rope_layers": [1, 0, 1, 1]}, None),
+        ({"rope_scaling": None}, None),  # Maverick
+        ({"num_experts_per_tok": 2}, None),
+    ],
     "gpt2": [
         ({"activation_function": "gelu"}, None),
         ({"activation_function": "relu"}, None),

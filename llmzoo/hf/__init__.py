@@ -69,6 +69,7 @@ ADAPTER_MODULES = [
     "gpt_oss",
     "qwen3_moe",
     "glm4_moe",
+    "llama4",
 ]
 # modules that register other checkpoint sources (loader.register_source) and their verify rows
 SOURCE_MODULES = ["glm"]
