@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 
-from ..config import ModelConfig
+from ..config import MAX_LAYERS, ModelConfig
+from ..errors import ConfigError
 from . import register_adapter
 from .adapter import Adapter, require, rope_to_hf
 from .llama import LLAMA, head_rules, llama_like_config
@@ -62,6 +63,8 @@ class GptOssAdapter(Adapter):
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         n = int(require(hf, "num_hidden_layers"))
+        if n > MAX_LAYERS:  # before any per-layer list is built
+            raise ConfigError(f"config.json: num_hidden_layers {n} exceeds {MAX_LAYERS}")
         window = hf.get("sliding_window")
         types = layer_types(hf, n)
         windows = [int(window) if t == SLIDING and window else None for t in types]

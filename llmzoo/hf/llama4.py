@@ -20,7 +20,8 @@ from typing import Any
 
 
 from ..attention import AttentionSpec
-from ..config import ModelConfig
+from ..config import MAX_LAYERS, ModelConfig
+from ..errors import ConfigError
 from . import register_adapter
 from .adapter import Adapter, activation_name, require
 from .llama import LLAMA, head_rules, llama_like_config, llama_like_hf
@@ -66,6 +67,8 @@ class Llama4TextAdapter(Adapter):
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         n = int(require(hf, "num_hidden_layers"))
+        if n > MAX_LAYERS:  # before any per-layer list is built
+            raise ConfigError(f"config.json: num_hidden_layers {n} exceeds {MAX_LAYERS}")
         nope, moe_layers = layer_lists(hf, n)
         data = llama_like_config({**hf, "intermediate_size": hf.get("intermediate_size_mlp", 16384)},
                                  family="llama4", qkv_bias=bool(hf.get("attention_bias", False)),
