@@ -159,6 +159,9 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"no_rope_layers": [1, 0, 1, 1]}, None),
         ({"rope_scaling": None}, None),  # Maverick
         ({"num_experts_per_tok": 2}, None),
+        ({"attention_bias": True}, None),  # biases on q, k, v and o
+        ({"hidden_act": "gelu"}, None),
+        ({"router_jitter_noise": 0.1}, None),  # training-time noise only: eval is unchanged
     ],
     "gpt2": [
         ({"activation_function": "gelu"}, None),
