@@ -222,3 +222,236 @@ def test_string_boolean_in_config_json_never_loads(llama_folder, tmp_path):
     (bad / "config.json").write_text(json.dumps({**hf, "tie_word_embeddings": "false"}))
     with pytest.raises(LLMZooError, match=r"config\.json: tie_word_embeddings: expected true or false"):
         llmzoo.from_pretrained(bad)
+
+
+# ------------------------------------------------------------------------------ checkpoint files
+
+
+@pytest.fixture
+def ckpt(llama_folder, tmp_path):
+    """A fresh copy of the tiny sharded llama checkpoint (4 safetensors shards + index)."""
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(llama_folder, folder)
+    return folder
+
+
+def edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+INDEX = "model.safetensors.index.json"
+
+
+@pytest.mark.parametrize("shard, says", [
+    ("../outside.safetensors", "not a plain file name inside the checkpoint folder"),
+    ("/etc/passwd", "not a plain file name inside the checkpoint folder"),
+    ("sub/model.safetensors", "not a plain file name inside the checkpoint folder"),
+    ("..", "not a plain file name"),
+    ("", "not a plain file name"),
+    (7, "is a int, not a file name"),
+    (None, "is a NoneType, not a file name"),
+    ("config.json", "does not end in .safetensors"),
+])
+def test_index_shard_names_are_plain_files_inside_the_folder(ckpt, shard, says):
+    (ckpt.parent / "outside.safetensors").write_bytes((ckpt / sorted(ckpt.glob("*.safetensors"))[0].name).read_bytes())
+
+    def change(d):
+        d["weight_map"]["model.norm.weight"] = shard
+
+    edit_json(ckpt / INDEX, change)
+    with pytest.raises(llmzoo.CheckpointError, match=rf"{INDEX}: weight_map: .*{says}"):
+        llmzoo.from_pretrained(ckpt)
+
+
+@pytest.mark.parametrize("content, says", [
+    (b'{"weight_map": ["a"]}', "weight_map: expected an object of tensor name → shard file, got list"),
+    (b'{"metadata": {}}', "weight_map: expected an object .* got nothing"),
+    (b'[1, 2]', "weight_map: expected an object"),
+    (b'{"weight_map": {}}', "weight_map: expected an object"),
+    (b'{"weight_map": ', "not valid JSON"),
+    (b'\xff\xfe{}', r"not UTF-8 text \(byte 0xff at offset 0\)"),
+    (b"[" * 100_000 + b"]" * 100_000, "JSON nested too deeply"),
+])
+def test_malformed_index_file_is_named(ckpt, content, says):
+    (ckpt / INDEX).write_bytes(content)
+    with pytest.raises(llmzoo.CheckpointError, match=rf"{INDEX}: ({says})"):
+        llmzoo.from_pretrained(ckpt)
+
+
+def test_symlinked_shards_of_the_hub_cache_still_load(ckpt, tmp_path):
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    for shard in ckpt.glob("*.safetensors"):  # as huggingface_hub lays out a snapshot
+        target = blobs / f"sha-{shard.name}"
+        shard.rename(target)
+        shard.symlink_to(target)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.isfinite(llmzoo.from_pretrained(ckpt)(ids)).all()
+
+
+def rewrite_tensor(folder, name, change):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    index = json.loads((folder / INDEX).read_text())
+    shard = folder / index["weight_map"][name]
+    with safe_open(str(shard), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors[name] = change(tensors[name])
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8])
+def test_int_and_bool_tensors_where_floats_belong(ckpt, dtype):
+    rewrite_tensor(ckpt, "model.layers.1.self_attn.k_proj.weight", lambda t: t.to(dtype))
+    with pytest.raises(llmzoo.CheckpointError, match=r"wrong dtype: 'model\.layers\.1\.self_attn\.k_proj\.weight'"
+                       r" → 'blocks\.1\.attn\.k\.weight' is stored as torch\.\w+; the model needs floating"):
+        llmzoo.from_pretrained(ckpt)
+
+
+def test_float8_without_quantization_config_is_refused(ckpt):
+    rewrite_tensor(ckpt, "model.layers.0.mlp.up_proj.weight", lambda t: t.to(torch.float8_e4m3fn))
+    with pytest.raises(llmzoo.CheckpointError, match=r"model\.layers\.0\.mlp\.up_proj\.weight.* declares no "
+                       r"quantization_config with quant_method 'fp8'"):
+        llmzoo.from_pretrained(ckpt)
+
+
+def test_mismatch_names_both_vocabularies(ckpt):
+    rewrite_tensor(ckpt, "model.layers.1.self_attn.k_proj.weight", lambda t: t[:-1])
+    with pytest.raises(llmzoo.CheckpointError, match=r"'model\.layers\.1\.self_attn\.k_proj\.weight' \[\[\d+, \d+\]\]"
+                       r" → 'blocks\.1\.attn\.k\.weight'"):
+        llmzoo.from_pretrained(ckpt)
+    import shutil
+
+    single = ckpt.parent / "single"
+    shutil.copytree(ckpt, single)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for shard in sorted(single.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+        shard.unlink()
+    (single / INDEX).unlink()
+    del tensors["model.layers.1.self_attn.v_proj.weight"]
+    save_file(tensors, str(single / "model.safetensors"))
+    with pytest.raises(llmzoo.CheckpointError, match=r"missing tensor: 'model\.layers\.1\.self_attn\.v_proj\.weight'"
+                       r" → 'blocks\.1\.attn\.v\.weight'"):
+        llmzoo.from_pretrained(single)
+
+
+def test_bin_holding_non_tensors(ckpt, tmp_path):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "config.json").write_text((ckpt / "config.json").read_text())
+    for blob, says in [({"model.norm.weight": torch.ones(4), "step": 7}, r"'step' \(int\)"),
+                       ([torch.ones(2)], "holds a list, not a state dict"),
+                       ({"a": {"b": torch.ones(2)}}, r"'a' \(dict\)")]:
+        torch.save(blob, folder / "pytorch_model.bin")
+        with pytest.raises(llmzoo.CheckpointError, match=rf"pytorch_model\.bin: .*{says}"):
+            llmzoo.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("quant, method", [
+    ({"quant_method": "gptq", "bits": 4, "group_size": 128}, "'gptq'"),
+    ({"quant_method": "awq", "bits": 4}, "'awq'"),
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "'bitsandbytes'"),
+    ({"load_in_8bit": True}, "'bitsandbytes'"),
+    ({"quant_method": "compressed-tensors"}, "'compressed-tensors'"),
+])
+def test_quantised_checkpoints_are_refused_in_one_line(ckpt, quant, method):
+    edit_json(ckpt / "config.json", lambda d: d.update(quantization_config=quant))
+    with pytest.raises(UnsupportedError, match=rf"quantization_config\.quant_method {method}: llmzoo reads") as e:
+        llmzoo.from_pretrained(ckpt)
+    assert "\n" not in str(e.value)
+
+
+def test_quantised_tensors_without_config_are_refused_in_one_line(ckpt):
+    rewrite_tensor(ckpt, "model.layers.0.mlp.up_proj.weight", lambda t: t)
+    from safetensors.torch import save_file
+
+    save_file({"model.layers.0.mlp.up_proj.qweight": torch.zeros(4, 4, dtype=torch.int32)}, str(ckpt / "q.safetensors"))
+    edit_json(ckpt / INDEX, lambda d: d["weight_map"].update({"model.layers.0.mlp.up_proj.qweight": "q.safetensors"}))
+    with pytest.raises(UnsupportedError, match=r"quantised tensors \(model\.layers\.0\.mlp\.up_proj\.qweight: GPTQ") as e:
+        llmzoo.from_pretrained(ckpt)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("weight_block_size", [0, 0], "weight_block_size"),
+    ("weight_block_size", ["a", "a"], "weight_block_size"),
+    ("weight_block_size", [128, 64], "weight_block_size"),
+    ("weight_block_size", 128, r"weight_block_size: expected an array"),
+    ("fmt", "e5m2", r"quantization_config\.fmt 'e5m2'"),
+    ("activation_scheme", "static", r"quantization_config\.activation_scheme 'static'"),
+])
+def test_malformed_fp8_fields_are_named(ckpt, field, value, says):
+    edit_json(ckpt / "config.json", lambda d: d.update(quantization_config={"quant_method": "fp8", field: value}))
+    with pytest.raises(LLMZooError, match=says):
+        llmzoo.from_pretrained(ckpt)
+
+
+def test_plan_is_linear_in_the_number_of_tensors():
+    from llmzoo.hf.rules import Rule, StackExperts, plan_load
+
+    rules = [Rule("layers.{i}.experts.{e}.w", "blocks.{i}.moe.w", StackExperts())]
+    names = ["layers.0.experts.0.w", "layers.0.experts.999999999.w", "layers.0.experts.10000000000000.w"]
+    groups, problems = plan_load(rules, names)  # quadratic (or a walk to 10^9) would hang here
+    assert not groups
+    assert any("unexpected tensor 'layers.0.experts.10000000000000.w'" in p for p in problems)
+    assert any("'layers.0.experts.1.w'" in p and "999999993 more" in p for p in problems)
+
+
+# ------------------------------------------------------------------------------ GLM SAT folder
+
+
+def sat_folder(path):
+    from llmzoo.hf import glm
+    from llmzoo.reference.glm130b import random_official_state
+
+    cfg = glm.tiny_config()
+    a = cfg.block.attention
+    state = random_official_state(vocab=cfg.vocab_size, hidden=cfg.d_model, num_layers=cfg.n_layers,
+                                  num_heads=a.n_heads, inner=cfg.block.mlp.d_ff, seed=0)
+    glm.save_sat_checkpoint(glm.split_tp(state, 2), path)
+    return cfg
+
+
+def test_sat_conversion_never_writes_through_a_planted_symlink(tmp_path):
+    from llmzoo.hf.glm import load_glm
+
+    folder, outside = tmp_path / "sat", tmp_path / "outside"
+    outside.mkdir()
+    cfg = sat_folder(folder)
+    (folder / "safetensors").symlink_to(outside)
+    with pytest.raises(llmzoo.CheckpointError, match=r"safetensors: is a symlink .*writes converted shards only"):
+        load_glm(folder, cfg)
+    assert list(outside.iterdir()) == []
+    (folder / "safetensors").unlink()
+    (folder / "latest").write_text("../../etc")  # the iteration folder must be inside the checkpoint
+    with pytest.raises(llmzoo.CheckpointError, match=r"latest: '\.\./\.\./etc' is not the name of an iteration"):
+        load_glm(folder, cfg)
+
+
+def test_failed_sat_conversion_leaves_no_partial_output(tmp_path):
+    from llmzoo.hf.glm import load_glm
+
+    folder = tmp_path / "sat"
+    cfg = sat_folder(folder)
+    rank1 = next(folder.glob("*/mp_rank_01_model_states.pt"))
+    blob = torch.load(rank1, weights_only=True)
+    key = next(k for k in blob["module"] if k.endswith("dense.weight"))
+    blob["module"][key] = blob["module"][key][:-1]  # does not concatenate with rank 0's piece
+    torch.save(blob, rank1)
+    with pytest.raises(llmzoo.CheckpointError, match="converting to safetensors failed, nothing written"):
+        load_glm(folder, cfg)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["latest", rank1.parent.name])
+    torch.save({"module": {**blob["module"], key: torch.ones(2)}, "x": 1}, rank1)  # a different failure
+    with pytest.raises(LLMZooError):
+        load_glm(folder, cfg)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["latest", rank1.parent.name])

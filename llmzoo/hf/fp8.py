@@ -89,11 +89,17 @@ class Dequantize(Transform):
 def fp8_block_size(hf: dict) -> int | None:
     """The block size if config.json declares DeepSeek-style fp8 weights, else None."""
     q = hf.get("quantization_config") or {}
-    if q.get("quant_method") != "fp8":
+    if not isinstance(q, dict) or q.get("quant_method") != "fp8":
         return None
     block = q.get("weight_block_size") or [BLOCK, BLOCK]
-    if len(block) != 2 or block[0] != block[1]:
-        raise ValueError(f"config.json: quantization_config.weight_block_size {block} is not a square block")
+    if (not isinstance(block, list) or len(block) != 2 or block[0] != block[1]
+            or not all(isinstance(b, int) and not isinstance(b, bool) and 0 < b <= 2**16 for b in block)):
+        raise ValueError(f"config.json: quantization_config.weight_block_size {str(block)[:80]} is not a square "
+                         f"block of two equal positive integers (DeepSeek-V3: [128, 128])")
+    for key, allowed in (("fmt", ("e4m3",)), ("activation_scheme", ("dynamic",))):
+        if q.get(key) is not None and q[key] not in allowed:
+            raise ValueError(f"config.json: quantization_config.{key} {str(q[key])[:80]!r} is not one of "
+                             f"{', '.join(allowed)}")
     return int(block[0])
 
 
@@ -127,13 +133,33 @@ def split_scales(hf: dict, infos: dict) -> dict:
     """For an fp8 checkpoint (config.json quantization_config): remove every `X.weight_scale_inv` from
     the checkpoint index `infos` (name → TensorInfo, edited in place) and return {X.weight: its scale's
     TensorInfo}, so the adapter's rules see one tensor per weight. {} for other checkpoints."""
-    if fp8_block_size(hf) is None:
+    fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+    block = fp8_block_size(hf)
+    if block is None:
+        stored = [n for n, i in infos.items() if i.dtype in fp8]
+        if stored:
+            raise ValueError(f"tensors stored in float8 ({', '.join(stored[:3])}{', …' if len(stored) > 3 else ''}) "
+                             f"but config.json declares no quantization_config with quant_method 'fp8' "
+                             f"(their scales are unknown)")
         return {}
     scales = {n[: -len(SCALE_SUFFIX)]: n for n in infos if n.endswith(SCALE_SUFFIX)}
     orphans = [s for w, s in scales.items() if w not in infos]
-    unscaled = [n for n, i in infos.items() if i.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and n not in scales]
+    unscaled = [n for n, i in infos.items() if i.dtype in fp8 and n not in scales]
     if orphans or unscaled:
-        raise ValueError(f"fp8 checkpoint: scales without a weight {orphans}; fp8 weights without a scale {unscaled}")
+        raise ValueError(f"fp8 checkpoint: scales without a weight {orphans[:10]}; fp8 weights without a scale "
+                         f"{unscaled[:10]}")
+    bad = []
+    for w, s in scales.items():  # checked from the headers, before any read
+        wi, si = infos[w], infos[s]
+        if len(wi.shape) != 2:
+            bad.append(f"{w!r}: fp8 block dequantisation needs a matrix, got shape {list(wi.shape)}")
+        elif tuple(si.shape) != _blocks(tuple(wi.shape), block):
+            bad.append(f"{s!r}: shape {list(si.shape)} is not one scale per {block}×{block} block of "
+                       f"{w!r} {list(wi.shape)} (expected {list(_blocks(tuple(wi.shape), block))})")
+        elif not si.dtype.is_floating_point or si.dtype in fp8:
+            bad.append(f"{s!r}: stored as {si.dtype}; scales are float32 (or bf16/fp16)")
+    if bad:
+        raise ValueError("fp8 checkpoint: " + "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else ""))
     return {w: (s, infos.pop(s)) for w, s in scales.items()}
 
 

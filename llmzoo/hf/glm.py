@@ -19,7 +19,9 @@ so later loads are mmap'd; `load_glm` maps the merged names onto llmzoo's (see `
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,9 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..builder import resolve_dtype
+from ..builder import model_class, resolve_dtype
 from ..config import ModelConfig
+from ..errors import CheckpointError, LLMZooError, clip
 from ..model import CausalLM
 from ..parity import check_report, register_check
 from ..reference.glm130b import glm130b_masks_and_position_ids, glm_forward, random_official_state
@@ -126,25 +129,38 @@ def rank_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     latest = folder / "latest"
     if not latest.is_file():
-        raise FileNotFoundError(f"{folder}: no `latest` file (a SwissArmyTransformer checkpoint has one)")
-    iteration = latest.read_text().strip()
+        raise CheckpointError(f"{folder}: no `latest` file (a SwissArmyTransformer checkpoint has one)")
+    try:
+        iteration = latest.read_bytes()[:256].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{latest}: not UTF-8 text (it names the iteration folder)") from None
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", iteration) or iteration in (".", ".."):  # a folder inside this one
+        raise CheckpointError(f"{latest}: {clip(repr(iteration), 80)} is not the name of an iteration folder "
+                              f"inside the checkpoint")
     files = sorted((folder / iteration).glob("mp_rank_*_model_states.pt"))
     if not files:
-        raise FileNotFoundError(f"{folder / iteration}: no mp_rank_XX_model_states.pt files (latest = {iteration!r})")
+        raise CheckpointError(f"{folder / iteration}: no mp_rank_XX_model_states.pt files (latest = {iteration!r})")
     ranks = [int(re.search(r"mp_rank_(\d+)_", f.name).group(1)) for f in files]
     if ranks != list(range(len(files))):
-        raise ValueError(f"{folder / iteration}: ranks {ranks} are not 0..{len(files) - 1}")
+        raise CheckpointError(f"{folder / iteration}: ranks {ranks[:10]} are not 0..{len(files) - 1}")
     return files
 
 
 def read_rank(path: Path) -> dict[str, Tensor]:
     """One rank's state dict: weights_only (no pickled code runs), mmap'd (nothing copied until used)."""
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # a legacy (pre-zipfile) torch.save cannot be mmap'd
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or "module" not in blob:
-        raise ValueError(f"{path}: expected a dict with a 'module' state dict, got keys {list(blob)[:5]}")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (pre-zipfile) torch.save cannot be mmap'd
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable weights-only torch file: {clip(e, 300)}") from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("module"), dict):
+        keys = list(blob)[:5] if isinstance(blob, dict) else type(blob).__name__
+        raise CheckpointError(f"{path}: expected a dict with a 'module' state dict, got {clip(keys, 200)}")
+    bad = [clip(repr(k), 80) for k, v in blob["module"].items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: module entries that are not named tensors: {', '.join(bad[:10])}")
     return blob["module"]
 
 
@@ -163,10 +179,45 @@ def convert_to_safetensors(
 ) -> Path:
     """Merge the TP shards once and write them (official names) as safetensors shards plus an index
     into `out` (default `<folder>/safetensors`). Tensors are merged one at a time from mmap'd ranks."""
-    out = Path(out) if out is not None else Path(folder) / SAFETENSORS_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(folder, out)
     shards = [read_rank(f) for f in rank_files(folder)]
-    names = _names(shards)
+    try:
+        names = _names(shards)
+    except ValueError as e:
+        raise CheckpointError(f"{folder}: {e}") from None
+    # written into a temporary folder beside `out`, renamed into place when complete: a failed
+    # conversion leaves nothing behind, and a later load never sees half an output
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        _write_merged(shards, names, tmp, max_shard_bytes)
+        if out.is_dir():
+            out.rmdir()  # empty (_output_folder checked): replaced by the finished one
+        os.rename(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (LLMZooError, KeyboardInterrupt, SystemExit)):
+            raise
+        if isinstance(e, (ValueError, RuntimeError, OSError)):
+            raise CheckpointError(f"{folder}: converting to safetensors failed, nothing written: {clip(e, 500)}") from None
+        raise
+    return out
+
+
+def _output_folder(folder: str | Path, out: str | Path | None) -> Path:
+    """Where the conversion writes: never through a symlink (a planted `safetensors` link would send
+    the write outside the checkpoint), never over files it did not write."""
+    folder = Path(folder)
+    out = Path(out) if out is not None else folder / SAFETENSORS_DIR
+    if out.is_symlink():
+        raise CheckpointError(f"{out}: is a symlink (to {clip(os.readlink(out), 200)}); llmzoo writes converted "
+                              f"shards only into a real folder (remove it, or pass converted=<folder>)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out}: exists and is not a finished conversion (no {INDEX}); remove it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_merged(shards: list[dict[str, Tensor]], names: list[str], out: Path, max_shard_bytes: int) -> None:
     buckets: list[list[str]] = [[]]
     size = 0
     for k in names:
@@ -190,7 +241,6 @@ def convert_to_safetensors(
         weight_map.update({k: fname for k in keys})
     meta = {"source": "SwissArmyTransformer", "tp_ranks": len(shards)}
     (out / INDEX).write_text(json.dumps({"metadata": meta, "weight_map": weight_map}, indent=1))
-    return out
 
 
 def read_merged(folder: str | Path) -> dict[str, Tensor]:
@@ -258,6 +308,8 @@ class SATFolder(Source):
     def open(self, source, config=None, converted: str | Path | None = None) -> Checkpoint:
         cfg = get_config(config if config is not None else "glm-130b")
         out = Path(converted) if converted is not None else Path(source) / SAFETENSORS_DIR
+        if out.is_symlink():  # read nothing through a link planted in the checkpoint folder either
+            _output_folder(source, out)
         if not (out / INDEX).is_file():
             convert_to_safetensors(source, out)
         return Checkpoint(out, checkpoint_index(out), SATCheckpoint(), cfg, {})
@@ -278,7 +330,7 @@ def load_glm(
     converted: where the merged safetensors go (default `<folder>/safetensors`)."""
     ckpt = SATFolder().open(folder, config, converted)
     with torch.device("meta"):
-        model = CausalLM(ckpt.config)
+        model = model_class(ckpt.config)(ckpt.config)
     load(model, ckpt, dtype=resolve_dtype(dtype), device=device, strict=strict)
     return model.eval()
 

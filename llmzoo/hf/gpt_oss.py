@@ -59,6 +59,7 @@ def layer_types(hf: dict[str, Any], n_layers: int) -> list[str]:
 @register_adapter
 class GptOssAdapter(Adapter):
     model_type = "gpt_oss"
+    quant_methods = ("mxfp4",)  # the released weights: MXFP4 experts (mxfp4.py)
     families = ("gpt-oss",)
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:

@@ -26,11 +26,12 @@ from torch import Tensor, nn
 
 from ..builder import model_class, resolve_dtype
 from ..config import ModelConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError, LLMZooError, UnsupportedError, clip
 from ..model import CausalLM
 from ..zoo import closest_zoo_entry, get_config
 from . import get_adapter, load_plugins
 from .fp8 import Dequantize, dequantize_loaded, fp8_block_size, split_scales
+from .jsontypes import check_hf_types
 from .rules import Group, Lazy, plan_load
 
 Adapter = Any  # an llmzoo.hf.adapter.Adapter: its `rules(config)` and `model_type` (adapter.py imports this module)
@@ -78,16 +79,57 @@ def _snapshot(repo_id: str) -> Path:
     return folder
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file's data; CheckpointError names the file when it is unreadable, not UTF-8 or not JSON."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply") from None
+
+
+# quantisation methods whose checkpoints every adapter reads (fp8: DeepSeek-V3's block-wise e4m3, see
+# fp8.py); an adapter adds its own in `quant_methods` (gpt_oss: mxfp4)
+READABLE_QUANTIZATION = ("fp8",)
+# tensor-name suffixes of quantised layouts llmzoo cannot read (GPTQ/AWQ packing, bitsandbytes states)
+QUANTIZED_SUFFIXES = (".qweight", ".qzeros", ".g_idx", ".scales", ".absmax", ".quant_map",
+                      ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4", ".SCB")
+
+
+def check_quantization(hf: dict[str, Any], path: Path, readable: tuple[str, ...] = ()) -> None:
+    """UnsupportedError in one line for a quantisation method llmzoo cannot read."""
+    q = hf.get("quantization_config")
+    if q is None:
+        return
+    method = q.get("quant_method")
+    if method in (*READABLE_QUANTIZATION, *readable):
+        return
+    hint = method if method is not None else ("bitsandbytes" if any("load_in" in k for k in q) else None)
+    raise UnsupportedError(
+        f"{path}: quantization_config.quant_method {clip(repr(hint), 80)}: llmzoo reads unquantised checkpoints "
+        f"and {', '.join((*READABLE_QUANTIZATION, *readable))} only; load the original (unquantised) weights instead"
+    )
+
+
 def read_hf_config(folder: Path) -> dict[str, Any]:
+    """config.json as a dict, its value types checked (adapter.check_hf_types) and its quantisation
+    method one llmzoo reads; every error names the file and the key."""
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no config.json")
-    try:
-        hf = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+    hf = read_json(path)
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level, got {type(hf).__name__}")
     if "model_type" not in hf:
         raise CheckpointError(f"{path}: no model_type key")
+    check_hf_types(hf, str(path))
     return hf
 
 
@@ -122,13 +164,21 @@ def _bin_file(path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: shard is missing")
     try:  # never unpickle code: plain tensors only; mmap needs the zip format (torch >= 1.6 saves)
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e) and "zip" not in str(e):
                 raise
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable weights-only torch file: {e}") from None
+        raise CheckpointError(f"{path}: not a readable weights-only torch file: {clip(e, 500)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict (name → tensor)")
+    bad = [f"{clip(repr(k), 100)} ({type(v).__name__})" for k, v in state.items()
+           if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not named tensors: {', '.join(bad[:10])}"
+                              + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
+    return state
 
 
 def checkpoint_index(folder: Path, single: Path | None = None) -> dict[str, TensorInfo]:
@@ -171,11 +221,29 @@ class _Files(list):
     expected: dict[str, Path]
 
 
+def shard_name_problem(name: Any, suffix: str) -> str | None:
+    """Why `name` is not a plain shard file name inside the folder, or None. The name is checked,
+    not its resolved path: the hub cache's shards are symlinks into its blob store, and fine."""
+    if not isinstance(name, str):
+        return f"{clip(repr(name), 80)} is a {type(name).__name__}, not a file name"
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or Path(name).name != name or Path(name).is_absolute() or re.match(r"^[A-Za-z]:", name)):
+        return f"{clip(repr(name), 200)} is not a plain file name inside the checkpoint folder"
+    if not name.endswith(suffix):
+        return f"{clip(repr(name), 200)} does not end in {suffix}"
+    return None
+
+
 def _files_from_index(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise CheckpointError(f"{index}: not a valid index ({e})") from None
+    data = read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        got = type(weight_map).__name__ if isinstance(data, dict) and "weight_map" in data else "nothing"
+        raise CheckpointError(f"{index}: weight_map: expected an object of tensor name → shard file, got {got}")
+    suffix = ".bin" if index.name.startswith("pytorch_model") else ".safetensors"
+    problems = {p for p in (shard_name_problem(f, suffix) for f in weight_map.values()) if p}
+    if problems:
+        raise CheckpointError(f"{index}: weight_map: {'; '.join(sorted(problems)[:5])}")
     names = sorted(set(weight_map.values()))
     missing = [n for n in names if not (index.parent / n).is_file()]
     if missing:
@@ -192,7 +260,14 @@ def check_plan(
     adapter: Adapter, config: ModelConfig, model: nn.Module, infos: dict[str, TensorInfo], strict: bool = True
 ) -> list[Group]:
     """Match checkpoint names to the model; raise one CheckpointError listing every problem."""
-    groups, problems = plan_load(adapter.rules(config), infos)
+    quantized = [n for n in infos if n.endswith(QUANTIZED_SUFFIXES)]
+    if quantized:
+        raise UnsupportedError(
+            f"checkpoint holds quantised tensors ({', '.join(quantized[:3])}{', …' if len(quantized) > 3 else ''}: "
+            f"GPTQ/AWQ/bitsandbytes layout); llmzoo reads unquantised and fp8 checkpoints only"
+        )
+    rules = adapter.rules(config)
+    groups, problems = plan_load(rules, infos)
     targets = model.state_dict(keep_vars=True)
     if not strict:
         skipped = [p for p in problems if p.startswith("unexpected")]
@@ -206,7 +281,7 @@ def check_plan(
         for ours in g.our_names:
             if ours not in targets:
                 problems.append(
-                    f"unexpected tensor {g.hf_names[0]!r}: it maps to {ours!r}, which config.json's model lacks"
+                    f"unexpected tensor {g.hf_names[0]!r} → {ours!r}: the model config.json describes has no such tensor"
                 )
             elif ours in written:
                 problems.append(f"{ours!r} written twice: from {written[ours]!r} and {g.hf_names[0]!r}")
@@ -223,20 +298,38 @@ def check_plan(
             continue
         for ours, t in zip(g.our_names, outs):
             want = tuple(targets[ours].shape)
+            src = g.hf_names[0] if len(g.hf_names) == 1 else g.hf_names
             if tuple(t.shape) != want:
-                src = g.hf_names[0] if len(g.hf_names) == 1 else g.hf_names
                 problems.append(
-                    f"wrong shape: {src!r} {[list(infos[n].shape) for n in g.hf_names]} gives {ours!r} "
+                    f"wrong shape: {src!r} {[list(infos[n].shape) for n in g.hf_names]} → {ours!r} "
                     f"{list(t.shape)}, config.json implies {list(want)}"
                 )
+            elif targets[ours].is_floating_point() and not t.is_floating_point():
+                problems.append(f"wrong dtype: {src!r} → {ours!r} is stored as {t.dtype}; the model needs "
+                                f"floating-point values there")
     missing = [n for n in targets if n not in written]
-    problems.extend(f"missing tensor: nothing in the checkpoint writes {n!r}" for n in missing)
+    problems.extend(f"missing tensor: {_hf_name_for(rules, n)}{n!r}: nothing in the checkpoint writes it"
+                    for n in missing)
     if problems:
         raise CheckpointError(
             f"checkpoint does not match config.json (model_type {adapter.model_type!r}), "
             f"{len(problems)} problem(s):\n  " + "\n  ".join(problems)
         )
     return groups
+
+
+def _hf_name_for(rules: list, ours: str) -> str:
+    """'<checkpoint name> → ' for a model tensor, from the first rule that writes it ('' if none)."""
+    for rule in rules:
+        if rule.ours is None or rule.ours.alternatives or rule.hf.alternatives or rule.gather_slots:
+            continue
+        b = rule.ours.match(ours)
+        if b is not None:
+            try:
+                return f"{rule.hf.format(b)!r} → "
+            except KeyError:
+                continue
+    return ""
 
 
 # ------------------------------------------------------------------------------ loading
@@ -379,6 +472,7 @@ class HFCheckpoint(Source):
         folder, single = resolve_source(source)
         hf = read_hf_config(folder)
         adapter = get_adapter(hf["model_type"])
+        check_quantization(hf, folder / "config.json", adapter.quant_methods)
         if config is None:
             config = _config_from_hf(adapter, hf, folder, source)
         elif not isinstance(config, ModelConfig):
@@ -394,6 +488,9 @@ class HFCheckpoint(Source):
 def _config_from_hf(adapter: Adapter, hf: dict[str, Any], folder: Path, source: Any) -> ModelConfig:
     try:
         config = adapter.to_config(hf)
+    except LLMZooError as e:  # "config.json: <key>: …" from the adapter: give the whole path
+        msg = str(e)
+        raise type(e)(f"{folder}{os.sep}{msg}" if msg.startswith("config.json") else f"{folder / 'config.json'}: {msg}") from None
     except ValueError as e:
         raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
     match, diff = closest_zoo_entry(config)

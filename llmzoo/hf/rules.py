@@ -321,7 +321,9 @@ class Pattern:
                 if body in slots:
                     raise ValueError(f"pattern {self.text!r}: slot {{{body}}} appears twice")
                 slots.append(body)
-                out.append(f"(?P<{body}>0|[1-9][0-9]*)")
+                # at most 9 digits: a layer or expert index past 10^9 matches no rule (and is named as
+                # unexpected) instead of making the plan walk up to it
+                out.append(f"(?P<{body}>0|[1-9][0-9]{{0,8}})")
             else:
                 raise ValueError(f"pattern {self.text!r}: {{{body}}} is neither a slot nor a gather")
             pos = m.end()
@@ -440,7 +442,19 @@ def plan_load(rules: list[Rule], names: Iterable[str]) -> tuple[list[Group], lis
         if rule.hf.alternatives:
             order = list(rule.hf.alternatives)
         elif rule.gather_slots:
-            order = list(range(max(got) + 1))
+            n = max(got) + 1
+            if n != len(got):  # gaps: name the first few absent indices, never walk all n (linear plan)
+                absent = []
+                for j in range(n):
+                    if j not in got:
+                        absent.append(rule.hf.format({**bindings, rule.gather_slots[0]: j}))
+                        if len(absent) == 5:
+                            break
+                more = f" and {n - len(got) - len(absent)} more" if n - len(got) > len(absent) else ""
+                problems.append(f"missing tensor(s) {', '.join(map(repr, absent))}{more} "
+                                f"(needed with {sorted(got.values())[0]!r}: indices 0..{n - 1})")
+                continue
+            order = list(range(n))
         else:
             order = [0]
         missing = [rule.hf_names(bindings, len(order))[j] for j, m in enumerate(order) if m not in got]
