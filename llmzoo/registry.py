@@ -97,8 +97,8 @@ def _validator(kind: str) -> Callable[[Any, Any], ComponentSpec]:
         if not isinstance(value, dict):
             raise ValueError(f"expected a mapping with a 'type' (one of {', '.join(names(kind))})")
         name = value.get("type")
-        if name not in _REGISTRY.get(kind, {}):
-            raise ValueError(f"type: {name!r} is not one of {', '.join(names(kind))}")
+        if not isinstance(name, str) or name not in _REGISTRY.get(kind, {}):
+            raise ValueError(f"type: {str(repr(name))[:80]} is not one of {', '.join(names(kind))}")
         return lookup(kind, name)[0].model_validate(value)
 
     return validate
