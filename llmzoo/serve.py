@@ -362,15 +362,17 @@ def create_app(engine: Engine, tokenizer, model_name: str, template=None):
         if body.get("echo"):
             raise BadRequest("'echo' is not supported", "echo")
         stream = bool(_check_type(body, "stream", bool, False))
+        if stream and len(prompts) > 1:
+            raise BadRequest("streaming takes one prompt", "prompt")
+        for p in prompts:  # all or none: no prompt starts if another is refused
+            try:
+                engine.check(p, params)
+            except ValueError as e:
+                raise BadRequest(str(e), "prompt") from None
         jobs = [start(p, params, stop) for p in prompts]
         cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "object": "text_completion", "created": now, "model": model_name}
         if stream:
-            if len(jobs) > 1:
-                for j in jobs:
-                    runner.abort(j.req)
-                raise BadRequest("streaming takes one prompt", "prompt")
-
             async def chunks():
                 async for new, reason, _, _ in events(jobs[0], request):
                     if new or reason:
@@ -417,6 +419,8 @@ def create_app(engine: Engine, tokenizer, model_name: str, template=None):
         body = await json_body(request)
         params, stop = sampling_params(body)
         prompt = chat_prompt(body)
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+            params.max_tokens = max(1, engine.max_len - len(prompt))  # chat default: up to the context's end
         stream = bool(_check_type(body, "stream", bool, False))
         job = start(prompt, params, stop)
         cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
