@@ -12,6 +12,7 @@ the first), and the Engine's block utilisation (tokens held / slots in held bloc
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -127,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-hf", action="store_true", help="leave out transformers' generate_batch")
     ap.add_argument("--skip-sequential", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--json", default=None, help="also write the medians and checks to this file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,11 +172,16 @@ def main(argv=None) -> int:
         if e and k != "llmzoo Engine (paged, continuous)":
             print(f"Engine / {k}: {e / v:.2f}×")
     hf = results.get("transformers generate_batch", [])
+    same = None
     if eng and hf:
         ours = eng[0]["outputs"]
         theirs = [hf[0]["outputs"][k] for k in sorted(hf[0]["outputs"], key=lambda s: int(s.split("_")[-1]))]
         same = sum(a == b for a, b in zip(ours, theirs))
         print(f"greedy outputs identical to transformers' for {same}/{len(ours)} requests")
+    if args.json:
+        summary = {"tok/s": base, "same_as_transformers": same, "requests": args.requests,
+                   "util": med(eng, lambda r: r["util"]) if eng else None}
+        Path(args.json).write_text(json.dumps(summary, indent=1))
     return 0
 
 
