@@ -213,8 +213,8 @@ def sampling_params(body: dict, token_key: str = "max_tokens") -> tuple[Sampling
             seed=_check_type(body, "seed", int, None),
             ignore_eos=bool(_check_type(body, "ignore_eos", bool, False)),
         )
-    except ValueError as e:
-        raise BadRequest(str(e)) from None
+    except ValueError as e:  # SamplingParams' messages start with the field's name
+        raise BadRequest(str(e), str(e).split()[0]) from None
     return params, stop
 
 

@@ -165,6 +165,9 @@ def test_models_and_bad_requests(server):
             c.completions.create(**args)
         error = e.value.response.json()["error"]
         assert error["type"] == "invalid_request_error" and error["message"], kw
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="tiny-llama", prompt="hello", max_tokens=0)
+    assert e.value.response.json()["error"]["param"] == "max_tokens"
     with pytest.raises(openai.NotFoundError):
         c.completions.create(model="gpt-9", prompt="hello")
     with pytest.raises(openai.BadRequestError):
