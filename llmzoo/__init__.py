@@ -1,5 +1,13 @@
 """llmzoo: published LLM architectures from config, as plain PyTorch modules, proved against the reference."""
 
+import warnings as _warnings
+
+with _warnings.catch_warnings():
+    # torch's import warns "Failed to initialize NumPy" when numpy is absent, as on a base install;
+    # llmzoo never hands tensors to NumPy, so for llmzoo's users the warning is only noise.
+    _warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+    import torch  # noqa: F401
+
 # the built-in components register themselves; the schema (config.py) finds them in the registry
 from . import attention, mlp, moe, norms, positions  # noqa: F401
 from .builder import build

@@ -12,7 +12,7 @@ from .errors import ConfigError
 from .model import CausalLM
 from .protocol import init_module
 from .scaling import scale_down
-from .params import count_params, resolve_dtype  # noqa: F401  (resolve_dtype: its old home)
+from .params import DTYPE_ALIASES, count_params, dtype_bytes, resolve_dtype  # noqa: F401  (dtype helpers: their old home)
 from .seq2seq import EncoderDecoderLM
 from .zoo import get_config
 

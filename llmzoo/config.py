@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_serializer, field_validator, model_validator
 
 from .errors import ConfigError, clip
 from .registry import Component, Spec
@@ -203,6 +203,11 @@ class ModelConfig(Spec):
         if not v or any(c.isspace() for c in v):
             raise ValueError(f"name {v!r} must be a non-empty word")
         return v
+
+    @field_serializer("published_params", "published_active_params")
+    def _count(self, v: float | None) -> float | int | None:
+        # a count is a whole number: 7000000000, not 7000000000.0, in YAML, JSON and the CLI
+        return int(v) if v is not None and float(v).is_integer() else v
 
     @model_validator(mode="after")
     def _resolve(self) -> "ModelConfig":

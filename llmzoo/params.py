@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -11,13 +12,29 @@ from .errors import ConfigError
 from .zoo import get_config
 
 
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
+                 "float": "float32", "fp8": "float8_e4m3fn"}
+# storage bits of dtypes whose element_size() rounds up to a whole byte (sub-byte integer types)
+_SUB_BYTE_BITS = {"int1": 1, "int2": 2, "int3": 3, "int4": 4, "int5": 5, "int6": 6, "int7": 7,
+                  "uint1": 1, "uint2": 2, "uint3": 3, "uint4": 4, "uint5": 5, "uint6": 6, "uint7": 7}
+
+
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A torch dtype from a dtype, its name ("bfloat16", "torch.bfloat16") or an alias (bf16, fp16, fp32, fp8)."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    name = str(dtype).removeprefix("torch.")
+    value = getattr(torch, DTYPE_ALIASES.get(name, name), None)
     if not isinstance(value, torch.dtype):
-        raise ConfigError(f"dtype {dtype!r} is not a torch dtype (e.g. float32, bfloat16, float16)")
+        raise ConfigError(f"dtype {dtype!r} is not a torch dtype (e.g. float32, bfloat16 or bf16, float16 or fp16)")
     return value
+
+
+def dtype_bytes(dtype: str | torch.dtype) -> float:
+    """Bytes per element as stored: 2 for bfloat16, 0.5 for int4 (two per byte; element_size() says 1)."""
+    dt = resolve_dtype(dtype)
+    bits = _SUB_BYTE_BITS.get(str(dt).removeprefix("torch."))
+    return bits / 8 if bits else float(torch.empty((), dtype=dt).element_size())
 
 
 @dataclass
@@ -81,10 +98,10 @@ def kv_cache_bytes(
     MLA caches kv_lora_rank + qk_rope_head_dim) for attention.cached_tokens(seq_len) tokens (a window: fewer).
     Encoder-decoder (T5): each decoder layer also caches its cross-attention K/V of a `seq_len`-token source."""
     c = get_config(source) if not isinstance(source, ModelConfig) else source
-    itemsize = torch.empty((), dtype=resolve_dtype(dtype)).element_size()
+    itemsize = dtype_bytes(dtype)
     total = 0
     for b in c.blocks:
         total += b.attention.kv_cache_dims * b.attention.cached_tokens(seq_len)
         if b.cross_attention is not None:
             total += b.cross_attention.kv_cache_dims * seq_len
-    return total * batch * itemsize
+    return math.ceil(total * batch * itemsize)

@@ -27,6 +27,8 @@ from .hf import get_adapter, load_plugins, supported_model_types
 from .hf.adapter import transformers_load, transformers_reference  # noqa: F401  (their old home)
 from .hf.loader import from_pretrained, read_hf_config, resolve_source
 from .hf.rules import plan_load
+from .errors import UnsupportedError
+from .progress import progress, quiet
 
 # Parity tolerances, one row per dtype: the only place they are stated.
 #   max|Δ|  ≤ atol + rtol · max|reference logits|; gates only where `gate_max_abs` (float32 sees
@@ -101,10 +103,21 @@ def logit_metrics(ours: Tensor, ref: Tensor, dtype: torch.dtype, tolerance: dict
     return {
         "max_abs": max_abs, "mean_abs": float(diff.mean()), "tolerance": bound,
         "top1": float((a.argmax(-1) == b.argmax(-1)).float().mean()),
-        "kl": float(F.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="batchmean")),
+        # KL ≥ 0 in exact arithmetic; summation noise can make two equal distributions score -1e-9
+        "kl": max(0.0, float(F.kl_div(a.log_softmax(-1), b.log_softmax(-1), log_target=True, reduction="batchmean"))),
         "nmse": err, "nmse_tolerance": tol["nmse"], "top_k": k, "top_k_agreement": agree,
         "min_top_k": tol["min_top_k"], "passed": bool(passed),
     }
+# why each row of TOLERANCES is what it is (verify's footer prints the ones it used)
+TOLERANCE_REASONS = {
+    torch.float32: "float32: the two implementations differ only in summation order, so max|Δ| is a real bound",
+    torch.bfloat16: "bfloat16 keeps 8 significant bits and both sides round every activation, so the worst "
+                    "token sets max|Δ| (reported only); nmse and top-k agreement judge the whole batch",
+    torch.float16: "float16 keeps 11 significant bits and both sides round every activation, so the worst "
+                   "token sets max|Δ| (reported only); nmse and top-k agreement judge the whole batch",
+}
+ROUTED_REASON = ("rows marked * route tokens to experts (MoE): a near-tied router score can round to another "
+                 "expert on either side, so they use llmzoo.parity.ROUTED")
 
 
 @torch.no_grad()
@@ -250,6 +263,8 @@ class ParityReport:
     min_top_k: float = 1.0
     routed: bool = False  # judged with the ROUTED tolerances (discrete expert routing)
     scale: float = float("nan")  # max |reference logits| at the real tokens: loud weights make it ≫ 1
+    reference: str = "transformers"  # what the logits were compared against
+    tolerance_rule: str = ""  # where the bound came from, e.g. "bfloat16, routed"
 
     def __str__(self) -> str:
         gated = "" if tolerance_for(getattr(torch, self.dtype, torch.float32))["gate_max_abs"] else ", reported"
@@ -431,13 +446,30 @@ def parity(
         reference = adapter.load_reference(str(folder), dt)
     model, reference = model.to(dt).eval(), reference.to(dt).eval()
     if input_ids is None:
+        # a learned position table has a last row; computed positions (RoPE, ALiBi, …) go on
+        table = getattr(model.config.position, "max_positions", None)
+        if seq_len < 6 or (table is not None and seq_len > table):  # one sequence is right-padded by 5
+            raise UnsupportedError(f"parity: seq_len {seq_len} is outside 6..{table or '∞'} "
+                                   f"({folder or model.config.name}: position.max_positions {table})")
         input_ids, mask = make_batch(model.config.vocab_size, seq_len, seed=seed)
         attention_mask = mask if attention_mask is None else attention_mask
     elif attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     report = compare(model, reference, adapter.rules(model.config), input_ids, attention_mask, dt, adapter.model_type)
+    report.reference = adapter.reference_name
+    report.tolerance_rule = f"{report.dtype}{', routed' if report.routed else ''} (llmzoo.parity.TOLERANCES)"
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def tolerance_notes(reports: list[ParityReport]) -> list[str]:
+    """verify's footer: why the tolerances in its header are what they are, and any row with its own."""
+    used = {r.dtype for r in reports if "TOLERANCES" in r.tolerance_rule}
+    lines = [f"why: {why}" for dt, why in TOLERANCE_REASONS.items() if str(dt).removeprefix("torch.") in used]
+    if any(r.routed for r in reports):
+        lines.append(f"why *: {ROUTED_REASON}")
+    lines += [f"{r.model_type}: {r.tolerance_rule}" for r in reports if r.tolerance_rule and "TOLERANCES" not in r.tolerance_rule]
+    return lines
 
 
 def tiny_reference(model_type: str, seed: int = 0, overrides: dict[str, Any] | None = None) -> nn.Module:
@@ -480,7 +512,10 @@ def check_report(name: str, result: dict[str, Any], dtype: str = "float32") -> P
     b = torch.cat([p[1].flatten(0, -2) for p in result["logits"]]).float()
     m = logit_metrics(a, b, resolve_dtype(dtype))
     m.update(max_abs=result["max_abs_diff"], tolerance=result["tolerance"], passed=result["ok"] and m["passed"])
-    return report_from_metrics(name, dtype, m)
+    report = report_from_metrics(name, dtype, m)
+    report.reference = result.get("reference_label", result.get("reference", "registered check"))
+    report.tolerance_rule = result.get("tolerance_rule", f"{name}'s own check (max|Δ| ≤ {result['tolerance']:g})")
+    return report
 
 
 def report_from_metrics(model_type: str, dtype: str, m: dict[str, Any], first: Divergence | None = None,
@@ -515,7 +550,7 @@ def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "fl
           f"nmse ≤ {tol['nmse']:.0e} (routed* {routed['nmse']:.0e}); greedy tokens in each other's "
           f"top-{tol['top_k']} at ≥ {tol['min_top_k']:.0%} of positions (routed* {routed['min_top_k']:.0%})", file=file)
     print(f"{'model_type':<12} {'dtype':<9} {'max|Δlogits|':>13} {bound + ' tol':>9} {'nmse':>9} "
-          f"{'top-' + str(tol['top_k']):>6} {'top-1':>7} {'KL':>9} {'time':>6}  result", file=file)
+          f"{'top-' + str(tol['top_k']):>6} {'top-1':>7} {'KL':>9} {'time':>6}  {'reference':<24} result", file=file)
 
     def row(mt: str) -> ParityReport:
         if mt in CHECKS:
@@ -526,18 +561,22 @@ def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "fl
             return parity(d, dtype, reference=ref)
 
     wanted = model_types or verify_rows()
-    for mt in wanted:
+    bar = progress(wanted, desc="verify", unit="row")
+    for mt in bar:
+        bar.set_postfix_str(mt)
         t0 = time.perf_counter()
         try:
-            r = row(mt)
+            with quiet():  # this bar is the progress; no nested load / export bars
+                r = row(mt)
         except Exception as e:  # a family that cannot even load is a failure row, not a crash
             r = ParityReport(mt, dtype, float("nan"), float("nan"), 0.0, float("nan"), 0.0, False)
             r.first_divergence = Divergence("-", "-", None, f"error: {type(e).__name__}: {e}", float("nan"))
         r.seconds = time.perf_counter() - t0
         reports.append(r)
         status = "PASS" if r.passed else f"FAIL {r.first_divergence or ''}"
-        print(f"{mt + '*' * r.routed:<12} {r.dtype:<9} {r.max_abs:>13.3g} {r.tolerance:>9.2g} {r.nmse:>9.2g} "
-              f"{r.top_k_agreement:>6.1%} {r.top1:>7.1%} {r.kl:>9.2g} {r.seconds:>5.1f}s  {status}", file=file)
+        bar.write(f"{mt + '*' * r.routed:<12} {r.dtype:<9} {r.max_abs:>13.3g} {r.tolerance:>9.2g} {r.nmse:>9.2g} "
+                  f"{r.top_k_agreement:>6.1%} {r.top1:>7.1%} {r.kl:>9.2g} {r.seconds:>5.1f}s  {r.reference:<24} "
+                  f"{status}", file=file)
     n_fail = sum(not r.passed for r in reports)
     print(f"{len(reports) - n_fail}/{len(reports)} model types match the reference", file=file)
     return reports

@@ -106,6 +106,9 @@ def scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrid
     n_layers = min(c.n_layers, p["n_layers"])
     d.update(
         name=f"{c.name}-{preset}",
+        # the full model's notes and hub repo describe weights a random tiny model does not have
+        reference={**d["reference"], "hf_repo": None},
+        notes=f"{c.name} scaled down by llmzoo.scale_down (preset {preset!r})",
         published_params=None,
         published_active_params=None,
         vocab_size=min(c.vocab_size, p["vocab_size"]),

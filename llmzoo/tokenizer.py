@@ -41,10 +41,9 @@ class Tokenizer:
                 f"{path}: no tokenizer.json in the checkpoint folder (llmzoo reads tokenizers in the "
                 "`tokenizers` JSON format only; sentencepiece-only checkpoints need converting)"
             )
-        try:
-            from tokenizers import Tokenizer as _Tokenizer
-        except ImportError:
-            raise ImportError("reading tokenizer.json needs `tokenizers`: pip install 'llmzoo[generate]'") from None
+        from .errors import require
+
+        _Tokenizer = require("tokenizers", "generate", "reading tokenizer.json").Tokenizer
         self.folder, self.backend = folder, _Tokenizer.from_file(str(path))
         tok_cfg = _read_json(folder / "tokenizer_config.json")
         ids: Any = _read_json(folder / "generation_config.json").get("eos_token_id")
@@ -94,3 +93,61 @@ class StreamDecoder:
             return ""
         new, self.shown = text[len(self.shown) :], text
         return new
+
+
+# ------------------------------------------------------------------------------ a tokenizer for tiny checkpoints
+
+# pad, bos, eos, unk: ids 0..3 of every tiny tokenizer (T5 has no bos: pad 0, eos 1, unk 2, as in t5-small)
+SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
+
+
+def _characters(n: int) -> list[str]:
+    """n distinct printable characters: ASCII first (space, newline, tab, letters, digits,
+    punctuation), then Latin-1, Latin Extended, Greek, Cyrillic… in code-point order."""
+    chars = [" ", "\n", "\t"] + [chr(c) for c in range(33, 127)]
+    code = 161
+    while len(chars) < n:
+        ch = chr(code)
+        if ch.isprintable() and not ch.isspace() and ch != "\u00ad":
+            chars.append(ch)
+        code += 1
+    return chars[:n]
+
+
+def tiny_tokenizer(vocab_size: int, bos: bool = True):
+    """A character-level `tokenizers.Tokenizer` built offline whose ids fill exactly `vocab_size`:
+    the special tokens first (<pad> 0, <s> 1 if bos, </s>, <unk>), then one token per character.
+    Encoding prepends <s> when bos; decoding joins the characters back."""
+    from tokenizers import Tokenizer as _Tokenizer, decoders, models, processors
+
+    specials = [SPECIAL_TOKENS[k] for k in (("pad", "bos", "eos", "unk") if bos else ("pad", "eos", "unk"))]
+    if vocab_size < len(specials) + 1:
+        raise ValueError(f"tiny_tokenizer: vocab_size {vocab_size} leaves no room for characters")
+    tokens = specials + _characters(vocab_size - len(specials))
+    tok = _Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, [], unk_token=SPECIAL_TOKENS["unk"]))
+    tok.add_special_tokens(specials)
+    tok.decoder = decoders.Fuse()
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{SPECIAL_TOKENS['bos']} $A", pair=f"{SPECIAL_TOKENS['bos']} $A $B",
+            special_tokens=[(SPECIAL_TOKENS["bos"], 1)])
+    return tok
+
+
+def save_tiny_tokenizer(folder: str | Path, vocab_size: int, bos: bool = True, max_len: int | None = None) -> dict[str, int]:
+    """Write tokenizer.json and tokenizer_config.json for a tiny checkpoint; returns the special ids
+    ({"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "unk_token_id": 3} with bos)."""
+    from .errors import require
+
+    require("tokenizers", "generate", "writing a tiny checkpoint's tokenizer.json")
+    folder = Path(folder)
+    tok = tiny_tokenizer(vocab_size, bos)
+    tok.save(str(folder / "tokenizer.json"))
+    names = ("pad", "bos", "eos", "unk") if bos else ("pad", "eos", "unk")
+    ids = {f"{k}_token_id": tok.token_to_id(SPECIAL_TOKENS[k]) for k in names}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+              **{f"{k}_token": SPECIAL_TOKENS[k] for k in names}}
+    if max_len is not None:
+        config["model_max_length"] = max_len
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return ids

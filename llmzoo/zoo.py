@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from typing import Any
+import fnmatch
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -32,9 +33,39 @@ def _index() -> dict[str, Path]:
     return index
 
 
-def list_models(family: str | None = None) -> list[str]:
-    """Names of every zoo entry (optionally of one family, the folder name)."""
-    return [n for n, p in _index().items() if family is None or p.parent.name == family]
+def families() -> list[str]:
+    """Every zoo family (the folder names under configs/), sorted."""
+    return sorted({p.parent.name for p in _index().values()})
+
+
+def _matches(pattern: str, text: str) -> bool:
+    """A shell-style glob (`*llama*`, `gpt-?-*`), case-insensitive; a plain word matches as a substring."""
+    pattern, text = pattern.lower(), text.lower()
+    return fnmatch.fnmatchcase(text, pattern) if any(c in pattern for c in "*?[") else pattern in text
+
+
+def _family_matches(family: str) -> set[str]:
+    """Families an argument names: that exact folder, else a glob or prefix of folder names ("llama"
+    → llama-2, llama-3.1); none at all is a ConfigError that suggests the closest names."""
+    known = families()
+    if family in known:
+        return {family}
+    hits = {f for f in known if fnmatch.fnmatchcase(f.lower(), family.lower())
+            or (not any(c in family for c in "*?[") and f.lower().startswith(family.lower()))}
+    if not hits:
+        close = difflib.get_close_matches(family, known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"families: {', '.join(known)}"
+        raise NotFoundError(f"no zoo family matches {family!r}; {hint}")
+    return hits
+
+
+def list_models(pattern: str | None = None, *, family: str | None = None) -> list[str]:
+    """Names of zoo entries, sorted by file: all, those matching `pattern` (a glob such as `*llama*`,
+    or a plain word matched as a substring, case-insensitive), and/or of `family` (a folder name,
+    glob or prefix; an unknown family raises ConfigError with the closest names)."""
+    fams = _family_matches(family) if family is not None else None
+    return [n for n, p in _index().items()
+            if (pattern is None or _matches(pattern, n)) and (fams is None or p.parent.name in fams)]
 
 
 def config_path(name: str) -> Path:

@@ -10,7 +10,7 @@ from llmzoo.config import ModelConfig
 from llmzoo.parity import compare
 from llmzoo.seq2seq import EncoderDecoderLM
 
-T5_MODELS = llmzoo.list_models("t5")
+T5_MODELS = llmzoo.list_models(family="t5")
 
 # ------------------------------------------------------------------------------ the reference
 

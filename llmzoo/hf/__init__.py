@@ -125,14 +125,24 @@ def adapter_for_config(config) -> "Adapter":
     for adapter in _ADAPTERS.values():
         if config.family in adapter.families:
             return adapter
-    errors = []
+    errors: list[tuple[str, str]] = []
     for adapter in _ADAPTERS.values():
         try:
             adapter.export_config(config)
             return adapter
         except (ValueError, NotImplementedError, AttributeError, KeyError) as e:
-            errors.append(f"{adapter.model_type}: {e}")
-    raise ValueError(f"no adapter can express {config.name} (family {config.family!r}):\n  " + "\n  ".join(errors))
+            errors.append((adapter.model_type, str(e)))
+    from ..errors import UnsupportedError, clip
+
+    # one short message: the closest type (fewest differing fields) and its first differences
+    # (a field-by-field diff counts its differences; a structural refusal counts as far)
+    closest, why = min(errors, key=lambda e: e[1].count(";") if "cannot express" in e[1] else 99)
+    diffs = why.split(": ", 1)[-1].split("; ") if "cannot express" in why else [why]
+    more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    raise UnsupportedError(
+        f"no Hugging Face model_type can express {config.name} (family {config.family!r}, tried {len(errors)}); "
+        f"closest is {closest}: {clip('; '.join(diffs[:3]), 300)}{more}. It builds and runs in llmzoo but "
+        "has no checkpoint format to be written in")
 
 
 # the loader and the exporter import the registry above: they come last

@@ -90,6 +90,12 @@ class Adapter:
     def save_reference(self, model: nn.Module, folder: str, max_shard_size: str | int) -> None:
         model.save_pretrained(folder, max_shard_size=max_shard_size)
 
+    @property
+    def reference_name(self) -> str:
+        """What parity compares against: transformers' own class, or (remote-code types, which
+        transformers does not ship) llmzoo's in-repo reference written from the published modeling file."""
+        return "in-repo remote-code ref" if self.remote_code else "transformers"
+
     # ------------------------------------------------------------------ shared behaviour
     def export_config(self, config: ModelConfig) -> dict[str, Any]:
         """config.json for `config`; an error names every field this model_type cannot express."""
@@ -104,7 +110,9 @@ class Adapter:
 
 def transformers_reference(model_type: str, hf_config: dict, auto_class: str, attention: str) -> nn.Module:
     """transformers' model for a config.json dict, randomly initialised, fp32, eval mode."""
-    import transformers  # the oracle: imported only when a reference is built
+    from ..errors import require
+
+    transformers = require("transformers", "parity", "a transformers reference model")  # the oracle, lazily
 
     kwargs = {k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}
     cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
@@ -114,7 +122,9 @@ def transformers_reference(model_type: str, hf_config: dict, auto_class: str, at
 
 def transformers_load(folder: str, dtype: torch.dtype, auto_class: str, attention: str) -> nn.Module:
     """transformers' model with a checkpoint folder's weights."""
-    import transformers
+    from ..errors import require
+
+    transformers = require("transformers", "parity", "parity against transformers")
 
     return getattr(transformers, auto_class).from_pretrained(folder, dtype=dtype, attn_implementation=attention).eval()
 

@@ -7,6 +7,7 @@ loaded and exported again has byte-identical tensors, and transformers loads wha
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +16,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ..errors import UnsupportedError
+from ..progress import progress
 from . import adapter_for_config, get_adapter
 from .rules import plan_export
 
@@ -33,6 +36,13 @@ def parse_size(size: int | str) -> int:
 
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def make_readable(path: Path) -> None:
+    """Give a written file the permissions the umask allows (safetensors writes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_shards(
@@ -58,17 +68,22 @@ def write_shards(
     for old in list(folder.glob("model*.safetensors")) + list(folder.glob("model.safetensors.index.json")):
         old.unlink()
     weight_map: dict[str, str] = {}
+    bar = progress(total=sum(nbytes for _, nbytes, _ in entries), desc=f"writing {folder.name}", unit="B",
+                   unit_scale=True)
     for file, members in zip(names, shards):
         tensors: dict[str, Tensor] = {}
         for k in members:
-            hf_names, _, produce = entries[k]
+            hf_names, nbytes, produce = entries[k]
+            bar.update(nbytes)
             for name, t in zip(hf_names, produce()):
                 if name in weight_map or name in tensors:
                     raise ValueError(f"tensor {name!r} would be written twice")
                 tensors[name] = t.detach().to("cpu").contiguous()
         save_file(tensors, str(folder / file), metadata={"format": "pt"})
+        make_readable(folder / file)
         weight_map.update({t: file for t in tensors})
         del tensors
+    bar.close()
     if n > 1:
         total = sum(nbytes for _, nbytes, _ in entries)
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
@@ -90,6 +105,9 @@ def save_pretrained(
     if format != "hf":
         raise ValueError(f"format {format!r} is not supported; supported: hf")
     config = model.config
+    if any(t.is_meta for t in model.state_dict().values()):  # refused before the folder exists
+        raise UnsupportedError(f"save_pretrained: {config.name} has no weights (built on the meta device); "
+                               f"load or initialise it on a real device first. Nothing was written to {folder}")
     if model_type is not None:
         adapter = get_adapter(model_type)
     elif getattr(model, "hf_model_type", None):
@@ -130,4 +148,42 @@ def write_reference_checkpoint(
     folder = Path(folder)
     write_shards(folder, entries, max_shard_size)
     (folder / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def save_config(config, folder: str | Path, model_type: str | None = None) -> Path:
+    """Write a ModelConfig (e.g. a full-size zoo entry) as a Hugging Face config.json in `folder`."""
+    adapter = get_adapter(model_type) if model_type else adapter_for_config(config)
+    hf_config = adapter.export_config(config)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    return folder / "config.json"
+
+
+def save_tiny(config, folder: str | Path, seed: int = 0, model_type: str | None = None) -> Path:
+    """A complete random checkpoint folder for a (scaled-down) config, ready for `llmzoo generate`,
+    transformers' AutoTokenizer and AutoModel: config.json and generation_config.json naming the
+    tokenizer's special ids, model.safetensors, tokenizer.json (character level, exactly
+    vocab_size ids: tokenizer.tiny_tokenizer) and tokenizer_config.json."""
+    from ..builder import build
+    from ..tokenizer import save_tiny_tokenizer
+
+    adapter = get_adapter(model_type) if model_type else adapter_for_config(config)  # refuse before writing
+    with progress(total=3, desc=f"writing {config.name}", unit="step") as bar:
+        model = build(config, seed=seed)
+        bar.update()
+        folder = save_pretrained(model, folder, model_type=adapter.model_type)
+        bar.update()
+        seq2seq = config.encoder is not None
+        ids = save_tiny_tokenizer(folder, config.vocab_size, bos=not seq2seq, max_len=config.max_seq_len)
+        special = {k: v for k, v in ids.items() if k != "unk_token_id"}
+        if seq2seq:  # T5: the decoder starts from pad
+            special["decoder_start_token_id"] = ids["pad_token_id"]
+        hf_config = json.loads((folder / "config.json").read_text())
+        hf_config.update(special)
+        (folder / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+        generation = dict(special)
+        (folder / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
+        bar.update()
     return folder

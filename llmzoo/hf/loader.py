@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from ..builder import model_class, resolve_dtype
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, LLMZooError, UnsupportedError, clip
 from ..model import CausalLM
+from ..progress import progress
 from ..zoo import closest_zoo_entry, get_config
 from . import get_adapter, load_plugins
 from .fp8 import Dequantize, dequantize_loaded, fp8_block_size, split_scales
@@ -335,16 +335,6 @@ def _hf_name_for(rules: list, ours: str) -> str:
 # ------------------------------------------------------------------------------ loading
 
 
-def _progress(total: int, desc: str):
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="shard")
-
-
 def _read_file(path: Path, names: list[str]) -> Iterator[tuple[str, Tensor]]:
     if path.suffix == ".bin":
         state = _bin_file(path)
@@ -394,9 +384,11 @@ def load_weights(
         if name in owner:
             by_file.setdefault(info.file, []).append(name)
     pending: dict[int, dict[str, Tensor]] = {}
-    bar = _progress(len(by_file), "loading shards")
+    nbytes = {n: math.prod(infos[n].shape) * infos[n].dtype.itemsize for names in by_file.values() for n in names}
+    bar = progress(total=sum(nbytes.values()), desc="loading weights", unit="B", unit_scale=True)
     for path, names in by_file.items():
         for name, tensor in _read_file(path, names):
+            bar.update(nbytes[name])
             if scales:
                 tensor = dequantize_loaded(name, tensor, scales, hf or {}, dtype)
             g = owner[name]
@@ -410,10 +402,7 @@ def load_weights(
                 target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
                 _assign(model, ours, t.to(device=device, dtype=target_dtype))
             del outs
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    bar.close()
     left = [n for n, p in model.state_dict(keep_vars=True).items() if p.is_meta]
     if left:
         raise CheckpointError(f"tensors never written: {left}")
@@ -541,7 +530,7 @@ def load(
     reader = SliceReader()
     targets = model.state_dict(keep_vars=True)
     block = fp8_block_size(ckpt.hf) if ckpt.scales else None
-    for g in groups:
+    for g in progress(groups, desc="loading weight slices", unit="tensor"):
         xs = []
         for n in g.hf_names:
             x = reader.lazy(n, ckpt.infos[n])

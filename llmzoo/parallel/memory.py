@@ -7,8 +7,9 @@ import math
 import torch
 from torch import nn
 
-from ..builder import build, resolve_dtype
-from ..params import count_params, kv_cache_bytes
+from ..builder import build
+from ..errors import ConfigError
+from ..params import count_params, dtype_bytes, kv_cache_bytes
 from ..zoo import get_config
 from .plan import local_config
 from .styles import ColwiseParallel, ExpertShards, RowwiseParallel, ShardParams
@@ -50,8 +51,11 @@ def memory_estimate(source, *, tp: int = 1, dp: int = 1, ep: bool | str = False,
     what `param_bytes` measures on that rank; params_ideal: count_params / (tp · dp);
     ep: as in `parallelize` (True: experts over the tp ranks; "dp": over the dp ranks, outside FSDP2);
     kv_cache: kv_cache_bytes of the rank's heads (local_config) for ⌈batch / dp⌉ sequences."""
+    for flag, value in (("tp", tp), ("dp", dp), ("batch", batch), ("seq_len", seq_len)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"memory_estimate: {flag}={value!r} must be a positive integer")
     config = get_config(source)
-    itemsize = torch.empty((), dtype=resolve_dtype(dtype)).element_size()
+    itemsize = dtype_bytes(dtype)
     model = build(config, device="meta")
     if isinstance(ep, str) and ep != "dp":
         raise ValueError(f"ep: {ep!r} is not one of True, False, 'dp'")
@@ -71,9 +75,9 @@ def memory_estimate(source, *, tp: int = 1, dp: int = 1, ep: bool | str = False,
                 per_rank[t][r] += math.prod(local)
     total = count_params(config).total
     return {
-        "params": max(max(r) for r in per_rank) * itemsize,
-        "params_ideal": -(-total * itemsize // (tp * dp)),
-        "params_total": total * itemsize,
+        "params": math.ceil(max(max(r) for r in per_rank) * itemsize),
+        "params_ideal": math.ceil(total * itemsize / (tp * dp)),
+        "params_total": math.ceil(total * itemsize),
         "kv_cache": kv_cache_bytes(local_config(config, tp), seq_len, -(-batch // dp), dtype),
     }
 
