@@ -78,6 +78,12 @@ class YarnScaling(Spec):
         "MLA does; transformers' llama, mistral and qwen2 apply only the cos/sin attention_factor"
     )
 
+    def scaled(self, max_seq_len: int) -> "YarnScaling":
+        # a scaled-down model keeps factor = max_seq_len / original_max_positions, the ratio transformers
+        # checks (it warns otherwise): the original length shrinks, the factor rounds to a whole ratio
+        original = max(1, round(max_seq_len / self.factor))
+        return self.model_copy(update={"original_max_positions": original, "factor": max_seq_len / original})
+
 
 class Llama3Scaling(Spec):
     """Llama-3.1 frequency-dependent interpolation (arXiv:2407.21783, §3.3)."""
@@ -87,6 +93,10 @@ class Llama3Scaling(Spec):
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_positions: int = Field(gt=0)
+
+    def scaled(self, max_seq_len: int) -> "Llama3Scaling":
+        # the original length must stay below the (scaled-down) context, as transformers checks
+        return self.model_copy(update={"original_max_positions": max(1, int(max_seq_len // self.factor))})
 
 
 RopeScaling = Annotated[
@@ -100,6 +110,10 @@ class RopeSpec(PositionSpecBase):
     fraction: float = Field(1.0, gt=0, le=1, description="share of head_dim rotated (Pythia 0.25)")
     layout: Literal["halves", "interleaved"] = "halves"
     scaling: RopeScaling | None = None
+
+    def scaled(self, s) -> "RopeSpec":
+        rescale = getattr(self.scaling, "scaled", None)  # context-extension scalings tied to a length
+        return self if rescale is None else self.model_copy(update={"scaling": rescale(s.max_seq_len)})
     table_dtype: Literal["float32", "float16"] = Field(
         "float32", description="precision of inv_freq, angles and cos/sin (GLM-130B: float16)"
     )

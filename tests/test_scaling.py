@@ -9,6 +9,12 @@ ZOO = {name: llmzoo.get_config(name) for name in llmzoo.list_models()}
 DECODERS = {n: c for n, c in ZOO.items() if getattr(c, "encoder", None) is None}
 
 
+def _knobs(scaling) -> dict:
+    """A rope scaling's fields other than the two tied to the context length."""
+    tied = ("factor", "original_max_positions") if scaling.type in ("yarn", "llama3") else ()
+    return {k: v for k, v in scaling.model_dump().items() if k not in tied}
+
+
 def entries(has) -> list[str | None]:
     """Zoo entries with the property; [None] (a failing case) when none has it."""
     return [n for n, c in DECODERS.items() if has(c)] or [None]
@@ -90,7 +96,11 @@ PROPERTIES = {
     ),
     "rope scaling": (
         lambda c: c.position.type == "rope" and c.position.scaling is not None,
-        lambda c, t: t.position.scaling == c.position.scaling and t.position.layout == c.position.layout,
+        # the kind and its knobs stay; a length-tied scaling (YaRN, Llama-3) re-ties to the tiny context
+        lambda c, t: _knobs(t.position.scaling) == _knobs(c.position.scaling) and t.position.layout == c.position.layout
+        and getattr(t.position.scaling, "original_max_positions", 0) <= t.max_seq_len
+        and (t.position.scaling.type != "yarn"
+             or t.position.scaling.factor * t.position.scaling.original_max_positions == pytest.approx(t.max_seq_len)),
     ),
 }
 
