@@ -636,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_parser = build_parser  # the name callers (tests/test_serve.py) knew before
+
+
 def _one_line(e: BaseException, limit: int = 12) -> str:
     """The error message; a long one keeps its first `limit` lines."""
     text = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__
