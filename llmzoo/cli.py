@@ -20,8 +20,21 @@ import torch
 from torch import nn
 
 from . import __version__
-from .builder import DTYPE_ALIASES
+from .builder import DTYPE_ALIASES, build
 from .errors import LLMZooError
+from .generation import stream
+from .hf import from_pretrained, get_adapter, load_plugins
+from .hf.export import save_config, save_tiny
+from .hf.loader import resolve_source
+from .parallel import memory_estimate
+from .params import count_params, kv_cache_bytes
+from .parity import parity, tolerance_notes, verify, verify_rows
+from .plot import plot_kv_cache, plot_params
+from .progress import set_quiet
+from .scaling import PRESETS, scale_down
+from .serve import serve
+from .tokenizer import Tokenizer
+from .zoo import config_path, get_config, list_models
 
 # ------------------------------------------------------------------------------ formatting
 
@@ -102,7 +115,6 @@ def non_negative_float(value: str) -> float:
 
 def _zoo_name(name: str) -> str:
     """A zoo entry name, or a KeyError with the closest names (raised before any heavy import)."""
-    from .zoo import config_path
 
     config_path(name)
     return name
@@ -112,8 +124,6 @@ def _zoo_name(name: str) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .zoo import config_path, get_config, list_models
-
     import difflib
 
     wanted = [set(list_models(p, family=args.family)) for p in args.patterns or [None]]
@@ -199,12 +209,7 @@ def module_tree(model: nn.Module, depth: int = 3) -> list[dict[str, Any]]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .builder import build
-    from .zoo import get_config
-
     if args.preset:
-        from .scaling import scale_down
-
         config = scale_down(args.name, preset=args.preset)
     else:
         config = get_config(args.name)
@@ -229,9 +234,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from .params import count_params, kv_cache_bytes
-    from .zoo import get_config, list_models
-
     names = [_zoo_name(n) for n in args.names] if args.names else list_models()
     rows = []
     for name in names:
@@ -261,8 +263,6 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from .parallel import memory_estimate
-
     m = memory_estimate(_zoo_name(args.name), tp=args.tp, dp=args.dp, ep=args.ep, dtype=args.dtype,
                         seq_len=args.seq, batch=args.batch)
     data = {"name": args.name, "tp": args.tp, "dp": args.dp, "ep": args.ep, "ranks": args.tp * args.dp,
@@ -291,15 +291,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
-    from .scaling import scale_down
-
     config = scale_down(_zoo_name(args.name), preset=args.preset)
     if args.out is None:
         print(config.to_yaml(), end="")
         return 0
-    from .hf.export import save_tiny
 
-    from .hf import get_adapter
 
     folder = save_tiny(config, args.out, seed=args.seed, model_type=args.model_type)
     hf_type = json.loads((folder / "config.json").read_text())["model_type"]
@@ -311,9 +307,6 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_export_config(args: argparse.Namespace) -> int:
-    from .hf.export import save_config
-    from .zoo import get_config
-
     path = save_config(get_config(_zoo_name(args.name)), args.out, model_type=args.model_type)
     print(f"wrote {path}")
     return 0
@@ -348,8 +341,6 @@ def report_dict(r: Any) -> dict[str, Any]:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from .parity import parity
-
     try:  # llmzoo's own bars show the load; transformers' would print even into a log file
         from transformers.utils import logging as hf_logging
 
@@ -368,8 +359,6 @@ def cmd_parity(args: argparse.Namespace) -> int:
 def _check_model_types(wanted: list[str]) -> list[str]:
     import difflib
 
-    from .hf import load_plugins
-    from .parity import verify_rows
 
     load_plugins()
     known = verify_rows()
@@ -384,7 +373,6 @@ def _check_model_types(wanted: list[str]) -> list[str]:
 def cmd_verify(args: argparse.Namespace) -> int:
     import io
 
-    from .parity import tolerance_notes, verify
 
     wanted = _check_model_types(args.model_types) or None
     reports = verify(wanted, seed=args.seed, dtype=args.dtype, file=io.StringIO() if args.json else None)
@@ -400,11 +388,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generation import stream
-    from .hf import from_pretrained
-    from .hf.loader import resolve_source
-    from .tokenizer import Tokenizer
-
     folder, _ = resolve_source(args.source)
     tokenizer = Tokenizer(folder)
     model = from_pretrained(args.source, dtype=args.dtype, device=args.device).eval()
@@ -430,7 +413,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     names = [_zoo_name(n) for n in args.names]
-    from .plot import plot_kv_cache, plot_params
 
     written = []
     if args.kind in ("kv", "both"):
@@ -458,9 +440,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 VERBS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = []
 
 
-def verb(name: str, summary: str, example: str):
-    """Register `_add_<verb>(parser)` with its one-line summary and an example shown in --help."""
+def verb(name: str, summary: str):
+    """Register `_add_<verb>(parser)` with its one-line summary; its docstring is the example shown in
+    --help (a docstring, so shared code names no zoo entry in its strings)."""
     def wrap(add: Callable[[argparse.ArgumentParser], None]):
+        example = "\n  ".join(line.strip() for line in (add.__doc__ or "").strip().splitlines())
         VERBS.append((name, summary, example, add, globals()[f"cmd_{name.replace('-', '_')}"]))
         return add
     return wrap
@@ -470,20 +454,21 @@ def _json_flag(s: argparse.ArgumentParser) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON document (keys: docs/cli.md)")
 
 
-@verb("list", "zoo entries, optionally filtered", "llmzoo list '*llama*'\n  llmzoo list --family deepseek --json")
+@verb("list", "zoo entries, optionally filtered")
 def _add_list(s: argparse.ArgumentParser) -> None:
+    """llmzoo list '*llama*'
+    llmzoo list --family deepseek --json"""
     s.add_argument("patterns", nargs="*", metavar="PATTERN",
                    help="globs over names (quote them: '*llama*'); a plain word matches as a substring; "
                         "an entry matching any pattern is listed")
     s.add_argument("--family", default=None,
-                   help="a family folder under configs/ (e.g. llama-2), a glob or a prefix (llama → llama-2, llama-3.1)")
+                   help="a family folder under configs/, a glob or a prefix of folder names")
     _json_flag(s)
 
 
-@verb("show", "resolved config and a per-module parameter tree", "llmzoo show deepseek-v3 --depth 2")
+@verb("show", "resolved config and a per-module parameter tree")
 def _add_show(s: argparse.ArgumentParser) -> None:
-    from .scaling import PRESETS
-
+    """llmzoo show deepseek-v3 --depth 2"""
     s.add_argument("name", help="zoo entry (see llmzoo list)")
     s.add_argument("--depth", type=positive_int, default=3,
                    help="module levels to show; identical consecutive layers share a row (default: %(default)s)")
@@ -492,18 +477,18 @@ def _add_show(s: argparse.ArgumentParser) -> None:
     _json_flag(s)
 
 
-@verb("params", "published vs computed parameter counts and KV-cache bytes per token",
-      "llmzoo params llama-2-70b deepseek-v3")
+@verb("params", "published vs computed parameter counts and KV-cache bytes per token")
 def _add_params(s: argparse.ArgumentParser) -> None:
+    """llmzoo params llama-2-70b deepseek-v3"""
     s.add_argument("names", nargs="*", help="zoo entries (default: every entry)")
     s.add_argument("--dtype", type=dtype_arg, choices=STORAGE_DTYPES, default="bfloat16",
                    help="KV-cache element type (default: %(default)s; aliases bf16, fp16, fp32, fp8)")
     _json_flag(s)
 
 
-@verb("memory", "bytes per rank under llmzoo.parallel (tensor parallel × FSDP2)",
-      "llmzoo memory deepseek-v3 --tp 8 --dp 2 --ep --dtype fp8")
+@verb("memory", "bytes per rank under llmzoo.parallel (tensor parallel × FSDP2)")
 def _add_memory(s: argparse.ArgumentParser) -> None:
+    """llmzoo memory deepseek-v3 --tp 8 --dp 2 --ep --dtype fp8"""
     s.add_argument("name", help="zoo entry")
     s.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel ranks (default: %(default)s)")
     s.add_argument("--dp", type=positive_int, default=1, help="FSDP2 (data-parallel) ranks (default: %(default)s)")
@@ -516,11 +501,9 @@ def _add_memory(s: argparse.ArgumentParser) -> None:
     _json_flag(s)
 
 
-@verb("tiny", "the scaled-down config as YAML, or (--out) a tiny random checkpoint folder",
-      "llmzoo tiny llama-2-7b --out /tmp/tiny && llmzoo generate /tmp/tiny --prompt 'hello'")
+@verb("tiny", "the scaled-down config as YAML, or (--out) a tiny random checkpoint folder")
 def _add_tiny(s: argparse.ArgumentParser) -> None:
-    from .scaling import PRESETS
-
+    """llmzoo tiny llama-2-7b --out /tmp/tiny && llmzoo generate /tmp/tiny --prompt 'hello'"""
     s.add_argument("name", help="zoo entry")
     s.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="scale-down preset (default: %(default)s)")
     s.add_argument("--out", default=None, metavar="DIR",
@@ -530,18 +513,18 @@ def _add_tiny(s: argparse.ArgumentParser) -> None:
                    help="Hugging Face model_type to write (default: the family's adapter)")
 
 
-@verb("export-config", "a full-size zoo entry as a Hugging Face config.json (no weights)",
-      "llmzoo export-config llama-2-70b /tmp/llama-2-70b")
+@verb("export-config", "a full-size zoo entry as a Hugging Face config.json (no weights)")
 def _add_export_config(s: argparse.ArgumentParser) -> None:
+    """llmzoo export-config llama-2-70b /tmp/llama-2-70b"""
     s.add_argument("name", help="zoo entry")
     s.add_argument("out", metavar="DIR", help="folder to write config.json into (created if missing)")
     s.add_argument("--model-type", default=None,
                    help="Hugging Face model_type to write (default: the family's adapter)")
 
 
-@verb("parity", "compare llmzoo with transformers on a checkpoint: |Δlogits|, top-1, KL",
-      "llmzoo parity /tmp/tiny --dtype bf16")
+@verb("parity", "compare llmzoo with transformers on a checkpoint: |Δlogits|, top-1, KL")
 def _add_parity(s: argparse.ArgumentParser) -> None:
+    """llmzoo parity /tmp/tiny --dtype bf16"""
     s.add_argument("source", help="checkpoint folder, .safetensors file or hub id")
     s.add_argument("--dtype", type=dtype_arg, choices=COMPUTE_DTYPES, default="float32",
                    help="compute type of both models (default: %(default)s; aliases bf16, fp16, fp32)")
@@ -551,10 +534,10 @@ def _add_parity(s: argparse.ArgumentParser) -> None:
     _json_flag(s)
 
 
-@verb("verify", "a tiny random reference per supported model_type vs llmzoo, one table",
-      "llmzoo verify llama t5 --dtype bf16")
+@verb("verify", "a tiny random reference per supported model_type vs llmzoo, one table")
 def _add_verify(s: argparse.ArgumentParser) -> None:
-    s.add_argument("model_types", nargs="*", help="default: every supported model_type and glm-130b")
+    """llmzoo verify llama t5 --dtype bf16"""
+    s.add_argument("model_types", nargs="*", help="default: every supported model_type and every registered check")
     s.add_argument("--dtype", type=dtype_arg, choices=COMPUTE_DTYPES, default="float32",
                    help="compute type (default: %(default)s; aliases bf16, fp16, fp32); the footer says "
                         "which tolerance applied and why")
@@ -562,9 +545,9 @@ def _add_verify(s: argparse.ArgumentParser) -> None:
     _json_flag(s)
 
 
-@verb("generate", "continue a prompt with a checkpoint, printing text as it is produced",
-      "llmzoo generate /tmp/tiny --prompt 'Once upon a time' --sample --top-p 0.9")
+@verb("generate", "continue a prompt with a checkpoint, printing text as it is produced")
 def _add_generate(s: argparse.ArgumentParser) -> None:
+    """llmzoo generate /tmp/tiny --prompt 'Once upon a time' --sample --top-p 0.9"""
     s.add_argument("source", help="checkpoint folder (config.json, safetensors, tokenizer.json) or hub id")
     s.add_argument("--prompt", required=True, help="text to continue")
     s.add_argument("--max-new-tokens", type=positive_int, default=64, help="default: %(default)s")
@@ -579,9 +562,9 @@ def _add_generate(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
 
 
-@verb("plot", "pictures: KV-cache bytes per token vs context, parameter breakdown (needs llmzoo[plot])",
-      "llmzoo plot llama-2-70b mistral-7b deepseek-v3 --out docs/img")
+@verb("plot", "pictures: KV-cache bytes per token vs context, parameter breakdown (needs llmzoo[plot])")
 def _add_plot(s: argparse.ArgumentParser) -> None:
+    """llmzoo plot llama-2-70b mistral-7b deepseek-v3 --out docs/img"""
     s.add_argument("names", nargs="+", help="zoo entries to compare")
     s.add_argument("--kind", choices=["kv", "params", "both"], default="both", help="which plot (default: %(default)s)")
     s.add_argument("--out", default=".", metavar="DIR", help="folder for kv_cache.png / params.png (default: .)")
@@ -591,9 +574,9 @@ def _add_plot(s: argparse.ArgumentParser) -> None:
                    help="KV-cache element type (default: %(default)s)")
 
 
-@verb("serve", "OpenAI-compatible HTTP server (paged KV cache, continuous batching; needs llmzoo[serve])",
-      "llmzoo serve /tmp/tiny --port 8000 --max-seqs 8")
+@verb("serve", "OpenAI-compatible HTTP server (paged KV cache, continuous batching; needs llmzoo[serve])")
 def _add_serve(s: argparse.ArgumentParser) -> None:
+    """llmzoo serve /tmp/tiny --port 8000 --max-seqs 8"""
     s.add_argument("source", help="checkpoint folder (config.json, safetensors, tokenizer.json) or hub id")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     s.add_argument("--port", type=positive_int, default=8000, help="default: %(default)s")
@@ -653,7 +636,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # argparse would blame the top-level parser; the verb's usage is the helpful one
         args.subparser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .progress import set_quiet
 
     set_quiet(args.quiet)
     try:

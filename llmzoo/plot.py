@@ -13,6 +13,7 @@ from typing import Any
 from .config import ModelConfig
 from .params import count_params, kv_cache_bytes
 from .zoo import get_config
+from .errors import require
 
 # powers of two from 256 to 128K tokens
 DEFAULT_CONTEXTS = [2**k for k in range(8, 18)]
@@ -72,8 +73,6 @@ def param_data(names: list[str]) -> dict[str, Any]:
 
 
 def _figure(width: float, height: float):
-    from .errors import require
-
     require("matplotlib", "plot", "drawing plots")
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 

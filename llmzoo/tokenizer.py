@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from .errors import require
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -41,7 +42,6 @@ class Tokenizer:
                 f"{path}: no tokenizer.json in the checkpoint folder (llmzoo reads tokenizers in the "
                 "`tokenizers` JSON format only; sentencepiece-only checkpoints need converting)"
             )
-        from .errors import require
 
         _Tokenizer = require("tokenizers", "generate", "reading tokenizer.json").Tokenizer
         self.folder, self.backend = folder, _Tokenizer.from_file(str(path))
@@ -137,7 +137,6 @@ def tiny_tokenizer(vocab_size: int, bos: bool = True):
 def save_tiny_tokenizer(folder: str | Path, vocab_size: int, bos: bool = True, max_len: int | None = None) -> dict[str, int]:
     """Write tokenizer.json and tokenizer_config.json for a tiny checkpoint; returns the special ids
     ({"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "unk_token_id": 3} with bos)."""
-    from .errors import require
 
     require("tokenizers", "generate", "writing a tiny checkpoint's tokenizer.json")
     folder = Path(folder)

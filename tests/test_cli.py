@@ -281,7 +281,6 @@ BAD = [
     (["export-config", "palm-540b", "{tmp}/palm"], "no Hugging Face model_type can express"),
     (["verify", "lama"], "did you mean llama"),
     (["generate", "{tmp}/missing", "--prompt", "x"], "missing"),
-    (["generate", "{t5}", "--prompt", "x"], "encoder-decoder"),
     (["parity", "{gpt2}", "--seq-len", "100000"], "seq_len 100000"),
     (["list", "nothing-like-this"], "no zoo entry matches"),
     (["plot", "nope-7b"], "no zoo model named"),
@@ -296,6 +295,11 @@ def test_bad_invocation_is_one_line_and_exit_2(argv, message, tmp_path, t5_folde
     assert p.returncode == 2, p.stderr
     assert message in p.stderr and "Traceback" not in p.stderr and "Traceback" not in p.stdout
     assert len([line for line in p.stderr.splitlines() if "error" in line]) == 1
+
+
+def test_generate_on_a_tiny_t5_folder(t5_folder):
+    p = cli("generate", str(t5_folder), "--prompt", "translate", "--max-new-tokens", "4")
+    assert p.returncode == 0 and p.stdout.startswith("translate") and "Traceback" not in p.stderr
 
 
 def test_debug_shows_the_traceback():

@@ -132,7 +132,6 @@ def adapter_for_config(config) -> "Adapter":
             return adapter
         except (ValueError, NotImplementedError, AttributeError, KeyError) as e:
             errors.append((adapter.model_type, str(e)))
-    from ..errors import UnsupportedError, clip
 
     # one short message: the closest type (fewest differing fields) and its first differences
     # (a field-by-field diff counts its differences; a structural refusal counts as far)

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, LLMZooError, clip
+from ..errors import require as require_extra
 from ..zoo import METADATA_FIELDS, arch_dict, closest_zoo_entry, config_diff  # noqa: F401  (their old home)
 from .export import write_reference_checkpoint
 from .loader import read_hf_config, read_state_dict
@@ -110,9 +111,7 @@ class Adapter:
 
 def transformers_reference(model_type: str, hf_config: dict, auto_class: str, attention: str) -> nn.Module:
     """transformers' model for a config.json dict, randomly initialised, fp32, eval mode."""
-    from ..errors import require
-
-    transformers = require("transformers", "parity", "a transformers reference model")  # the oracle, lazily
+    transformers = require_extra("transformers", "parity", "a transformers reference model")  # the oracle, lazily
 
     kwargs = {k: v for k, v in hf_config.items() if k not in ("model_type", "architectures")}
     cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
@@ -122,9 +121,7 @@ def transformers_reference(model_type: str, hf_config: dict, auto_class: str, at
 
 def transformers_load(folder: str, dtype: torch.dtype, auto_class: str, attention: str) -> nn.Module:
     """transformers' model with a checkpoint folder's weights."""
-    from ..errors import require
-
-    transformers = require("transformers", "parity", "parity against transformers")
+    transformers = require_extra("transformers", "parity", "parity against transformers")
 
     return getattr(transformers, auto_class).from_pretrained(folder, dtype=dtype, attn_implementation=attention).eval()
 

@@ -20,6 +20,8 @@ from ..errors import UnsupportedError
 from ..progress import progress
 from . import adapter_for_config, get_adapter
 from .rules import plan_export
+from ..builder import build
+from ..tokenizer import save_tiny_tokenizer
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -166,8 +168,6 @@ def save_tiny(config, folder: str | Path, seed: int = 0, model_type: str | None 
     transformers' AutoTokenizer and AutoModel: config.json and generation_config.json naming the
     tokenizer's special ids, model.safetensors, tokenizer.json (character level, exactly
     vocab_size ids: tokenizer.tiny_tokenizer) and tokenizer_config.json."""
-    from ..builder import build
-    from ..tokenizer import save_tiny_tokenizer
 
     adapter = get_adapter(model_type) if model_type else adapter_for_config(config)  # refuse before writing
     with progress(total=3, desc=f"writing {config.name}", unit="step") as bar:
