@@ -80,8 +80,9 @@ class YarnScaling(Spec):
 
     def scaled(self, max_seq_len: int) -> "YarnScaling":
         # a scaled-down model keeps factor = max_seq_len / original_max_positions, the ratio transformers
-        # checks (it warns otherwise): the original length shrinks, the factor rounds to a whole ratio
-        original = max(1, round(max_seq_len / self.factor))
+        # checks (it warns otherwise). The original length keeps a quarter of the tiny context at least
+        # (the factor drops to ≤ 4): below that YaRN's correction range leaves the rotary dims entirely
+        original = max(1, round(max_seq_len / min(self.factor, 4.0)))
         return self.model_copy(update={"original_max_positions": original, "factor": max_seq_len / original})
 
 
