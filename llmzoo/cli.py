@@ -399,7 +399,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     repetition_penalty=args.repetition_penalty, eos_token_id=tokenizer.eos_token_ids,
                     pad_token_id=tokenizer.pad_token_id, **sampling)
     first = next(tokens, None)  # errors (e.g. an unsupported model) surface before the prompt is echoed
-    print(args.prompt, end="", flush=True)
+    seq2seq = model.config.encoder is not None  # T5: the prompt is the source, the output a new text
+    print(args.prompt, end="\n" if seq2seq else "", flush=True)
     if first is not None:
         print(decoder.push(int(first[0])), end="", flush=True)
         for token in tokens:

@@ -299,7 +299,7 @@ def test_bad_invocation_is_one_line_and_exit_2(argv, message, tmp_path, t5_folde
 
 def test_generate_on_a_tiny_t5_folder(t5_folder):
     p = cli("generate", str(t5_folder), "--prompt", "translate", "--max-new-tokens", "4")
-    assert p.returncode == 0 and p.stdout.startswith("translate") and "Traceback" not in p.stderr
+    assert p.returncode == 0 and p.stdout.startswith("translate\n") and "Traceback" not in p.stderr
 
 
 def test_debug_shows_the_traceback():
