@@ -25,6 +25,13 @@ MAX_VOCAB = 2**24
 MAX_D_MODEL = 2**17
 MAX_LAYERS = 1024
 MAX_SEQ_LEN = 2**24
+MAX_SCALE = 1e4  # a multiplier of activations (embedding / head scale, residual α): beyond it float32 overflows
+
+
+def _check_scale(value: Any, field: str) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 < value <= MAX_SCALE:
+        raise ValueError(f"{field}: a numeric scale must lie in (0, {MAX_SCALE:g}], got {value!r}")
+    return value
 
 NormField = Component("norm")
 PositionField = Component("position")
@@ -45,6 +52,11 @@ class EmbeddingSpec(Spec):
     norm: NormField | None = Field(None, description="norm right after the embedding (BLOOM)")  # type: ignore[valid-type]
     d_embed: int | None = Field(None, gt=0, le=MAX_D_MODEL, description="embedding width if != d_model (OPT-350m project_in/out)")
 
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: Any) -> Any:
+        return _check_scale(v, "scale")
+
 
 class HeadSpec(Spec):
     tied: bool = Field(description="output projection shares the token embedding matrix")
@@ -54,6 +66,11 @@ class HeadSpec(Spec):
         "none", description="multiply the final hidden state before the head (T5 v1.0, tied: inv_sqrt_d_model)"
     )
     softcap: float | None = Field(None, gt=0, description="logits → cap·tanh(logits/cap) (Gemma-2 final_logit_softcapping)")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: Any) -> Any:
+        return _check_scale(v, "scale")
 
 
 class BlockSpec(Spec):
@@ -67,8 +84,8 @@ class BlockSpec(Spec):
 
     placement: Literal["pre", "post", "sandwich", "output", "deepnorm"] = "pre"
     parallel: Literal["none", "shared_norm", "two_norms"] = "none"
-    alpha: float = Field(1.0, gt=0, description="residual scale α (DeepNorm: (2N)^½ for GLM-130B)")
-    init_beta: float = Field(1.0, gt=0, description="DeepNorm β: init scale of value, output and FFN weights")
+    alpha: float = Field(1.0, gt=0, le=MAX_SCALE, description="residual scale α (DeepNorm: (2N)^½ for GLM-130B)")
+    init_beta: float = Field(1.0, gt=0, le=MAX_SCALE, description="DeepNorm β: init scale of value, output and FFN weights")
     norm: NormField  # type: ignore[valid-type]
     attention: AttentionField  # type: ignore[valid-type]
     mlp: MLPField  # type: ignore[valid-type]
@@ -235,6 +252,10 @@ class ModelConfig(Spec):
             raise ValueError(f"block.cross_attention: every decoder layer needs one; layers {crossing} have none")
         if self.head.tied and self.head.normalize:
             raise ValueError("head.normalize needs an untied head (its own weight)")
+        for where, pos in (("position", self.position), ("encoder.position", getattr(self.encoder, "position", None))):
+            if getattr(pos, "type", None) == "learned" and pos.max_positions < self.max_seq_len:
+                raise ValueError(f"{where}.max_positions: {pos.max_positions} rows cannot serve max_seq_len "
+                                 f"{self.max_seq_len} positions")
         return self
 
     @property

@@ -38,7 +38,7 @@ class LearnedPositionSpec(PositionSpecBase):
 
 class SinusoidalPositionSpec(PositionSpecBase):
     type: Literal["sinusoidal"] = "sinusoidal"
-    base: float = 10000.0
+    base: float = Field(10000.0, ge=1)
     layout: Literal["interleaved", "concat"] = "interleaved"
 
 
@@ -107,7 +107,7 @@ RopeScaling = Annotated[
 
 class RopeSpec(PositionSpecBase):
     type: Literal["rope"] = "rope"
-    theta: float = Field(10000.0, gt=0)
+    theta: float = Field(10000.0, ge=1, description="rotary base; below 1 the frequencies exceed 1 (and overflow)")
     fraction: float = Field(1.0, gt=0, le=1, description="share of head_dim rotated (Pythia 0.25)")
     layout: Literal["halves", "interleaved"] = "halves"
     scaling: RopeScaling | None = None
@@ -137,7 +137,7 @@ class RopeSpec(PositionSpecBase):
 
 class Rope2DSpec(PositionSpecBase):
     type: Literal["rope_2d"] = "rope_2d"
-    theta: float = Field(10000.0, gt=0)
+    theta: float = Field(10000.0, ge=1, description="rotary base; below 1 the frequencies exceed 1 (and overflow)")
     layout: Literal["halves_2d"] = Field("halves_2d", description="each half of the head rotates in halves layout")
     table_dtype: Literal["float32", "float16"] = Field(
         "float16", description="precision of inv_freq, angles and cos/sin (ChatGLM-6B: float16)"

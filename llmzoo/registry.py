@@ -15,6 +15,16 @@ from typing import Annotated, Any, Callable
 from pydantic import BaseModel, ConfigDict, SerializeAsAny, WrapValidator, model_validator
 
 
+def _wants_number(annotation: Any) -> bool:
+    """A field whose type includes int or float but not bool: true/false are not numbers there."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = set(typing.get_args(annotation))
+        return bool(args & {int, float}) and bool not in args
+    return False
+
+
 def _wants_bool(annotation: Any) -> bool:
     """A field typed `bool` or `bool | None`: only true/false are accepted there."""
     if annotation is bool:
@@ -36,19 +46,26 @@ class Spec(BaseModel):
     @classmethod
     def _strict_bools(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for name in _bool_fields(cls):
+            bools, numbers = _bool_fields(cls)
+            for name in bools:
                 value = data.get(name)
                 if value is not None and not isinstance(value, bool):
                     raise ValueError(f"{name}: expected true or false, got {type(value).__name__} {str(value)[:40]!r}")
+            for name in numbers:  # pydantic would read true as 1 (a one-row position table)
+                if isinstance(data.get(name), bool):
+                    raise ValueError(f"{name}: expected a number, got {data[name]}")
         return data
 
 
-_BOOL_FIELDS: dict[type, tuple[str, ...]] = {}
+_BOOL_FIELDS: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
-def _bool_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+def _bool_fields(cls: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(fields that take only booleans, numeric fields that take no booleans) of a spec class."""
     if cls not in _BOOL_FIELDS:
-        _BOOL_FIELDS[cls] = tuple(n for n, f in cls.model_fields.items() if _wants_bool(f.annotation))
+        fields = cls.model_fields.items()
+        _BOOL_FIELDS[cls] = (tuple(n for n, f in fields if _wants_bool(f.annotation)),
+                             tuple(n for n, f in fields if _wants_number(f.annotation)))
     return _BOOL_FIELDS[cls]
 
 

@@ -97,6 +97,13 @@ def scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrid
     """A scaled-down copy of a config keeping every structural property listed in the module doc.
 
     overrides: top-level fields to set afterwards (e.g. n_layers=2, vocab_size=512)."""
+    try:
+        return _scale_down(source, preset, **overrides)
+    except ValidationError as e:  # a spec's own scaled() refusing the scaled values
+        raise ConfigError(f"scale_down({getattr(source, 'name', source)!r}, {preset!r}): {e}") from None
+
+
+def _scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrides: Any) -> ModelConfig:
     if preset not in PRESETS:
         raise ConfigError(f"scale preset {preset!r} is not one of {', '.join(PRESETS)}")
     c = get_config(source) if not isinstance(source, ModelConfig) else source

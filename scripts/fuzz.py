@@ -80,15 +80,22 @@ def main(argv: list[str] | None = None) -> int:
                     c["hang"] += 1
                     others.append(f"{target}: HANG past {3 * args.timeout}s: {fuzzing.CURRENT[0][:400]}")
                 except Exception as e:  # noqa: BLE001 - counting contract violations is the point
+                    if type(e).__module__.startswith("hypothesis"):
+                        raise  # hypothesis' own control flow (an unsatisfiable draw, a stop)
                     c["other"] += 1
                     where = traceback.extract_tb(e.__traceback__)[-1]
                     others.append(f"{target}: {type(e).__name__}: {str(e)[:300]} "
                                   f"({Path(where.filename).name}:{where.lineno}) on {fuzzing.CURRENT[0][:600]}")
+                    print("  OTHER", others[-1], flush=True)
                 finally:
                     signal.alarm(0)
                     slowest[target] = max(slowest.get(target, 0.0), time.time() - t0)
 
-            case()
+            try:
+                case()
+            except Exception as e:  # noqa: BLE001 - a hypothesis-level failure stops this target only
+                c["aborted"] += 1
+                print(f"  {target}: hypothesis stopped the target: {type(e).__name__}: {str(e)[:200]}", flush=True)
             c["cases"] = sum(v for k, v in c.items() if k != "cases")
             print(f"{target:20s} {dict(c)}  ({time.time() - start:.0f}s, slowest case {slowest[target]:.2f}s)",
                   flush=True)

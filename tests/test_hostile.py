@@ -51,11 +51,26 @@ def test_booleans_are_booleans(path, value):
     ("n_layers", 10**9, f"less than or equal to {MAX_LAYERS}"),
     ("d_model", 2**40, "less than or equal to"),
     ("max_seq_len", 2**62, "less than or equal to"),
+    # found by the fuzz suite: each of these built a model whose logits were NaN, or that failed at run time
+    ("position.theta", 2.2250738585e-313, "greater than or equal to 1"),
+    ("embedding.scale", 3.17e143, "a numeric scale must lie in (0, 10000]"),
+    ("head.scale", -16827.0, "a numeric scale must lie in (0, 10000]"),
+    ("block.attention.head_dim", True, "expected a number, got True"),
 ])
 def test_impossible_sizes_are_refused_by_field(path, value, says):
     with pytest.raises(ConfigError) as e:
         llmzoo.get_config(changed(path, value))
     assert path.rsplit(".", 1)[-1] in str(e.value) and says in str(e.value)
+
+
+def test_learned_table_shorter_than_max_seq_len_is_refused():
+    d = llmzoo.get_config("gpt-2-small").to_dict()
+    d["position"]["max_positions"] = True  # pydantic alone reads true as 1: a one-row table
+    with pytest.raises(ConfigError, match="max_positions: expected a number, got True"):
+        llmzoo.get_config(d)
+    d["position"]["max_positions"] = 3
+    with pytest.raises(ConfigError, match=r"position\.max_positions: 3 rows cannot serve max_seq_len 1024"):
+        llmzoo.get_config(d)
 
 
 @pytest.mark.parametrize("path, value", [
