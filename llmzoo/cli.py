@@ -16,7 +16,6 @@ import sys
 import traceback
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import nn
 
 from . import __version__

@@ -139,8 +139,7 @@ class CausalLM(LanguageModel):
             raise ValueError(f"prefix_len given, but no attention layer of {self.config.name} is prefix_lm")
         if cache is not None:  # the cache knows the slots, padding and positions of its keys
             return cache.context(self, input_ids, attention_mask, position_ids, prefix_len)
-        offset = 0
-        S = offset + T
+        S = T
         if attention_mask is not None and attention_mask.shape != (B, S):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, S)}")
         if attention_mask is not None:
@@ -148,11 +147,11 @@ class CausalLM(LanguageModel):
         else:
             key_pos = torch.arange(S, device=dev).expand(B, S)
         if position_ids is None:
-            position_ids = key_pos[:, offset:]
+            position_ids = key_pos
         rope, layer_rope = self.rotary_tables(position_ids)
-        ctx = Context(
+        return Context(
             positions=position_ids,
-            q_index=torch.arange(offset, S, device=dev),
+            q_index=torch.arange(S, device=dev),
             k_index=torch.arange(S, device=dev),
             rope=rope,
             layer_rope=layer_rope,
@@ -162,7 +161,6 @@ class CausalLM(LanguageModel):
             prefix_len=prefix_len,
             cache=cache,
         )
-        return ctx
 
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan of the whole model (llmzoo.parallel.parallelize): vocab-parallel embedding

@@ -240,7 +240,7 @@ class PagedCache:
         """Fix the rows of the next forward: row b feeds n_new[b] tokens of sequence seq_ids[b]
         (blocks already grown). Called by the scheduler before `model(..., cache=self)`."""
         bs, dev = self.block_size, self.device
-        B, T = len(seq_ids), max(n_new)
+        T = max(n_new)
         start = torch.tensor([self.seqs[s].length for s in seq_ids], dtype=torch.long)
         n = torch.tensor(n_new, dtype=torch.long)
         cols = torch.arange(T)

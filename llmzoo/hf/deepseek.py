@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ..config import ModelConfig
 from . import register_adapter
 from .adapter import HF_ACTIVATION, Adapter, activation_name, clean_name, require, rope_from_hf, rope_to_hf

@@ -33,12 +33,11 @@ from torch import Tensor
 from ..builder import model_class, resolve_dtype
 from ..config import ModelConfig
 from ..errors import CheckpointError, LLMZooError, clip
-from ..model import CausalLM
 from ..parity import check_report, register_check
 from ..reference.glm130b import glm130b_masks_and_position_ids, glm_forward, random_official_state
 from ..zoo import get_config
 from .adapter import Adapter
-from .loader import Checkpoint, Source, checkpoint_index, load, read_state_dict, register_source
+from .loader import Checkpoint, Source, checkpoint_index, load, register_source
 from .rules import IGNORE, Rule, Split, SplitInterleavedQKV
 
 REPLICATED = (
@@ -241,13 +240,6 @@ def _write_merged(shards: list[dict[str, Tensor]], names: list[str], out: Path, 
         weight_map.update({k: fname for k in keys})
     meta = {"source": "SwissArmyTransformer", "tp_ranks": len(shards)}
     (out / INDEX).write_text(json.dumps({"metadata": meta, "weight_map": weight_map}, indent=1))
-
-
-def read_merged(folder: str | Path) -> dict[str, Tensor]:
-    """The merged state dict (official names): mmap'd safetensors if converted, else merged in memory."""
-    if not (Path(folder) / SAFETENSORS_DIR / INDEX).is_file():
-        return merge_state_dicts([read_rank(f) for f in rank_files(folder)])
-    return read_state_dict(Path(folder) / SAFETENSORS_DIR)
 
 
 # --------------------------------------------------------------------------------- the table

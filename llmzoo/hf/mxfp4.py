@@ -79,7 +79,3 @@ class DequantizeMXFP4(Transform):
     def backward(self, xs: list[Tensor]) -> list[Tensor]:
         (weight,) = xs
         return list(quantize_mxfp4(weight))
-
-
-def is_mxfp4(hf: dict) -> bool:
-    return (hf.get("quantization_config") or {}).get("quant_method") == "mxfp4"

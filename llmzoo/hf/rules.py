@@ -23,7 +23,6 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from ..errors import RuleError
 
 IGNORE = None  # llmzoo side of a rule for checkpoint tensors that have no place in the model
 
