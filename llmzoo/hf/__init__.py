@@ -52,6 +52,7 @@ ADAPTER_MODULES = [
     "qwen2",
     "qwen3",
     "gemma",
+    "gemma2",
     "t5",
     "deepseek",
     "mixtral",

@@ -50,7 +50,12 @@ def head_rules(config: ModelConfig) -> list[Rule]:
     return [Rule("lm_head.weight", IGNORE if config.head.tied else "head.weight")]
 
 
-def llama_like_config(
+def llama_like_config(hf: dict[str, Any], **quirks: Any) -> ModelConfig:
+    """ModelConfig of a LLaMA-shaped config.json (quirks: see llama_like_dict)."""
+    return ModelConfig.model_validate(llama_like_dict(hf, **quirks))
+
+
+def llama_like_dict(
     hf: dict[str, Any],
     *,
     family: str,
@@ -63,8 +68,8 @@ def llama_like_config(
     windows: list[int | None] | None = None,
     tied_default: bool = False,
     qk_norm: str | None = None,
-) -> ModelConfig:
-    """ModelConfig of a LLaMA-shaped config.json; the keyword arguments are the type's quirks
+) -> dict[str, Any]:
+    """The ModelConfig mapping of a LLaMA-shaped config.json; the keyword arguments are the type's quirks
     (qk_norm: 'head' or 'projection', the scope of an RMSNorm on q and k with the model's eps)."""
     d = int(require(hf, "hidden_size"))
     n_heads = int(require(hf, "num_attention_heads"))
@@ -108,7 +113,7 @@ def llama_like_config(
     if windows and len(set(windows)) == 1 and windows[0] is not None:
         config["overrides"] = []
         attention["window"] = windows[0]
-    return ModelConfig.model_validate(config)
+    return config
 
 
 def llama_like_hf(config: ModelConfig) -> dict[str, Any]:
