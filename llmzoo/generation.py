@@ -130,6 +130,12 @@ def stream(
             {"mode": "reduce-overhead"} if device.type == "cuda" else {})
         decode = torch.compile(model, **{"fullgraph": True, "dynamic": False, **options})
     logits = model(input_ids, attention_mask, position_ids, prefix_len=prefix_len, cache=cache)[:, -1]
+    # LongRoPE: keys cached before the switch to the long factors are re-computed once, at that length
+    refresh = getattr(model, "refresh_cache_at", None) if position_ids is None else None
+    refresh = refresh if refresh is not None and refresh > P else None
+    if refresh is not None:
+        seq = input_ids
+        seq_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     for step in range(max_new_tokens):
         scores = logits.float()
         if repetition_penalty is not None:
@@ -155,6 +161,12 @@ def stream(
             if position_ids is not None:
                 last_pos = last_pos + pos_step
                 step_pos = last_pos[..., None]
+            if refresh is not None:
+                seq, seq_mask = torch.cat([seq, token[:, None]], 1), torch.cat([seq_mask, step_mask], 1)
+                if seq.shape[1] == refresh:
+                    cache.reset()
+                    logits = model(seq, seq_mask, prefix_len=prefix_len, cache=cache)[:, -1]
+                    continue
             logits = decode(token[:, None], step_mask, step_pos, prefix_len=prefix_len, cache=cache)[:, -1]
 
 

@@ -65,6 +65,12 @@ class LanguageModel(nn.Module):
             i: keys.index(b.position.model_dump_json()) for i, b in enumerate(blocks) if b.position is not None
         }
 
+    @property
+    def refresh_cache_at(self) -> int | None:
+        """Sequence length at which cached keys go stale (see PositionEncoding.refresh_cache_at)."""
+        at = [m.refresh_cache_at for m in [self.positions, *self.layer_positions] if m.refresh_cache_at]
+        return min(at) if at else None
+
     def position_of(self, layer: int) -> PositionEncoding:
         """The position module whose rotary table `layer` uses."""
         k = self.layer_position.get(layer)

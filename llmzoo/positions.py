@@ -100,8 +100,26 @@ class Llama3Scaling(Spec):
         return self.model_copy(update={"original_max_positions": max(1, int(max_seq_len // self.factor))})
 
 
+class LongRopeScaling(Spec):
+    """LongRoPE (Ding et al., arXiv:2402.13753) as Phi-3 configures it (arXiv:2404.14219): frequency i
+    divided by short_factor[i] while the sequence fits original_max_positions, by long_factor[i] once it
+    is longer; cos/sin × attention_factor (Phi-3: sqrt(1 + ln(s) / ln(original)), s = context ratio)."""
+
+    type: Literal["longrope"] = "longrope"
+    short_factor: list[float] = Field(min_length=1)
+    long_factor: list[float] = Field(min_length=1)
+    original_max_positions: int = Field(gt=0)
+    attention_factor: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "LongRopeScaling":
+        if len(self.short_factor) != len(self.long_factor):
+            raise ValueError(f"short_factor has {len(self.short_factor)} entries, long_factor {len(self.long_factor)}")
+        return self
+
+
 RopeScaling = Annotated[
-    Union[LinearScaling, DynamicNTKScaling, YarnScaling, Llama3Scaling], Field(discriminator="type")
+    Union[LinearScaling, DynamicNTKScaling, YarnScaling, Llama3Scaling, LongRopeScaling], Field(discriminator="type")
 ]
 
 
@@ -214,6 +232,9 @@ class PositionEncoding(Module):
         out = super()._apply(fn, recurse)
         self._ensure_tables()
         return out
+    # slots at which keys cached so far become stale (LongRoPE switches factor sets): generation
+    # re-feeds the whole sequence once when it reaches this length, as transformers' Phi-3 does
+    refresh_cache_at: int | None = None
 
     def embed(self, positions: Tensor) -> Tensor | None:  # (B, T) -> (B, T, D)
         return None
@@ -273,6 +294,14 @@ def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
+def longrope_inv_freq(theta: float, factors: list[float], dim: int) -> Tensor:
+    """1 / (factor_i · theta^(2i/dim)), in the order of operations of the Phi-3 reference."""
+    if len(factors) != dim // 2:
+        raise ValueError(f"position.scaling: {len(factors)} longrope factors for {dim} rotary dims (need {dim // 2})")
+    ext = torch.tensor(factors, dtype=torch.float32, device="cpu")
+    return 1.0 / (ext * theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device="cpu") / dim))
+
+
 def rope_inv_freq(spec: RopeSpec, dim: int) -> tuple[Tensor, float]:
     """Inverse frequencies θ_i = theta^(-2i/dim) after the configured scaling, and the cos/sin factor."""
     # explicit cpu: the model may be built under a meta device context, these are not parameters
@@ -282,6 +311,8 @@ def rope_inv_freq(spec: RopeSpec, dim: int) -> tuple[Tensor, float]:
         return inv, 1.0
     if isinstance(s, LinearScaling):
         return inv / s.factor, 1.0
+    if isinstance(s, LongRopeScaling):  # the short factors; RoPE.rotary switches to the long ones
+        return longrope_inv_freq(spec.theta, s.short_factor, dim), s.attention_factor
     if isinstance(s, Llama3Scaling):
         wavelen = 2 * math.pi / inv
         low_wavelen = s.original_max_positions / s.low_freq_factor
@@ -317,13 +348,15 @@ class RoPE(PositionEncoding):
 
     fraction: only the first fraction·head_dim dims rotate (GPT-NeoX/Pythia).
     layout: 'halves' pairs dim i with i + R/2 (GPT-NeoX, LLaMA-HF); 'interleaved' pairs 2i, 2i+1.
-    scaling: linear / dynamic NTK / YaRN / Llama-3 context extension.
+    scaling: linear / dynamic NTK / YaRN / Llama-3 / LongRoPE context extension.
     table_dtype: float16 reproduces checkpoints trained with a half-precision table (GLM-130B)."""
 
     def __init__(self, spec: RopeSpec, *, d_model: int, n_heads: int, rotary_dim: int):
         super().__init__()
         self.spec, self.dim = spec, rotary_dim
         s = spec.scaling
+        if isinstance(s, LongRopeScaling):
+            self.refresh_cache_at = s.original_max_positions + 1
         if isinstance(s, YarnScaling) and s.mscale_all_dim and s.mscale_softmax:
             self.softmax_scale_mult = yarn_mscale(s.factor, s.mscale_all_dim) ** 2
         self._defer_tables()
@@ -331,6 +364,8 @@ class RoPE(PositionEncoding):
     def _build_tables(self) -> None:
         # plain attribute: no state-dict entry, never on the meta device
         self._inv_freq, self.cos_sin_scale = rope_inv_freq(self.spec, self.dim)
+        if isinstance(self.spec.scaling, LongRopeScaling):
+            self._long_inv_freq = longrope_inv_freq(self.spec.theta, self.spec.scaling.long_factor, self.dim)
 
     def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         self._ensure_tables()
@@ -344,6 +379,9 @@ class RoPE(PositionEncoding):
             )
             ar = torch.arange(0, self.dim, 2, device=positions.device, dtype=torch.float32)
             inv = 1.0 / base.float() ** (ar / self.dim)
+        if isinstance(s, LongRopeScaling):  # one factor set for the whole forward, by its longest position
+            longer = positions.max() + 1 > s.original_max_positions
+            inv = torch.where(longer, self._long_inv_freq.to(positions.device), inv)
         if self.spec.table_dtype == "float16":
             angles = positions.half()[..., None] * inv.half()  # (B, T, R/2), rounded like the original
         else:

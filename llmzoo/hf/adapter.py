@@ -154,6 +154,11 @@ def activation_name(hf_act: str, key: str = "hidden_act") -> str:
     return table[hf_act]
 
 
+# token ids belong to the tokenizer, not the architecture (ModelConfig does not hold them); a class
+# default such as SmolLM3's pad 128004 or Phi-3's 32000 would fall outside a scaled-down vocabulary,
+# where nn.Embedding rejects it as padding_idx
+NO_TOKEN_IDS = {"pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+
 HF_ACTIVATION = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
 
 
@@ -191,9 +196,17 @@ def rope_from_hf(hf: dict[str, Any], default_theta: float = 10000.0) -> dict[str
             if source.get(theirs) is not None:
                 s[ours] = source[theirs]
         spec["scaling"] = s
+    elif kind in ("longrope", "su"):  # "su": the name in the first Phi-3 config.json files
+        factor = source.get("factor") or (max_pos / orig if max_pos and orig else 1.0)
+        attention = source.get("attention_factor")
+        if attention is None:  # LongRoPE's default temperature (transformers _compute_longrope_parameters)
+            attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(orig))
+        spec["scaling"] = {"type": "longrope", "short_factor": [float(x) for x in source["short_factor"]],
+                           "long_factor": [float(x) for x in source["long_factor"]],
+                           "original_max_positions": int(orig), "attention_factor": float(attention)}
     else:
         raise ValueError(
-            f"config.json: rope scaling type {kind!r} is not supported (default, linear, dynamic, llama3, yarn)"
+            f"config.json: rope scaling type {kind!r} is not supported (default, linear, dynamic, llama3, yarn, longrope)"
         )
     return spec
 
@@ -205,6 +218,11 @@ def rope_to_hf(position: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"rope_theta": position.theta, "rope_scaling": None}
     s = position.scaling
     if s is None:
+        return out
+    if s.type == "longrope":
+        out["rope_scaling"] = {"rope_type": "longrope", "type": "longrope", "short_factor": s.short_factor,
+                               "long_factor": s.long_factor, "attention_factor": s.attention_factor,
+                               "original_max_position_embeddings": s.original_max_positions}
         return out
     d: dict[str, Any] = {"rope_type": s.type, "type": s.type, "factor": s.factor}
     if s.type in ("llama3", "yarn"):  # dynamic's length is max_position_embeddings (export_config checks it)
