@@ -117,6 +117,15 @@ class LongRopeScaling(Spec):
             raise ValueError(f"short_factor has {len(self.short_factor)} entries, long_factor {len(self.long_factor)}")
         return self
 
+    def scaled(self, max_seq_len: int) -> "LongRopeScaling":
+        # the switch to the long factors stays inside the scaled-down context (a quarter of it)
+        return self.model_copy(update={"original_max_positions": max(1, max_seq_len // 4)})
+
+    def resampled(self, pairs: int) -> "LongRopeScaling":
+        """The factor lists taken evenly down to `pairs` entries (a scaled-down model's rotary width)."""
+        pick = lambda f: [f[i * len(f) // pairs] for i in range(pairs)]  # noqa: E731
+        return self.model_copy(update={"short_factor": pick(self.short_factor), "long_factor": pick(self.long_factor)})
+
 
 RopeScaling = Annotated[
     Union[LinearScaling, DynamicNTKScaling, YarnScaling, Llama3Scaling, LongRopeScaling], Field(discriminator="type")
@@ -131,8 +140,14 @@ class RopeSpec(PositionSpecBase):
     scaling: RopeScaling | None = None
 
     def scaled(self, s) -> "RopeSpec":
-        rescale = getattr(self.scaling, "scaled", None)  # context-extension scalings tied to a length
-        return self if rescale is None else self.model_copy(update={"scaling": rescale(s.max_seq_len)})
+        scaling = self.scaling
+        if isinstance(scaling, LongRopeScaling):  # one factor per rotary pair of the scaled heads
+            scaling = scaling.resampled(self.rotary_dims(s.rotary_head_dim) // 2)
+        rescale = getattr(scaling, "scaled", None)  # context-extension scalings tied to a length
+        if scaling is None:
+            return self
+        return self.model_copy(update={"scaling": rescale(s.max_seq_len) if rescale else scaling})
+
     table_dtype: Literal["float32", "float16"] = Field(
         "float32", description="precision of inv_freq, angles and cos/sin (GLM-130B: float16)"
     )
@@ -151,6 +166,9 @@ class RopeSpec(PositionSpecBase):
                 f"{where}.fraction: {self.fraction} × head dim {attention.rotary_head_dim} gives "
                 f"{r} rotary dims in layer {layer}; it must be even and > 0"
             )
+        if isinstance(self.scaling, LongRopeScaling) and len(self.scaling.long_factor) != r // 2:
+            raise ValueError(f"{where}.scaling: {len(self.scaling.long_factor)} longrope factors for {r} rotary "
+                             f"dims in layer {layer} (need {r // 2})")
 
 
 class Rope2DSpec(PositionSpecBase):

@@ -4,7 +4,9 @@ Kept on purpose, because each one changes the computation a loader or kernel mus
 attention class (MHA / GQA with groups > 1 / MQA), head_dim ≠ d_model / n_heads, a non-power-of-two
 head count (ALiBi slopes), partial rotary, parallel blocks, biases, tied head, norm kind and
 placement, sliding windows smaller than a test sequence, alternating local layers, MoE with several
-experts, shared experts, group-limited routing that excludes groups, dense first layers, MLA ranks.
+experts, shared experts, group-limited routing that excludes groups, dense first layers, MLA ranks,
+per-layer patterns (Gemma-3's 5:1 local/global, SmolLM3's NoPE every 4th layer: the tiny model keeps
+enough layers for two of every layer kind), LongRoPE factor lists (resampled to the tiny rotary width).
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ def _round8(x: float) -> int:
 
 class Scaler:
     """What each spec's `scaled(s)` reads: heads(), width(), window(), the preset's head_dim,
-    n_experts, max_seq_len, and d_model (from the base attention's `scaled_d_model`) / full_d_model."""
+    n_experts, max_seq_len, d_model (from the base attention's `scaled_d_model`) / full_d_model, and the
+    scaled base attention's rotary_head_dim (LongRoPE resamples one factor per rotary pair)."""
 
     def __init__(self, c: ModelConfig, p: dict[str, int]):
         self.preset, self.full_d_model = p, c.d_model
         self.head_dim, self.n_experts, self.max_seq_len = p["head_dim"], p["n_experts"], p["max_seq_len"]
         self.d_model = c.block.attention.scaled_d_model(self)
         self.ratio = self.d_model / c.d_model
+        self.rotary_head_dim = c.block.attention.scaled(self).rotary_head_dim
 
     def heads(self, n_heads: int, n_kv_heads: int) -> tuple[int, int]:
         """Tiny (n_heads, n_kv_heads) sharing KV heads the same way (MHA / GQA / MQA);
@@ -93,6 +97,17 @@ def _patch(base: dict, full: dict) -> dict:
     return out
 
 
+def n_layers_keeping_patterns(c: ModelConfig, at_least: int) -> int:
+    """The fewest leading layers (≥ at_least) holding two of every distinct layer kind (or all of a
+    kind with fewer), so a periodic pattern such as 5 local : 1 global survives the shrink."""
+    kinds = [b.model_dump_json() for b in c.blocks]
+    need = {k: min(2, kinds.count(k)) for k in set(kinds)}
+    n = min(at_least, c.n_layers)
+    while n < c.n_layers and any(kinds[:n].count(k) < m for k, m in need.items()):
+        n += 1
+    return n
+
+
 def scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overrides: Any) -> ModelConfig:
     """A scaled-down copy of a config keeping every structural property listed in the module doc.
 
@@ -110,7 +125,7 @@ def _scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overri
     p = PRESETS[preset]
     s = Scaler(c, p)
     d = copy.deepcopy(c.to_dict())
-    n_layers = min(c.n_layers, p["n_layers"])
+    n_layers = n_layers_keeping_patterns(c, p["n_layers"])
     d.update(
         name=f"{c.name}-{preset}",
         # the full model's notes and hub repo describe weights a random tiny model does not have

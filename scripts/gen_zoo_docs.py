@@ -33,9 +33,11 @@ def norm(c: llmzoo.ModelConfig) -> str:
 
 def position(c: llmzoo.ModelConfig) -> str:
     p = c.position
+    own = {b.position.type for b in c.blocks if b.position is not None}  # layers with their own rotary
+    layers = (" +NoPE layers" if "none" in own else "") + (" +local rope" if "rope" in own else "")
     if p.type == "rope":
         extra = f" {p.fraction:.0%}" if p.fraction < 1 else ""
-        return f"RoPE{extra}" + (f" +{p.scaling.type}" if p.scaling else "")
+        return f"RoPE{extra}" + (f" +{p.scaling.type}" if p.scaling else "") + layers
     return {"learned": "learned", "alibi": "ALiBi", "relative": "relative", "sinusoidal": "sinusoidal"}.get(
         p.type, p.type
     )
@@ -54,7 +56,8 @@ def attention(c: llmzoo.ModelConfig) -> str:
     a = c.block.attention
     label = a.type.upper() if a.type != "gqa" else f"GQA{a.n_heads // a.n_kv_heads}"
     windows = {b.attention.window for b in c.blocks} - {None}
-    return label + (f" w{min(windows)}" if windows else "")
+    extra = (" qk-norm" if getattr(a, "qk_norm", None) else "") + (" softcap" if getattr(a, "softcap", None) else "")
+    return label + (f" w{min(windows)}" if windows else "") + extra
 
 
 def render() -> str:

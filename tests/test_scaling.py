@@ -11,7 +11,8 @@ DECODERS = {n: c for n, c in ZOO.items() if getattr(c, "encoder", None) is None}
 
 def _knobs(scaling) -> dict:
     """A rope scaling's fields other than the two tied to the context length."""
-    tied = ("factor", "original_max_positions") if scaling.type in ("yarn", "llama3") else ()
+    tied = {"yarn": ("factor", "original_max_positions"), "llama3": ("factor", "original_max_positions"),
+            "longrope": ("original_max_positions", "short_factor", "long_factor")}.get(scaling.type, ())
     return {k: v for k, v in scaling.model_dump().items() if k not in tied}
 
 
@@ -26,6 +27,17 @@ def attn(c):
 
 def windows(c):
     return [b.attention.window for b in c.blocks]
+
+
+def layer_kinds(c) -> list[tuple]:
+    """What distinguishes layers structurally: local or global, own rope, MLP kind."""
+    return [(b.attention.window is None, b.position.model_dump_json() if b.position else None, b.mlp.type)
+            for b in c.blocks]
+
+
+def keeps_two_of_each_kind(c, t) -> bool:
+    full, tiny = layer_kinds(c), layer_kinds(t)
+    return set(tiny) == set(full) and all(tiny.count(k) >= min(2, full.count(k)) for k in set(full))
 
 
 PROPERTIES = {
@@ -94,13 +106,27 @@ PROPERTIES = {
         lambda c, t: attn(t).type == "mla" and (attn(t).q_lora_rank is None) == (attn(c).q_lora_rank is None)
         and attn(t).kv_lora_rank < t.d_model,
     ),
+    "per-layer pattern keeps two of each layer kind": (
+        lambda c: len(set(layer_kinds(c))) > 1,
+        keeps_two_of_each_kind,
+    ),
+    "qk norm": (
+        lambda c: getattr(attn(c), "qk_norm", None) is not None,
+        lambda c, t: (attn(t).qk_norm, attn(t).qk_norm_scope) == (attn(c).qk_norm, attn(c).qk_norm_scope),
+    ),
+    "soft-capping": (
+        lambda c: c.head.softcap is not None or getattr(attn(c), "softcap", None) is not None,
+        lambda c, t: (t.head.softcap, attn(t).softcap) == (c.head.softcap, attn(c).softcap),
+    ),
     "rope scaling": (
         lambda c: c.position.type == "rope" and c.position.scaling is not None,
         # the kind and its knobs stay; a length-tied scaling (YaRN, Llama-3) re-ties to the tiny context
         lambda c, t: _knobs(t.position.scaling) == _knobs(c.position.scaling) and t.position.layout == c.position.layout
         and getattr(t.position.scaling, "original_max_positions", 0) <= t.max_seq_len
         and (t.position.scaling.type != "yarn"
-             or t.position.scaling.factor * t.position.scaling.original_max_positions == pytest.approx(t.max_seq_len)),
+             or t.position.scaling.factor * t.position.scaling.original_max_positions == pytest.approx(t.max_seq_len))
+        and (t.position.scaling.type != "longrope"  # one factor per rotary pair
+             or len(t.position.scaling.long_factor) == t.rotary_dim // 2),
     ),
 }
 
@@ -113,7 +139,7 @@ def test_scale_down_keeps(prop, name):
     config = DECODERS[name]
     tiny = scale_down(config)
     assert PROPERTIES[prop][1](config, tiny), f"{name}: tiny config lost '{prop}'"
-    assert tiny.d_model <= 128 and tiny.n_layers <= 4 and tiny.vocab_size <= 256
+    assert tiny.d_model <= 128 and tiny.n_layers <= 12 and tiny.vocab_size <= 256  # 12: two 5:1 periods
 
 
 def test_scale_down_overrides_and_presets():

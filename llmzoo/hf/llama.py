@@ -139,7 +139,7 @@ def llama_like_hf(config: ModelConfig) -> dict[str, Any]:
 @register_adapter
 class LlamaAdapter(Adapter):
     model_type = "llama"
-    families = ("llama-2", "llama-3.1", "yi", "deepseek")
+    families = ("llama-2", "llama-3.1", "llama-3.2", "llama-3.3", "yi", "deepseek")
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         bias = bool(hf.get("attention_bias", False))

@@ -29,7 +29,7 @@ def qwen2_windows(hf: dict[str, Any]) -> list[int | None] | None:
 @register_adapter
 class Qwen2Adapter(Adapter):
     model_type = "qwen2"
-    families = ("qwen-1.5",)
+    families = ("qwen-1.5", "qwen-2.5")
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         return llama_like_config(hf, family="qwen2", qkv_bias=True, o_bias=False, windows=qwen2_windows(hf))
