@@ -46,14 +46,22 @@ def test_reference_save_load_export_is_byte_identical(model_type, tiny_checkpoin
 
 
 @pytest.mark.parametrize("model_type", TYPES)
-def test_export_loads_in_reference(model_type, tiny_checkpoint, tmp_path):
+def test_export_loads_in_reference(model_type, tiny_checkpoint, tmp_path, caplog):
     """llmzoo export → the reference implementation (transformers, or the published-code reference)
-    loads it → same logits."""
+    loads it without a warning → same logits."""
+    import logging
+    import warnings
+
     folder, _ = tiny_checkpoint(model_type)
     ours = llmzoo.from_pretrained(folder)
     ours.hf_model_type = None  # export must find the type from the config's family / content
     out = llmzoo.save_pretrained(ours, tmp_path / "export", model_type=model_type)
-    ref = get_adapter(model_type).load_reference(str(out), torch.float32)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="transformers"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ref = get_adapter(model_type).load_reference(str(out), torch.float32)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] + [str(w.message) for w in caught]
+    assert not said, f"transformers warned loading the export: {said[:3]}"
     ids, mask = make_batch(ours.config.vocab_size, 20, seed=3)
     keep = mask.bool()
     assert (logits(ours, ids, mask)[keep] - logits(ref, ids, mask, like=ours)[keep]).abs().max() <= 1e-4

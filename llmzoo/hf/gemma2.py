@@ -72,10 +72,12 @@ def gemma_local_global(hf: dict[str, Any], *, family: str, pattern: int, qk_norm
     window = hf.get("sliding_window")
     if window and len(full) < n:  # the base block is the local layer
         a["window"] = int(window)
+        restore: dict[str, Any] = {"attention": {"window": None}}
         if local_rope is not None and local_rope != global_rope:
             d["block"]["position"] = local_rope
+            restore["position"] = None  # the global layers use the model's rope
         if full:
-            d["overrides"] = [{"layers": selector(full, n), "block": {"attention": {"window": None}, "position": None}}]
+            d["overrides"] = [{"layers": selector(full, n), "block": restore}]
     return ModelConfig.model_validate(d)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, activation_name, clean_name, require
+from .adapter import NO_TOKEN_IDS, Adapter, activation_name, clean_name, require
 from .rules import IGNORE, Rule, Split, Transpose
 
 HF_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
@@ -98,6 +98,7 @@ class GPT2Adapter(Adapter):
         )
         return {
             "architectures": ["GPT2LMHeadModel"],
+            **NO_TOKEN_IDS,  # the class default 50256 lies outside a scaled-down vocabulary
             "vocab_size": config.vocab_size,
             "n_embd": config.d_model,
             "n_layer": config.n_layers,

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, activation_name, clean_name, require
+from .adapter import NO_TOKEN_IDS, Adapter, activation_name, clean_name, require
 from .gpt2 import HF_ACT
 from .rules import IGNORE, Rule
 
@@ -113,6 +113,7 @@ class GPTNeoAdapter(Adapter):
                       and kinds == kinds[:p] * (len(kinds) // p))
         return {
             "architectures": ["GPTNeoForCausalLM"],
+            **NO_TOKEN_IDS,  # the class default 50256 lies outside a scaled-down vocabulary
             "vocab_size": config.vocab_size,
             "hidden_size": config.d_model,
             "num_layers": config.n_layers,

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, activation_name, clean_name, require
+from .adapter import NO_TOKEN_IDS, Adapter, activation_name, clean_name, require
 from .gpt2 import HF_ACT
 from .rules import IGNORE, Rule
 
@@ -69,6 +69,7 @@ class GPTJAdapter(Adapter):
         b, a = config.block, config.block.attention
         return {
             "architectures": ["GPTJForCausalLM"],
+            **NO_TOKEN_IDS,  # the class default 50256 lies outside a scaled-down vocabulary
             "vocab_size": config.vocab_size,
             "n_embd": config.d_model,
             "n_layer": config.n_layers,
