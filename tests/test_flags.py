@@ -21,6 +21,8 @@ from llmzoo.hf import get_adapter, supported_model_types
 from llmzoo.parity import make_batch, parity, tiny_reference
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0, 2.5, 3.0],
+            "long_factor": [2.0, 3.0, 5.0, 8.0, 9.0, 12.0]}  # phi3 tiny: 6 rotary pairs
 R = "refused"  # the load must raise, naming the flag (the third tuple item)
 
 # model_type: [(config.json overrides, None | (R, text the error must contain))]; released configs
@@ -268,6 +270,46 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"position_encoding_2d": False}, None),
         ({"pre_seq_len": 4}, (R, "pre_seq_len")),  # p-tuning prefix: not a pretrained architecture
     ],
+    "gemma2": [
+        ({"query_pre_attn_scalar": 16}, None),  # = head_dim (Gemma-2 2B/9B: 256 = head_dim)
+        ({"attn_logit_softcapping": None, "final_logit_softcapping": None}, None),
+        ({"sliding_window": 4}, None),
+        ({"layer_types": ["full_attention"] * 4}, None),
+        ({"num_key_value_heads": 4}, None),
+        ({"attention_bias": True}, None),
+        ({"use_bidirectional_attention": True}, (R, "use_bidirectional_attention")),  # EmbeddingGemma-style
+    ],
+    "gemma3_text": [
+        ({"rope_scaling": None}, None),  # Gemma-3 1B
+        ({"num_key_value_heads": 1}, None),  # Gemma-3 1B: MQA
+        ({"query_pre_attn_scalar": 16}, None),
+        # the class reads attn_logit_softcapping but its attention never applies it; the final cap applies
+        ({"attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}, None),
+        ({"layer_types": ["sliding_attention", "full_attention"] * 2}, None),
+        ({"rope_local_base_freq": 500.0}, None),
+        ({"use_bidirectional_attention": True}, (R, "use_bidirectional_attention")),  # EmbeddingGemma
+    ],
+    "olmo2": [
+        ({"attention_bias": True}, None),
+        ({"num_key_value_heads": 4}, None),  # OLMo-2 1B/7B/13B: MHA
+        ({"tie_word_embeddings": True}, None),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, None),
+    ],
+    "phi3": [
+        ({"rope_scaling": None, "partial_rotary_factor": 1.0}, None),  # Phi-3-mini-4k, Phi-4
+        ({"sliding_window": None}, None),  # Phi-4
+        ({"tie_word_embeddings": True}, None),  # Phi-4-mini
+        ({"num_key_value_heads": 4}, None),  # Phi-3-mini: MHA
+        ({"rope_scaling": {**LONGROPE, "attention_factor": 1.5}}, None),
+        ({"rope_scaling": {**LONGROPE, "type": "su"}}, None),  # the first Phi-3 config.json files
+    ],
+    "smollm3": [
+        ({"no_rope_layer_interval": 4}, None),  # SmolLM3-3B
+        ({"no_rope_layers": [1, 1, 1, 1]}, None),
+        ({"use_sliding_window": True, "sliding_window": 4}, None),  # sliding on the NoPE layers only
+        ({"tie_word_embeddings": False}, None),
+        ({"attention_bias": True, "mlp_bias": True}, None),
+    ],
 }
 
 CASES = [(mt, i) for mt in supported_model_types() for i in range(len(MATRIX.get(mt, [])))]
@@ -311,7 +353,12 @@ def hub4(config: dict, model_type: str) -> dict:
         params = dict(params)
         theta, kind = params.pop("rope_theta", None), params.pop("rope_type", "default")
         partial = params.pop("partial_rotary_factor", None)
-        if model_type == "gpt_neox":
+        if model_type == "gemma3_text":  # one mapping per layer type; the hub had global + local base
+            full, local = dict(params.pop("full_attention", {})), dict(params.pop("sliding_attention", {}))
+            out["rope_theta"], out["rope_local_base_freq"] = full.pop("rope_theta"), local.pop("rope_theta")
+            kind = full.pop("rope_type", "default")
+            params = full
+        elif model_type == "gpt_neox":
             out["rotary_emb_base"], out["rotary_pct"] = theta, partial if partial is not None else 1.0
         else:
             if theta is not None:

@@ -135,6 +135,16 @@ def require(hf: dict[str, Any], key: str, file: str = "config.json") -> Any:
     return hf[key]
 
 
+def layer_count(hf: dict[str, Any], key: str = "num_hidden_layers") -> int:
+    """The number of layers, bounded before any per-layer list is built from it."""
+    from ..config import MAX_LAYERS
+
+    n = require(hf, key)
+    if not isinstance(n, int) or not 0 < n <= MAX_LAYERS:
+        raise ConfigError(f"config.json: {key}: expected an integer in 1..{MAX_LAYERS}, got {clip(repr(n), 80)}")
+    return n
+
+
 def clean_name(hf: dict[str, Any], fallback: str) -> str:
     raw = str(hf.get("_name_or_path") or fallback or hf.get("model_type", "model"))
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", raw.rstrip("/").split("/")[-1]).strip("-")

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, activation_name, rope_from_hf, rope_to_hf
+from .adapter import Adapter, activation_name, layer_count, rope_from_hf
 from .llama import LLAMA, llama_like_dict, llama_like_hf
 from .qwen3 import QK_NORM
 from .rules import IGNORE, Rule
@@ -41,8 +41,8 @@ def selector(layers: list[int], n: int) -> str | list[int]:
 
 def layer_types(hf: dict[str, Any], pattern: int) -> list[str]:
     """`layer_types` (transformers 5 and recent hub files) or every `pattern`-th layer global."""
-    n = int(hf["num_hidden_layers"])
-    pattern = int(hf.get("sliding_window_pattern", pattern))
+    n = layer_count(hf)
+    pattern = int(hf.get("sliding_window_pattern") or pattern)
     types = hf.get("layer_types") or [
         "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)
     ]
@@ -53,7 +53,9 @@ def layer_types(hf: dict[str, Any], pattern: int) -> list[str]:
 
 
 def gemma_local_global(hf: dict[str, Any], *, family: str, pattern: int, qk_norm: bool,
-                       local_rope: dict | None, global_rope: dict) -> ModelConfig:
+                       local_rope: dict | None, global_rope: dict, attn_softcap: bool = True) -> ModelConfig:
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError("config.json: use_bidirectional_attention (EmbeddingGemma) is not a causal LM")
     act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
     bias = bool(hf.get("attention_bias", False))
     d = llama_like_dict(hf, family=family, qkv_bias=bias, o_bias=bias, activation=activation_name(act),
@@ -62,7 +64,7 @@ def gemma_local_global(hf: dict[str, Any], *, family: str, pattern: int, qk_norm
     a = d["block"]["attention"]
     scalar = float(hf.get("query_pre_attn_scalar") or a["head_dim"])
     a["softmax_scale"] = None if scalar == a["head_dim"] else scalar**-0.5
-    a["softcap"] = hf.get("attn_logit_softcapping")
+    a["softcap"] = hf.get("attn_logit_softcapping") if attn_softcap else None
     d["head"]["softcap"] = hf.get("final_logit_softcapping")
     d["block"]["placement"] = "sandwich"
     d["position"] = global_rope
@@ -150,10 +152,11 @@ class Gemma3TextAdapter(Adapter):
     families = ("gemma-3",)
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
-        if hf.get("use_bidirectional_attention"):
-            raise ValueError("config.json: use_bidirectional_attention (EmbeddingGemma) is not a causal LM")
         full, local = gemma3_ropes(hf)
-        return gemma_local_global(hf, family="gemma3", pattern=6, qk_norm=True, local_rope=local, global_rope=full)
+        # attn_logit_softcapping is read by Gemma3TextConfig but never applied by its attention
+        # (transformers 5 modeling_gemma3): the reference ignores it, so do we
+        return gemma_local_global(hf, family="gemma3", pattern=6, qk_norm=True, local_rope=local, global_rope=full,
+                                  attn_softcap=False)
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         out = gemma_local_global_hf(config, self.model_type)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import NO_TOKEN_IDS, Adapter, rope_from_hf
+from .adapter import NO_TOKEN_IDS, Adapter, layer_count, rope_from_hf
 from .llama import LLAMA, head_rules, llama_like_dict, llama_like_hf
 from .rules import Rule, Split
 
@@ -36,7 +36,7 @@ class Phi3Adapter(Adapter):
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         window = hf.get("sliding_window")
-        n = int(hf.get("num_hidden_layers", 0))
+        n = layer_count(hf)
         d = llama_like_dict(hf, family="phi3", qkv_bias=False, o_bias=False, windows=[int(window)] * n if window else None)
         d["position"] = phi3_rope(hf)
         return ModelConfig.model_validate(d)

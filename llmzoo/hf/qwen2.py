@@ -8,17 +8,17 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter
+from .adapter import Adapter, layer_count
 from .llama import LLAMA, head_rules, llama_like_config, llama_like_hf
 from .rules import Rule
 
 
 def qwen2_windows(hf: dict[str, Any]) -> list[int | None] | None:
     """Per-layer windows: `layer_types` (transformers 5) or use_sliding_window + max_window_layers."""
-    n = int(hf.get("num_hidden_layers", 0))
     window = hf.get("sliding_window") if hf.get("use_sliding_window", False) else None
     if not window:
         return None
+    n = layer_count(hf)
     types = hf.get("layer_types")
     if types:
         return [int(window) if t == "sliding_attention" else None for t in types]

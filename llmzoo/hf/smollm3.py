@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import NO_TOKEN_IDS, Adapter
+from .adapter import NO_TOKEN_IDS, Adapter, layer_count
 from .gemma2 import selector
 from .llama import LLAMA, head_rules, llama_like_dict, llama_like_hf
 from .rules import Rule
@@ -30,7 +30,7 @@ class SmolLM3Adapter(Adapter):
     families = ("smollm3",)
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
-        n = int(hf["num_hidden_layers"])
+        n = layer_count(hf)
         interval = int(hf.get("no_rope_layer_interval", 4))
         rope = hf.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
         window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
