@@ -135,37 +135,6 @@ def test_verify_all_families_fast():
     assert elapsed < 45, f"verify took {elapsed:.1f} CPU seconds"
 
 
-<<<<<<< HEAD
-=======
-# Variants the tiny configs above do not cover: each is a published configuration of the type.
-VARIANTS = {
-    "llama-tied-biases": ("llama", {"tie_word_embeddings": True, "attention_bias": True, "mlp_bias": True,
-                                    "rope_scaling": None}),
-    "llama-linear-rope": ("llama", {"rope_scaling": {"type": "linear", "factor": 2.0}}),
-    "llama-dynamic-ntk": ("llama", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0},
-                                    "max_position_embeddings": 16}),  # the batch (24) passes it
-    "llama-mha": ("llama", {"num_key_value_heads": 4, "rope_scaling": None}),
-    "qwen2-sliding-upper-layers": ("qwen2", {"use_sliding_window": True, "max_window_layers": 1}),
-    "gemma-7b-like-mha": ("gemma", {"num_key_value_heads": 4, "hidden_act": "gelu"}),
-    "internlm2-bias": ("internlm2", {"bias": True, "num_key_value_heads": 8}),
-    "baichuan-7b-rotary": ("baichuan", {"max_position_embeddings": 128, "num_attention_heads": 4}),
-    "qwen3-untied-sliding-upper-layers": ("qwen3", {"tie_word_embeddings": False, "use_sliding_window": True,
-                                                    "max_window_layers": 1}),
-    "gemma3-1b-like-mqa-unscaled": ("gemma3_text", {"num_key_value_heads": 1, "rope_scaling": None}),
-    "gemma3-v5-dialect": ("gemma3_text", {"rope_theta": None, "rope_local_base_freq": None, "rope_scaling": None,
-                                          "sliding_window_pattern": None,
-                                          "layer_types": ["full_attention", "sliding_attention"] * 2,
-                                          "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 4.0,
-                                                                                 "rope_theta": 1e6},
-                                                              "sliding_attention": {"rope_type": "default",
-                                                                                    "rope_theta": 1e4}}}),
-    "phi3-mini-4k-like": ("phi3", {"rope_scaling": None, "partial_rotary_factor": 1.0}),
-    "olmo2-7b-like-mha": ("olmo2", {"num_key_value_heads": 4}),
-    "smollm3-explicit-no-rope-layers": ("smollm3", {"no_rope_layers": [1, 0, 0, 1]}),
-}
-
-
->>>>>>> c641afc (New adapters: layer counts bounded before per-layer lists (hostile config.json), use_bidirectional_attention refused for gemma2 too, gemma3_text ignores attn_logit_softcapping as transformers' attention does; test_flags rows for gemma2, gemma3_text, olmo2, phi3, smollm3 (hub4 dialect of Gemma-3's per-layer rope); parity variants)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_variant_logits_match_reference(variant, tiny_checkpoint):
     """Every published layout of tests/variants.py: fp32 logits ≤ 1e-4 on a padded batch from a
