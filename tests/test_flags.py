@@ -49,7 +49,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"rope_scaling": {**YARN, "mscale": 0.8, "mscale_all_dim": 0.5}}, None),
         ({"rope_scaling": {**YARN, "attention_factor": 1.3, "beta_fast": 16.0, "beta_slow": 2.0}}, None),
         ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
-                           "original_max_position_embeddings": 16}}, (R, "longrope")),
+                           "original_max_position_embeddings": 16}}, None),  # LongRoPE as Phi-3 (positions.py)
         ({"rms_norm_eps": 1e-2}, None),
         ({"pretraining_tp": 2}, None),  # LLaMA-2's configs carry it; transformers 5 no longer reads it
     ],
@@ -288,12 +288,14 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"layer_types": ["sliding_attention", "full_attention"] * 2}, None),
         ({"rope_local_base_freq": 500.0}, None),
         ({"use_bidirectional_attention": True}, (R, "use_bidirectional_attention")),  # EmbeddingGemma
+        ({"attention_bias": True}, None),
     ],
     "olmo2": [
         ({"attention_bias": True}, None),
         ({"num_key_value_heads": 4}, None),  # OLMo-2 1B/7B/13B: MHA
         ({"tie_word_embeddings": True}, None),
         ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, None),
+        ({"hidden_act": "gelu"}, None),
     ],
     "phi3": [
         ({"rope_scaling": None, "partial_rotary_factor": 1.0}, None),  # Phi-3-mini-4k, Phi-4
@@ -302,6 +304,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"num_key_value_heads": 4}, None),  # Phi-3-mini: MHA
         ({"rope_scaling": {**LONGROPE, "attention_factor": 1.5}}, None),
         ({"rope_scaling": {**LONGROPE, "type": "su"}}, None),  # the first Phi-3 config.json files
+        ({"hidden_act": "gelu"}, None),
     ],
     "smollm3": [
         ({"no_rope_layer_interval": 4}, None),  # SmolLM3-3B
@@ -309,6 +312,7 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"use_sliding_window": True, "sliding_window": 4}, None),  # sliding on the NoPE layers only
         ({"tie_word_embeddings": False}, None),
         ({"attention_bias": True, "mlp_bias": True}, None),
+        ({"hidden_act": "gelu"}, None),
     ],
 }
 
@@ -329,7 +333,8 @@ NO_EFFECT = {"attention_dropout", "hidden_dropout", "classifier_dropout", "attn_
 DERIVED = {"rope_parameters": "rope_theta / rope_scaling", "layer_types": "use_sliding_window, max_window_layers",
            "attention_layers": "attention_types", "dense_act_fn": "feed_forward_proj",
            "is_gated_act": "feed_forward_proj", "head_dim": "qk_rope_head_dim (DeepSeek)",
-           "qk_head_dim": "qk_nope_head_dim + qk_rope_head_dim"}
+           "qk_head_dim": "qk_nope_head_dim + qk_rope_head_dim",
+           "_sliding_window_pattern": "sliding_window_pattern / layer_types (Gemma-3)"}
 
 
 @pytest.mark.parametrize("model_type", [t for t in supported_model_types() if not get_adapter(t).remote_code])

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import MAX_LAYERS, ModelConfig
 from ..errors import ConfigError, LLMZooError, clip
 from ..errors import require as require_extra
 from ..zoo import METADATA_FIELDS, arch_dict, closest_zoo_entry, config_diff  # noqa: F401  (their old home)
@@ -137,8 +137,6 @@ def require(hf: dict[str, Any], key: str, file: str = "config.json") -> Any:
 
 def layer_count(hf: dict[str, Any], key: str = "num_hidden_layers") -> int:
     """The number of layers, bounded before any per-layer list is built from it."""
-    from ..config import MAX_LAYERS
-
     n = require(hf, key)
     if not isinstance(n, int) or not 0 < n <= MAX_LAYERS:
         raise ConfigError(f"config.json: {key}: expected an integer in 1..{MAX_LAYERS}, got {clip(repr(n), 80)}")
