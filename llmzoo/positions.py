@@ -67,8 +67,8 @@ class YarnScaling(Spec):
     type: Literal["yarn"] = "yarn"
     factor: float = Field(gt=0)
     original_max_positions: int = Field(gt=0)
-    beta_fast: float = 32.0
-    beta_slow: float = 1.0
+    beta_fast: float = Field(32.0, gt=0)  # rotations per context: the ramp's ends take their log
+    beta_slow: float = Field(1.0, gt=0)
     mscale: float | None = None
     mscale_all_dim: float | None = None
     attention_factor: float | None = Field(None, description="cos/sin multiplier; derived if unset")

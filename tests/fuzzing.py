@@ -11,6 +11,7 @@ index files and safetensors headers of a real sharded checkpoint.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import struct
@@ -59,7 +60,7 @@ def mutate(data: st.DataObject, tree: Any, max_ops: int = 3) -> Any:
     for _ in range(data.draw(st.integers(1, max_ops), label="ops")):
         ps = paths(tree)
         if not ps:
-            return data.draw(VALUE, label="root")
+            return copy.deepcopy(data.draw(VALUE, label="root"))
         path = data.draw(st.sampled_from(ps), label="path")
         *parents, last = path
         node = tree
@@ -67,11 +68,12 @@ def mutate(data: st.DataObject, tree: Any, max_ops: int = 3) -> Any:
             node = node[p]
         op = data.draw(st.sampled_from(["set", "set", "set", "delete", "add", "copy"]), label="op")
         if op == "set":
-            node[last] = data.draw(VALUE, label="value")
+            node[last] = copy.deepcopy(data.draw(VALUE, label="value"))  # HOSTILE's lists stay unshared
         elif op == "delete":
             del node[last]
         elif op == "add" and isinstance(node, dict):
-            node[data.draw(st.sampled_from(["extra", "type", "n_heads", "tied", "bias", "window"]))] = data.draw(VALUE)
+            node[data.draw(st.sampled_from(["extra", "type", "n_heads", "tied", "bias", "window"]))] = copy.deepcopy(
+                data.draw(VALUE))
         elif op == "copy":
             src = data.draw(st.sampled_from(ps), label="source")
             value = tree
@@ -93,10 +95,10 @@ def outcome(fn: Callable[[], Any]) -> str:
 def run_model(model: torch.nn.Module) -> str:
     from llmzoo.parity import forward_logits
 
-    vocab = model.config.vocab_size
-    ids = torch.arange(6).remainder(vocab)[None].repeat(2, 1)  # two rows, the second left-padded
+    vocab, n = model.config.vocab_size, min(6, model.config.max_seq_len)
+    ids = torch.arange(n).remainder(vocab)[None].repeat(2, 1)  # two rows, the second left-padded
     mask = torch.ones_like(ids)
-    mask[1, :2] = 0
+    mask[1, : n // 3] = 0
     logits = forward_logits(model, ids, mask)
     assert torch.isfinite(logits[mask.bool()]).all(), f"{model.config.name}: non-finite logits"
     return "ran"

@@ -44,6 +44,9 @@ def layer_kinds(hf: dict[str, Any], n_layers: int) -> list[str]:
     """Expand `attention_types` ([[["global", "local"], 12]]) to one kind per layer."""
     kinds: list[str] = []
     for pattern, repeat in hf.get("attention_types") or [[["global", "local"], n_layers // 2]]:
+        if len(kinds) + len(list(pattern)) * int(repeat) > n_layers:  # never expand past the layer count
+            kinds = kinds + [""] * (n_layers + 1)
+            break
         kinds.extend(list(pattern) * int(repeat))
     bad = sorted(set(kinds) - {"global", "local"})
     if bad or len(kinds) != n_layers:
