@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .errors import UnsupportedError
 from .norms import RMSNormSpec
 from .parallel import plan
-from .positions import apply_rope
+from .positions import apply_rope, sinusoid_table
 from .protocol import AttentionModule, AttentionSpecBase, KVLayout
 from .registry import Component, build, register
 
@@ -89,6 +89,13 @@ class Context:
     def query_slots(self) -> Tensor:
         """(1 or B, T) slot of each query (Llama-4's query temperature reads it)."""
         return self.q_index[None]
+
+    def key_positions(self, window: int | None) -> Tensor:
+        """(B, S) position ids of the keys a layer with this window attends to (relative schemes that
+        compute their own scores, e.g. Transformer-XL); without a cache the keys are the queries."""
+        if self.keys is None:
+            return self.positions
+        return self.keys(window, self.q_index)[2]
 
     def mask(self, window: int | None, chunk: int | None = None) -> Tensor | None:
         """SDPA attn_mask for a layer with this window (and chunk); None means plain causal (is_causal)."""
@@ -356,6 +363,87 @@ class Attention(AttentionModule):
 
 for _name in ("mha", "gqa", "mqa"):
     register("attention", _name, AttentionSpec)(Attention)
+
+
+# ------------------------------------------------------------- Transformer-XL relative
+
+
+class RelativeXLSpec(AttentionSpecBase):
+    """Transformer-XL relative attention (Dai et al., arXiv:1901.02860, §3.3); Gopher/Chinchilla."""
+
+    type: Literal["relative_xl"] = "relative_xl"
+    takes_score_bias: ClassVar[bool] = False  # it adds its own position terms; no bias on top
+    own_positions: ClassVar[str | None] = "XL relative"
+    n_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    base: float = Field(10000.0, gt=0, description="sinusoid base of the relative encodings R")
+
+    def n_params(self, d_model: int) -> int:
+        inner = self.n_heads * self.head_dim
+        # W_q, W_k,E, W_v, W_o, plus W_k,R (R is d_model wide) and the global biases u, v (per layer)
+        return 4 * d_model * inner + d_model * inner + 2 * inner
+
+    def kv_layout(self, latent: bool = True) -> KVLayout:
+        return KVLayout(self.n_heads, self.head_dim, self.head_dim)  # content keys and values; R is recomputed
+
+    def scaled(self, s) -> "RelativeXLSpec":
+        h, _ = s.heads(self.n_heads, self.n_heads)
+        return self.updated(n_heads=h, head_dim=s.head_dim)
+
+
+@register("attention", "relative_xl", RelativeXLSpec)
+class RelativeXLAttention(AttentionModule):
+    """Transformer-XL relative attention (Dai et al., arXiv:1901.02860, §3.3, eq. after (2)):
+
+        A_ij = q_iᵀ k_j (a) + q_iᵀ W_k,R R_{i-j} (b) + uᵀ k_j (c) + vᵀ W_k,R R_{i-j} (d),
+        q = W_q x, k = W_k,E x, R_d = [sin(d·f), cos(d·f)] (d_model wide, f = base^(-2m/d_model)),
+
+    scores scaled by 1/sqrt(head_dim), then softmax and W_o as usual. u, v: per-layer (H, Dh) biases
+    (content_u, position_v; XLNet's r_w_bias, r_r_bias). The paper's "relative shift" turns the
+    per-distance terms (b)+(d) into the (i, j) grid; here the grid is gathered at the distance of the
+    two tokens' position ids, i - j, so left padding and the KV cache (keys of earlier steps) use the
+    same rule. R is tabulated for distances 0 … S-1 (S keys): the default position ids never exceed it."""
+
+    def __init__(self, spec: RelativeXLSpec, d_model: int, layer: int = 0, scale_mult: float = 1.0):
+        super().__init__()
+        self.spec, self.layer, self.d_model = spec, layer, d_model
+        self.n_heads, self.head_dim = spec.n_heads, spec.head_dim
+        inner = spec.n_heads * spec.head_dim
+        self.q = nn.Linear(d_model, inner, bias=False)
+        self.k = nn.Linear(d_model, inner, bias=False)
+        self.v = nn.Linear(d_model, inner, bias=False)
+        self.r = nn.Linear(d_model, inner, bias=False)  # W_k,R: relative encodings -> position keys
+        self.o = nn.Linear(inner, d_model, bias=False)
+        self.content_u = nn.Parameter(torch.empty(spec.n_heads, spec.head_dim))
+        self.position_v = nn.Parameter(torch.empty(spec.n_heads, spec.head_dim))
+        self.scale = spec.head_dim**-0.5 * scale_mult
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:  # (B, T, D)
+        B, T, _ = x.shape
+        Dh = self.head_dim
+        q = self.q(x).view(B, T, -1, Dh)  # (B, T, H, Dh)
+        k = self.k(x).view(B, T, -1, Dh).transpose(1, 2)  # (B, H, T, Dh)
+        v = self.v(x).view(B, T, -1, Dh).transpose(1, 2)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer, k, v)  # (B, H, S, Dh)
+        S = k.shape[2]
+        dist = ctx.positions[:, :, None] - ctx.key_positions(None)[:, None, :]  # (B, T, S): i - j
+        dist = dist.clamp(0, S - 1)  # future keys (negative) are masked below
+        R = sinusoid_table(torch.arange(S, device=x.device), self.d_model, self.spec.base, "concat")
+        r = self.r(R.to(x.dtype)).view(S, -1, Dh)  # (S distances, H, Dh)
+        ac = torch.einsum("bthd,bhsd->bhts", q + self.content_u, k)  # (a) + (c)
+        bd = torch.einsum("bthd,lhd->bhtl", q + self.position_v, r)  # (b) + (d) per distance l
+        bd = bd.gather(-1, dist[:, None].expand(-1, bd.shape[1], -1, -1))  # (B, H, T, S): l = i - j
+        scores = (ac + bd).float() * self.scale
+        mask = ctx.mask(None)
+        if mask is None:
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        y = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)  # (B, H, T, Dh)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+    def beta_scaled(self) -> list[nn.Module]:
+        return [self.v, self.o]
 
 
 # --------------------------------------------------------------------------------- MLA

@@ -64,6 +64,7 @@ class PositionSpecBase(KindSpec):
 class AttentionSpecBase(KindSpec):
     n_heads: int  # query heads (ALiBi slopes and relative-bias tables count them)
     takes_score_bias: ClassVar[bool] = True
+    own_positions: ClassVar[str | None] = None  # names the position scheme it computes itself (Transformer-XL)
 
     @property
     def rotary_head_dim(self) -> int:

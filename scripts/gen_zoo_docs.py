@@ -20,7 +20,7 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "zoo.md"
 def arch_type(c: llmzoo.ModelConfig) -> str:
     if getattr(c, "encoder", None) is not None:
         return "encoder-decoder"
-    return "prefix decoder" if any(b.attention.prefix_lm for b in c.blocks) else "causal decoder"
+    return "prefix decoder" if any(b.attention.sees_prefix() for b in c.blocks) else "causal decoder"
 
 
 def norm(c: llmzoo.ModelConfig) -> str:
@@ -35,6 +35,9 @@ def position(c: llmzoo.ModelConfig) -> str:
     p = c.position
     own = {b.position.type for b in c.blocks if b.position is not None}  # layers with their own rotary
     layers = (" +NoPE layers" if "none" in own else "") + (" +local rope" if "rope" in own else "")
+    xl = {b.attention.own_positions for b in c.blocks} - {None}
+    if p.type == "none" and xl:
+        return "/".join(sorted(xl))
     if p.type == "rope":
         extra = f" {p.fraction:.0%}" if p.fraction < 1 else ""
         return f"RoPE{extra}" + (f" +{p.scaling.type}" if p.scaling else "") + layers
@@ -55,7 +58,7 @@ def activation(c: llmzoo.ModelConfig) -> str:
 def attention(c: llmzoo.ModelConfig) -> str:
     a = c.block.attention
     label = a.type.upper() if a.type != "gqa" else f"GQA{a.n_heads // a.n_kv_heads}"
-    windows = {b.attention.window for b in c.blocks} - {None}
+    windows = {getattr(b.attention, "window", None) for b in c.blocks} - {None}
     extra = (" qk-norm" if getattr(a, "qk_norm", None) else "") + (" softcap" if getattr(a, "softcap", None) else "")
     return label + (f" w{min(windows)}" if windows else "") + extra
 
