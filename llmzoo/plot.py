@@ -25,9 +25,9 @@ def attention_label(c: ModelConfig) -> str:
     kind = a.type.upper()
     kv = getattr(a, "n_kv_heads", None)
     label = f"{kind} ({kv} KV heads)" if kind in ("GQA", "MQA", "MHA") and kv else kind
-    windows = sorted({b.attention.window for b in c.blocks if b.attention.window})
+    windows = sorted({getattr(b.attention, "window", None) for b in c.blocks if getattr(b.attention, "window", None)})
     if windows:
-        local = sum(1 for b in c.blocks if b.attention.window)
+        local = sum(1 for b in c.blocks if getattr(b.attention, "window", None))
         label += f", window {'/'.join(map(str, windows))}" + ("" if local == c.n_layers else f" on {local}/{c.n_layers} layers")
     return label
 

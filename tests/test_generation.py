@@ -40,7 +40,7 @@ def greedy_without_cache(model: CausalLM, ids, mask, n: int) -> torch.Tensor:
 
 
 def min_window(config) -> int | None:
-    windows = [b.attention.kv_window() for b in config.blocks if b.attention.kv_window()]
+    windows = [getattr(b.attention, "window", None) for b in config.blocks if getattr(b.attention, "window", None)]
     return min(windows) if windows else None
 
 
