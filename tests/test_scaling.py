@@ -31,7 +31,7 @@ def windows(c):
 
 def layer_kinds(c) -> list[tuple]:
     """What distinguishes layers structurally: local or global, own rope, MLP kind."""
-    return [(b.attention.window is None, b.position.model_dump_json() if b.position else None, b.mlp.type)
+    return [(getattr(b.attention, "window", None) is None, b.position.model_dump_json() if b.position else None, b.mlp.type)
             for b in c.blocks]
 
 
