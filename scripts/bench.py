@@ -3,20 +3,28 @@
 For every shape: build random weights once (llmzoo.build, seed), write them as a Hugging Face
 checkpoint (llmzoo.save_pretrained), load that checkpoint into llmzoo (llmzoo.from_pretrained) and
 into transformers (AutoModelForCausalLM, sdpa), one model in memory at a time, and measure
-  load_s       checkpoint load time from local safetensors (after one untimed load)
+  load_s       checkpoint load time from local safetensors (after one untimed load), per repeat
   agree        max|Δlogits| of the two on one batch (llmzoo's logits kept on CPU meanwhile)
-  prefill      tokens/s of one forward over a batch×length grid
-  ttft_s       batch-1 prompt → first token (generate with max_new_tokens=1)
-  decode       batch-1 and batch-N greedy decode tokens/s: (t(N new) − t(1 new)) / (N − 1) per step
+  prefill      seconds of one forward over a batch×length grid, per repeat
+  ttft_s       batch-1 prompt → first token, taken in every timed generate call
+  decode       seconds of every single decode step (the gap between two consecutive tokens, device
+               synchronised, taken inside the generate loop: a streamer for transformers), batch 1 and N
   peak_mem     torch.cuda.max_memory_allocated on CUDA; peak RSS growth over the pre-load RSS on CPU
-and print llmzoo/transformers ratios (>1: llmzoo faster / smaller is "mem" <1), plus on CUDA the MFU
+Every timing is a sample list summarised as median, quartiles and min/max ("spread"); a rate is
+items / median seconds, never a difference of two totals. Ratios are transformers' median / llmzoo's
+median, with a spread from the quartiles (h.q1 / z.q3 … h.q3 / z.q1). On a noisy (shared) machine read
+the spread before the ratio. Ratios >1: llmzoo faster (peak mem: llmzoo / transformers, <1 is smaller); on CUDA the MFU
 (2·active_params·tokens/s / --peak-tflops; active params include the embedding, attention-score FLOPs are
 left out) and decode's share of HBM bandwidth
 ((weight bytes + KV-cache bytes read per step) · steps/s / --peak-gbps).
 
 Shapes: a zoo name (the full shape) or name@tiny / name@small (llmzoo.scale_down preset).
   python scripts/bench.py                                   # CPU defaults, ~1 minute
-  python scripts/bench.py --device cuda --out results.json  # llama-2-7b, mistral-7b, deepseek-v2-lite
+  python scripts/bench.py --dtype float32 bfloat16          # both dtypes in one run
+  python scripts/bench.py --device cuda --out results.json  # the GPU plan: llama-2-7b, mistral-7b, deepseek-v2-lite
+  python scripts/bench.py --plan cuda --device cpu --dry-run # the same plan on CPU, tiny shapes (the test suite)
+The GPU plan (prefill 1x512 and 4x2048, decode b=1 and b=32 for 64 tokens after 512, 3 repeats, compiled
+decode step reused across calls) is sized to finish in < 8 min on one H100/H200 with transformers' side.
 """
 
 from __future__ import annotations
@@ -44,15 +52,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", help=f"default: {CPU_SHAPES} on CPU, {CUDA_SHAPES} on CUDA")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--prefill-grid", nargs="+", help="BxL pairs; default CPU 1x64 4x128, CUDA 1x512 1x2048 8x512 32x512")
+    p.add_argument("--plan", choices=["cpu", "cuda"], help="which defaults (shapes, grid, batch, lengths); default: the device's")
+    p.add_argument("--dry-run", action="store_true",
+                   help="the plan's code path on tiny shapes: every shape → name@tiny, lengths ÷ 64, 4 new tokens, 1 repeat")
+    p.add_argument("--dtype", nargs="+", help="one or more of float32 bfloat16 float16; default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--prefill-grid", nargs="+", help="BxL pairs; default CPU 1x64 4x128, CUDA 1x512 4x2048")
     p.add_argument("--decode-batch", type=int, help="the batch-N of decode; default 4 on CPU, 32 on CUDA")
-    p.add_argument("--new-tokens", type=int, help="default 16 on CPU, 128 on CUDA")
+    p.add_argument("--new-tokens", type=int, help="default 16 on CPU, 64 on CUDA")
     p.add_argument("--prompt-len", type=int, help="default 32 on CPU, 512 on CUDA")
-    p.add_argument("--repeats", type=int, help="timed repeats (median reported); default 3 on CPU, 5 on CUDA")
+    p.add_argument("--repeats", type=int, help="timed repeats (median reported); default 3")
+    p.add_argument("--load-repeats", type=int, help="timed loads; default --repeats on CPU, 2 on CUDA")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the repeats")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="llmzoo.generate(compile=...): auto = on for CUDA, off on CPU")
+                   help="llmzoo.generate(compile=...): auto = on for the CUDA plan, off on CPU")
+    p.add_argument("--compile-backend", help="torch.compile backend (default inductor; 'eager' for a quick dry run)")
     p.add_argument("--tol", type=float, help="max|Δlogits| allowed; default 1e-3 (fp32) or 0.05·max|logits| (16-bit)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense bf16 TFLOP/s (H100 SXM: 989)")
     p.add_argument("--peak-gbps", type=float, default=3350.0, help="peak HBM GB/s (H100 SXM: 3350)")
@@ -61,15 +74,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tmpdir", help="where the checkpoint is written (needs ~2 bytes/param in bf16); default $TMPDIR")
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args(argv)
-    cuda = a.device.startswith("cuda")
+    a.plan = a.plan or ("cuda" if a.device.startswith("cuda") else "cpu")
+    cuda = a.plan == "cuda"
     a.shapes = a.shapes or (CUDA_SHAPES if cuda else CPU_SHAPES)
-    a.dtype = a.dtype or ("bfloat16" if cuda else "float32")
-    a.prefill_grid = a.prefill_grid or (["1x512", "1x2048", "8x512", "32x512"] if cuda else ["1x64", "4x128"])
+    a.dtype = a.dtype or ["bfloat16" if cuda else "float32"]
+    a.prefill_grid = a.prefill_grid or (["1x512", "4x2048"] if cuda else ["1x64", "4x128"])
     a.decode_batch = a.decode_batch or (32 if cuda else 4)
-    a.new_tokens = a.new_tokens or (128 if cuda else 16)
+    a.new_tokens = a.new_tokens or (64 if cuda else 16)
     a.prompt_len = a.prompt_len or (512 if cuda else 32)
-    a.repeats = a.repeats or (5 if cuda else 3)
+    a.repeats = a.repeats or 3
+    a.load_repeats = a.load_repeats or (2 if cuda else a.repeats)
     a.compile = a.compile == "on" or (a.compile == "auto" and cuda)
+    if a.dry_run:
+        a.shapes = [s.partition("@")[0] + "@tiny" for s in a.shapes]
+        a.prefill_grid = [f"{b}x{max(1, int(n) // 64)}" for b, _, n in (g.lower().partition("x") for g in a.prefill_grid)]
+        a.prompt_len, a.new_tokens = max(2, a.prompt_len // 64), min(a.new_tokens, 4)
+        a.repeats, a.load_repeats, a.warmup = 1, 1, min(a.warmup, 1)
     if a.new_tokens < 2:
         p.error("--new-tokens must be ≥ 2 (decode speed is measured between the first and last token)")
     try:
@@ -92,8 +112,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall seconds of fn() over `repeats` runs after `warmup` untimed ones."""
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Wall seconds of fn(), one per run, over `repeats` runs after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -103,7 +123,19 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: 
         fn()
         sync(device)
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
+
+
+def summary(xs: list[float]) -> dict:
+    """median, quartiles, min, max and count of a sample list (seconds)."""
+    xs = sorted(xs)
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+    return dict(median=statistics.median(xs), q1=q[0], q3=q[2], min=xs[0], max=xs[-1], n=len(xs))
+
+
+def ratio(h: dict, z: dict) -> dict:
+    """transformers time / llmzoo time from the medians, with the quartile spread (low, high)."""
+    return dict(median=h["median"] / z["median"], low=h["q1"] / max(z["q3"], 1e-12), high=h["q3"] / max(z["q1"], 1e-12))
 
 
 def rss() -> int:
@@ -163,17 +195,47 @@ def forward(backend: str, model, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, use_cache=False).logits
 
 
-def generate(backend: str, model, ids: torch.Tensor, new: int, compile: bool) -> torch.Tensor:
+class Stamps:
+    """A transformers streamer that notes the time each new token reaches the host (put() gets a CPU
+    tensor: the device is synchronised). The first put() is the prompt."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.times.append(time.perf_counter())
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def generate_stamped(backend: str, model, ids: torch.Tensor, new: int, compile, device) -> tuple[float, list[float]]:
+    """One greedy generate call of exactly `new` tokens: (time to first token, [seconds of each later step])."""
     mask = torch.ones_like(ids)
+    sync(device)
+    t0 = time.perf_counter()
     if backend == "llmzoo":  # no eos: always `new` tokens
-        return llmzoo.generate(model, ids, mask, max_new_tokens=new, compile=compile)
-    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                          do_sample=False, pad_token_id=0)
+        stamps = []
+        for _ in llmzoo.stream(model, ids, mask, max_new_tokens=new, compile=compile):
+            sync(device)
+            stamps.append(time.perf_counter())
+    else:
+        streamer = Stamps()
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, pad_token_id=0, streamer=streamer)
+        stamps = streamer.times
+    if len(stamps) != new:
+        raise RuntimeError(f"{backend} produced {len(stamps)} tokens, {new} asked")
+    return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:])]
 
 
 def run_backend(backend: str, folder: str, cfg, a, device, dtype, check_ids) -> tuple[dict, torch.Tensor]:
     r: dict = {}
     gen = torch.Generator().manual_seed(a.seed + 1)
+    compile = backend == "llmzoo" and a.compile and ({"backend": a.compile_backend} if a.compile_backend else True)
 
     def rand_ids(b: int, n: int) -> torch.Tensor:
         return torch.randint(0, cfg.vocab_size, (b, n), generator=gen).to(device)
@@ -183,27 +245,52 @@ def run_backend(backend: str, folder: str, cfg, a, device, dtype, check_ids) -> 
             del_model = load(backend, folder, device, dtype)
         del del_model
         gc.collect()
+    loads = []
+    for i in range(a.load_repeats - 1):  # all but the last load are thrown away
+        sync(device)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            m = load(backend, folder, device, dtype)
+        sync(device)
+        loads.append(time.perf_counter() - t)
+        del m
+        gc.collect()
     with PeakMemory(device) as mem, torch.inference_mode():
         sync(device)
         t = time.perf_counter()
         model = load(backend, folder, device, dtype)
         sync(device)
-        r["load_s"] = time.perf_counter() - t
+        loads.append(time.perf_counter() - t)
+        r["load_s"] = summary(loads)
         logits = forward(backend, model, check_ids).float().cpu()
-        r["prefill_tps"] = {}
+        r["prefill_s"] = {}
         for b, n in a.grid:
             ids = rand_ids(b, n)
-            r["prefill_tps"][f"{b}x{n}"] = b * n / timed(lambda: forward(backend, model, ids), device, a.repeats, a.warmup)
-        r["decode_tps"], r["ttft_s"] = {}, None
+            r["prefill_s"][f"{b}x{n}"] = summary(timed(lambda: forward(backend, model, ids), device, a.repeats, a.warmup))
+        r["decode_step_s"], r["ttft_s"] = {}, None
         for b in sorted({1, a.decode_batch}):
             ids = rand_ids(b, a.prompt_len)
-            t1 = timed(lambda: generate(backend, model, ids, 1, a.compile), device, a.repeats, a.warmup)
-            tn = timed(lambda: generate(backend, model, ids, a.new_tokens, a.compile), device, a.repeats, a.warmup)
-            step = max(tn - t1, 1e-9) / (a.new_tokens - 1)
-            r["decode_tps"][str(b)] = b / step
+            for _ in range(a.warmup):  # compiles the decode step when asked
+                try:
+                    generate_stamped(backend, model, ids, a.new_tokens, compile, device)
+                except Exception as e:  # a step that does not compile (MoE's data-dependent routing today)
+                    if not compile:
+                        raise
+                    r["compile_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                    print(f"  compile failed, eager decode: {r['compile_error']}", file=sys.stderr, flush=True)
+                    compile = False
+            r.setdefault("compiled_decode", bool(compile))
+            ttft, steps = [], []
+            for _ in range(a.repeats):
+                first, later = generate_stamped(backend, model, ids, a.new_tokens, compile, device)
+                ttft.append(first)
+                steps += later
+            r["decode_step_s"][str(b)] = summary(steps)
             if b == 1:
-                r["ttft_s"] = t1
+                r["ttft_s"] = summary(ttft)
     r["peak_mem_bytes"] = mem.peak
+    r["prefill_tps"] = {k: int(k.split("x")[0]) * int(k.split("x")[1]) / v["median"] for k, v in r["prefill_s"].items()}
+    r["decode_tps"] = {k: int(k) / v["median"] for k, v in r["decode_step_s"].items()}
     del model
     gc.collect()
     if device.type == "cuda":
@@ -211,12 +298,13 @@ def run_backend(backend: str, folder: str, cfg, a, device, dtype, check_ids) -> 
     return r, logits
 
 
-def bench_shape(shape: str, a) -> dict:
-    device, dtype = torch.device(a.device), getattr(torch, a.dtype)
+def bench_shape(shape: str, dtype_name: str, a) -> dict:
+    device, dtype = torch.device(a.device), getattr(torch, dtype_name)
     cfg = shape_config(shape)
     n = llmzoo.count_params(cfg)
     itemsize = torch.empty((), dtype=dtype).element_size()
-    res: dict = dict(shape=shape, device=str(device), dtype=a.dtype, params=n.total, active_params=n.active)
+    res: dict = dict(shape=shape, device=str(device), dtype=dtype_name, params=n.total, active_params=n.active)
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmzoo-bench-", dir=a.tmpdir) as folder:
         model = llmzoo.build(cfg, device=device, dtype=dtype, seed=a.seed)
         llmzoo.save_pretrained(model, folder)
@@ -226,7 +314,7 @@ def bench_shape(shape: str, a) -> dict:
         check_ids = torch.randint(0, cfg.vocab_size, (2, min(a.prompt_len, 64)), generator=g).to(device)
         logits = {}
         for backend in a.backends:
-            print(f"[{shape}] {backend} ...", file=sys.stderr, flush=True)
+            print(f"[{shape} {dtype_name}] {backend} ... ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
             res[backend], logits[backend] = run_backend(backend, folder, cfg, a, device, dtype, check_ids)
     if len(logits) == 2:
         ref = logits["transformers"]
@@ -234,13 +322,15 @@ def bench_shape(shape: str, a) -> dict:
         tol = a.tol if a.tol is not None else (1e-3 if itemsize == 4 else 0.05 * max(1.0, ref.abs().max().item()))
         res["agree"] = dict(max_abs_diff=diff, max_abs_logit=ref.abs().max().item(), tol=tol, passed=diff <= tol)
         z, h = res["llmzoo"], res["transformers"]
+        mem = z["peak_mem_bytes"] / max(h["peak_mem_bytes"], 1)
         res["ratios"] = dict(
-            load=h["load_s"] / z["load_s"],
-            ttft=h["ttft_s"] / z["ttft_s"],
-            peak_mem=z["peak_mem_bytes"] / max(h["peak_mem_bytes"], 1),
-            **{f"prefill_{k}": z["prefill_tps"][k] / h["prefill_tps"][k] for k in z["prefill_tps"]},
-            **{f"decode_b{k}": z["decode_tps"][k] / h["decode_tps"][k] for k in z["decode_tps"]},
+            load=ratio(h["load_s"], z["load_s"]),
+            ttft=ratio(h["ttft_s"], z["ttft_s"]),
+            peak_mem=dict(median=mem, low=mem, high=mem),
+            **{f"prefill_{k}": ratio(h["prefill_s"][k], z["prefill_s"][k]) for k in z["prefill_s"]},
+            **{f"decode_b{k}": ratio(h["decode_step_s"][k], z["decode_step_s"][k]) for k in z["decode_step_s"]},
         )
+    res["wall_s"] = time.perf_counter() - t0
     if device.type == "cuda":  # utilisation against the card's peaks
         peak_flops, peak_bw = a.peak_tflops * 1e12, a.peak_gbps * 1e9
         ctx = a.prompt_len + a.new_tokens // 2  # mean context length during decode
@@ -261,38 +351,46 @@ def bench_shape(shape: str, a) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    cols = ["shape", "metric", "llmzoo", "transformers", "ratio"]
+    """One row per metric: each backend's median (quartiles), the ratio of medians (quartile spread)."""
+    cols = ["shape", "dtype", "metric", "llmzoo", "transformers", "ratio"]
     rows = []
     for res in results:
         z, h, q = res.get("llmzoo"), res.get("transformers"), res.get("ratios", {})
+        head = [res["shape"], res["dtype"]]
         if "agree" in res:
             g = res["agree"]
-            rows.append([res["shape"], "max|Δlogits|", f"{g['max_abs_diff']:.2e}", f"tol {g['tol']:.1e}",
+            rows.append([*head, "max|Δlogits|", f"{g['max_abs_diff']:.2e}", f"tol {g['tol']:.1e}",
                          "PASS" if g["passed"] else "FAIL"])
 
-        def row(metric, key, fmt, ratio_key, sub=None):
+        def row(metric, get, fmt, ratio_key=None):
             vals = []
             for r in (z, h):
-                v = None if r is None else (r[key] if sub is None else r[key][sub])
-                vals.append("-" if v is None else fmt(v))
+                v = None if r is None else get(r)
+                if v is None:
+                    vals.append("-")
+                elif isinstance(v, dict):  # a timing summary
+                    vals.append(f"{fmt(v['median'])} ({fmt(v['q1'])}–{fmt(v['q3'])})")
+                else:
+                    vals.append(fmt(v))
             rq = q.get(ratio_key)
-            rows.append([res["shape"], metric, *vals, "-" if rq is None else f"{rq:.2f}x"])
+            rows.append([*head, metric, *vals, "-" if rq is None else f"{rq['median']:.2f}x ({rq['low']:.2f}–{rq['high']:.2f})"])
 
         r0 = z or h
-        row("load s", "load_s", lambda v: f"{v:.3f}", "load")
-        row("ttft ms (b=1)", "ttft_s", lambda v: f"{1e3 * v:.1f}", "ttft")
-        for k in r0["prefill_tps"]:
-            row(f"prefill tok/s {k}", "prefill_tps", lambda v: f"{v:,.0f}", f"prefill_{k}", k)
-        for k in r0["decode_tps"]:
-            row(f"decode tok/s b={k}", "decode_tps", lambda v: f"{v:,.1f}", f"decode_b{k}", k)
-        row("peak mem MiB", "peak_mem_bytes", lambda v: f"{v / 2**20:,.0f}", "peak_mem")
+        row("load ms", lambda r: r["load_s"], lambda v: f"{1e3 * v:.0f}", "load")
+        row("ttft ms (b=1)", lambda r: r["ttft_s"], lambda v: f"{1e3 * v:.1f}", "ttft")
+        for k in r0["prefill_s"]:
+            row(f"prefill ms {k}", lambda r: r["prefill_s"][k], lambda v: f"{1e3 * v:.1f}", f"prefill_{k}")
+        for k in r0["decode_step_s"]:
+            row(f"decode ms/step b={k}", lambda r: r["decode_step_s"][k], lambda v: f"{1e3 * v:.2f}", f"decode_b{k}")
+            row(f"decode tok/s b={k}", lambda r: r["decode_tps"][k], lambda v: f"{v:,.1f}")
+        row("peak mem MiB", lambda r: r["peak_mem_bytes"], lambda v: f"{v / 2**20:,.0f}", "peak_mem")
         if "mfu_prefill" in r0:
             for k in r0["mfu_prefill"]:
-                row(f"MFU prefill {k}", "mfu_prefill", lambda v: f"{100 * v:.1f}%", None, k)
-            for k in r0["mfu_decode"]:
-                row(f"HBM share decode b={k}", "hbm_share_decode", lambda v: f"{100 * v:.1f}%", None, k)
+                row(f"MFU prefill {k}", lambda r: r["mfu_prefill"][k], lambda v: f"{100 * v:.1f}%")
+            for k in r0["hbm_share_decode"]:
+                row(f"HBM share decode b={k}", lambda r: r["hbm_share_decode"][k], lambda v: f"{100 * v:.1f}%")
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    line = lambda cells: "  ".join(str(c).ljust(w) if i < 3 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -300,21 +398,26 @@ def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     torch.manual_seed(a.seed)
     t0 = time.perf_counter()
-    results = [bench_shape(s, a) for s in a.shapes]
     out = dict(
-        settings=dict(device=a.device, dtype=a.dtype, prefill_grid=a.prefill_grid, decode_batch=a.decode_batch,
-                      new_tokens=a.new_tokens, prompt_len=a.prompt_len, repeats=a.repeats, warmup=a.warmup,
-                      compile=a.compile, peak_tflops=a.peak_tflops, peak_gbps=a.peak_gbps,
+        settings=dict(device=a.device, plan=a.plan, dry_run=a.dry_run, dtype=a.dtype, prefill_grid=a.prefill_grid,
+                      decode_batch=a.decode_batch, new_tokens=a.new_tokens, prompt_len=a.prompt_len,
+                      repeats=a.repeats, load_repeats=a.load_repeats, warmup=a.warmup, compile=a.compile,
+                      compile_backend=a.compile_backend, peak_tflops=a.peak_tflops, peak_gbps=a.peak_gbps,
                       torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device.startswith("cuda") else None),
-        results=results,
-        wall_s=time.perf_counter() - t0,
+        results=[],
+        wall_s=0.0,
     )
-    print(table(results))
-    print(f"ratio: transformers time / llmzoo time (>1 = llmzoo faster); peak mem: llmzoo / transformers. "
+    for d in a.dtype:
+        for shape in a.shapes:
+            out["results"].append(bench_shape(shape, d, a))
+            out["wall_s"] = time.perf_counter() - t0
+            if a.out:  # after every shape: a run cut short keeps what it measured
+                with open(a.out, "w") as f:
+                    json.dump(out, f, indent=1)
+    print(table(out["results"]))
+    print(f"median (q1–q3) over repeats (decode: over every step of every repeat); ratio: transformers median / "
+          f"llmzoo median (>1 = llmzoo faster), spread h.q1/z.q3–h.q3/z.q1; peak mem: llmzoo / transformers. "
           f"{out['wall_s']:.0f} s total", flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(out, f, indent=1)
     return out
 
 
