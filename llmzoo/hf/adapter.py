@@ -150,6 +150,17 @@ def clean_name(hf: dict[str, Any], fallback: str) -> str:
     return name or str(hf.get("model_type", "model"))
 
 
+def config_base(hf: dict[str, Any], family: str, tied: bool = True, name: str | None = None) -> dict[str, Any]:
+    """The ModelConfig fields config.json states alike for every type: name, family, vocab, tied head."""
+    return {"name": clean_name(hf, name or family), "family": family, "vocab_size": int(require(hf, "vocab_size")),
+            "head": {"tied": bool(hf.get("tie_word_embeddings", tied))}}
+
+
+def config_json_base(config: ModelConfig, architecture: str) -> dict[str, Any]:
+    """config_base backwards: architectures, vocab_size, tie_word_embeddings."""
+    return {"architectures": [architecture], "vocab_size": config.vocab_size, "tie_word_embeddings": config.head.tied}
+
+
 def activation_name(hf_act: str, key: str = "hidden_act") -> str:
     """llmzoo's activation for a transformers ACT2FN name. gelu_new, gelu_fast and gelu_pytorch_tanh
     are one function, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written three ways (transformers'

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, clean_name, require
+from .adapter import Adapter, config_base, config_json_base, require
 from .rules import IGNORE, Rule, SplitInterleavedQKV
 
 
@@ -60,9 +60,7 @@ class BloomAdapter(Adapter):
         n_heads = int(hf.get("n_head") or require(hf, "num_attention_heads"))
         norm = {"type": "layernorm", "eps": float(hf.get("layer_norm_epsilon", 1e-5)), "bias": True}
         return ModelConfig.model_validate({
-            "name": clean_name(hf, "bloom"),
-            "family": "bloom",
-            "vocab_size": int(require(hf, "vocab_size")),
+            **config_base(hf, "bloom"),
             "d_model": d,
             "n_layers": int(hf.get("n_layer") or require(hf, "num_hidden_layers")),
             # ALiBi has no position table; BLOOM trained at 2048 tokens (config.json's seq_length)
@@ -77,21 +75,18 @@ class BloomAdapter(Adapter):
                 "mlp": {"type": "mlp", "d_ff": 4 * d, "activation": "gelu_tanh", "bias": True},
             },
             "final_norm": norm,
-            "head": {"tied": bool(hf.get("tie_word_embeddings", True))},
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         a = config.block.attention
         return {
-            "architectures": ["BloomForCausalLM"],
-            "vocab_size": config.vocab_size,
+            **config_json_base(config, "BloomForCausalLM"),
             "hidden_size": config.d_model,
             "n_layer": config.n_layers,
             "n_head": a.n_heads,
             "layer_norm_epsilon": config.block.norm.eps,
             "seq_length": config.max_seq_len,
             "apply_residual_connection_post_layernorm": False,
-            "tie_word_embeddings": config.head.tied,
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:

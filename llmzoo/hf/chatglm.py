@@ -29,7 +29,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..reference.glm130b import ChatGLMReference
 from . import register_adapter
-from .adapter import Adapter, clean_name, require
+from .adapter import Adapter, config_base, config_json_base, require
 from .loader import read_state_dict
 from .rules import IGNORE, Rule, SplitInterleavedQKV
 
@@ -58,9 +58,7 @@ class ChatGLMAdapter(Adapter):
             else {"type": "rope", "theta": 10000.0, "fraction": 1.0, "layout": "halves", "table_dtype": "float16"}
         )
         return ModelConfig.model_validate({
-            "name": clean_name(hf, "chatglm"),
-            "family": "chatglm",
-            "vocab_size": int(require(hf, "vocab_size")),
+            **config_base(hf, "chatglm"),
             "d_model": d,
             "n_layers": n_layers,
             "max_seq_len": int(hf.get("max_sequence_length", 2048)),
@@ -76,14 +74,12 @@ class ChatGLMAdapter(Adapter):
                         "activation": "gelu_tanh", "bias": True},
             },
             "final_norm": norm,
-            "head": {"tied": bool(hf.get("tie_word_embeddings", True))},
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         a = config.block.attention
         return {
-            "architectures": ["ChatGLMModel"],
-            "vocab_size": config.vocab_size,
+            **config_json_base(config, "ChatGLMModel"),
             "hidden_size": config.d_model,
             "num_layers": config.n_layers,
             "num_attention_heads": a.n_heads,
@@ -91,7 +87,6 @@ class ChatGLMAdapter(Adapter):
             "inner_hidden_size": config.block.mlp.d_ff,
             "max_sequence_length": config.max_seq_len,
             "position_encoding_2d": config.position.type == "rope_2d",
-            "tie_word_embeddings": config.head.tied,
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:

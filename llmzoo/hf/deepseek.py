@@ -26,7 +26,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import HF_ACTIVATION, Adapter, activation_name, clean_name, require, rope_from_hf, rope_to_hf
+from .adapter import HF_ACTIVATION, Adapter, activation_name, config_base, config_json_base, require, rope_from_hf, rope_to_hf
 from .rules import IGNORE, Pattern, Rule, Split, StackExperts
 
 ATTENTION = [  # hf tensor                                             llmzoo tensor
@@ -188,9 +188,7 @@ def deepseek_config(hf: dict[str, Any], version: int) -> ModelConfig:
     else:
         mlp = dense
     config = {
-        "name": clean_name(hf, f"deepseek-v{version}"),
-        "family": f"deepseek-v{version}",
-        "vocab_size": int(require(hf, "vocab_size")),
+        **config_base(hf, f"deepseek-v{version}", tied=False),
         "d_model": d,
         "n_layers": n_layers,
         "max_seq_len": int(hf.get("max_position_embeddings", 4096)),
@@ -198,7 +196,6 @@ def deepseek_config(hf: dict[str, Any], version: int) -> ModelConfig:
         "block": {"placement": "pre", "norm": norm, "attention": attention, "mlp": mlp},
         "overrides": overrides,
         "final_norm": norm,
-        "head": {"tied": bool(hf.get("tie_word_embeddings", False))},
     }
     return ModelConfig.model_validate(config)
 
@@ -212,8 +209,7 @@ def deepseek_hf(config: ModelConfig, version: int) -> dict[str, Any]:
     n_dense = sum(1 for blk in config.blocks if blk.mlp.type != "moe") if moe else config.n_layers
     d_ff = dense[0].d_ff if dense else (moe.d_expert * max(moe.n_shared_experts, 1))
     out: dict[str, Any] = {
-        "architectures": [f"DeepseekV{version}ForCausalLM"],
-        "vocab_size": config.vocab_size,
+        **config_json_base(config, f"DeepseekV{version}ForCausalLM"),
         "hidden_size": config.d_model,
         "intermediate_size": d_ff,
         "num_hidden_layers": config.n_layers,
@@ -228,7 +224,6 @@ def deepseek_hf(config: ModelConfig, version: int) -> dict[str, Any]:
         "hidden_act": HF_ACTIVATION[(moe or b.mlp).activation],
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": b.norm.eps,
-        "tie_word_embeddings": config.head.tied,
         "first_k_dense_replace": n_dense,
         **rope_to_hf(config.position),
     }

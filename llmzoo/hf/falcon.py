@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import HF_ACTIVATION, Adapter, activation_name, attention_kind, clean_name, require, rope_from_hf, rope_to_hf
+from .adapter import HF_ACTIVATION, Adapter, activation_name, attention_kind, config_base, config_json_base, require, rope_from_hf, rope_to_hf
 from .rules import IGNORE, Rule, SplitInterleavedQKV
 
 # config.json keys of the RefinedWeb(Model) remote-code era → today's names
@@ -62,9 +62,7 @@ class FalconAdapter(Adapter):
         else:
             position = rope_from_hf(hf)
         return ModelConfig.model_validate({
-            "name": clean_name(hf, "falcon"),
-            "family": "falcon",
-            "vocab_size": int(require(hf, "vocab_size")),
+            **config_base(hf, "falcon"),
             "d_model": d,
             "n_layers": int(require(hf, "num_hidden_layers")),
             "max_seq_len": int(hf.get("max_position_embeddings", 2048)),
@@ -79,7 +77,6 @@ class FalconAdapter(Adapter):
                         "activation": activation_name(hf.get("activation", "gelu"), "activation")},
             },
             "final_norm": norm,
-            "head": {"tied": bool(hf.get("tie_word_embeddings", True))},
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
@@ -87,8 +84,7 @@ class FalconAdapter(Adapter):
         # the old layout holds MHA (per-head [q, k, v]) or MQA; anything else, or two norms, needs the new one
         new_arch = b.parallel == "two_norms" or a.type == "gqa"
         out = {
-            "architectures": ["FalconForCausalLM"],
-            "vocab_size": config.vocab_size,
+            **config_json_base(config, "FalconForCausalLM"),
             "hidden_size": config.d_model,
             "num_hidden_layers": config.n_layers,
             "num_attention_heads": a.n_heads,
@@ -103,7 +99,6 @@ class FalconAdapter(Adapter):
             "activation": HF_ACTIVATION[b.mlp.activation],
             "layer_norm_epsilon": b.norm.eps,
             "max_position_embeddings": config.max_seq_len,
-            "tie_word_embeddings": config.head.tied,
         }
         if pos.type == "rope":
             out.update(rope_to_hf(pos))

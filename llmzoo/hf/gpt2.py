@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import NO_TOKEN_IDS, Adapter, activation_name, clean_name, require
+from .adapter import NO_TOKEN_IDS, Adapter, activation_name, config_base, config_json_base, require
 from .rules import IGNORE, Rule, Split, Transpose
 
 HF_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
@@ -69,9 +69,7 @@ class GPT2Adapter(Adapter):
             overrides = [{"layers": [i], "block": {"attention": {"softmax_scale": scale / (i + 1)}}}
                          for i in range(1, n_layers)]
         return ModelConfig.model_validate({
-            "name": clean_name(hf, "gpt2"),
-            "family": "gpt-2",
-            "vocab_size": int(require(hf, "vocab_size")),
+            **config_base(hf, "gpt-2", name="gpt2"),
             "d_model": d,
             "n_layers": n_layers,
             "max_seq_len": int(require(hf, "n_positions")),
@@ -87,7 +85,6 @@ class GPT2Adapter(Adapter):
             },
             "overrides": overrides,
             "final_norm": norm,
-            "head": {"tied": bool(hf.get("tie_word_embeddings", True))},
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
@@ -97,9 +94,8 @@ class GPT2Adapter(Adapter):
             set(o.block) == {"attention"} and set(o.block["attention"]) == {"softmax_scale"} for o in config.overrides
         )
         return {
-            "architectures": ["GPT2LMHeadModel"],
+            **config_json_base(config, "GPT2LMHeadModel"),
             **NO_TOKEN_IDS,  # the class default 50256 lies outside a scaled-down vocabulary
-            "vocab_size": config.vocab_size,
             "n_embd": config.d_model,
             "n_layer": config.n_layers,
             "n_head": a.n_heads,
@@ -109,7 +105,6 @@ class GPT2Adapter(Adapter):
             "layer_norm_epsilon": b.norm.eps,
             "scale_attn_weights": scaled,
             "scale_attn_by_inverse_layer_idx": inverse,
-            "tie_word_embeddings": config.head.tied,
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import NO_TOKEN_IDS, Adapter, activation_name, clean_name, require
+from .adapter import NO_TOKEN_IDS, Adapter, activation_name, config_base, config_json_base, require
 from .gpt2 import HF_ACT
 from .rules import IGNORE, Rule
 
@@ -82,9 +82,7 @@ class GPTNeoAdapter(Adapter):
         norm = {"type": "layernorm", "eps": float(hf.get("layer_norm_epsilon", 1e-5)), "bias": True}
         max_pos = int(require(hf, "max_position_embeddings"))
         return ModelConfig.model_validate({
-            "name": clean_name(hf, "gpt-neo"),
-            "family": "gpt-neo",
-            "vocab_size": int(require(hf, "vocab_size")),
+            **config_base(hf, "gpt-neo"),
             "d_model": d,
             "n_layers": n_layers,
             "max_seq_len": max_pos,
@@ -102,7 +100,6 @@ class GPTNeoAdapter(Adapter):
             "overrides": [{"layers": layer_selection(local, n_layers), "block": {"attention": {"window": window}}}]
             if local else [],
             "final_norm": norm,
-            "head": {"tied": bool(hf.get("tie_word_embeddings", True))},
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
@@ -115,9 +112,8 @@ class GPTNeoAdapter(Adapter):
         period = next(p for p in range(1, len(kinds) + 1) if len(kinds) % p == 0
                       and kinds == kinds[:p] * (len(kinds) // p))
         return {
-            "architectures": ["GPTNeoForCausalLM"],
+            **config_json_base(config, "GPTNeoForCausalLM"),
             **NO_TOKEN_IDS,  # the class default 50256 lies outside a scaled-down vocabulary
-            "vocab_size": config.vocab_size,
             "hidden_size": config.d_model,
             "num_layers": config.n_layers,
             "num_heads": a.n_heads,
@@ -128,7 +124,6 @@ class GPTNeoAdapter(Adapter):
             "window_size": local[0] if local else 256,
             "activation_function": HF_ACT.get(b.mlp.activation, b.mlp.activation),
             "layer_norm_epsilon": b.norm.eps,
-            "tie_word_embeddings": config.head.tied,
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import HF_ACTIVATION, Adapter, activation_name, clean_name, require, rope_from_hf, rope_to_hf
+from .adapter import HF_ACTIVATION, Adapter, activation_name, config_base, config_json_base, require, rope_from_hf, rope_to_hf
 from .rules import IGNORE, Rule, SplitInterleavedQKV
 
 
@@ -55,9 +55,7 @@ class GPTNeoXAdapter(Adapter):
         bias = bool(hf.get("attention_bias", True))
         norm = {"type": "layernorm", "eps": float(hf.get("layer_norm_eps", 1e-5)), "bias": True}
         return ModelConfig.model_validate({
-            "name": clean_name(hf, "gpt-neox"),
-            "family": "gpt-neox",
-            "vocab_size": int(require(hf, "vocab_size")),
+            **config_base(hf, "gpt-neox", tied=False),
             "d_model": d,
             "n_layers": int(require(hf, "num_hidden_layers")),
             "max_seq_len": int(hf.get("max_position_embeddings", 2048)),
@@ -72,15 +70,13 @@ class GPTNeoXAdapter(Adapter):
                         "activation": activation_name(hf.get("hidden_act", "gelu"))},
             },
             "final_norm": norm,
-            "head": {"tied": bool(hf.get("tie_word_embeddings", False))},
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         b, a, pos = config.block, config.block.attention, config.position
         rope = rope_to_hf(pos) if pos.type == "rope" else {}
         return {
-            "architectures": ["GPTNeoXForCausalLM"],
-            "vocab_size": config.vocab_size,
+            **config_json_base(config, "GPTNeoXForCausalLM"),
             "hidden_size": config.d_model,
             "num_hidden_layers": config.n_layers,
             "num_attention_heads": a.n_heads,
@@ -93,7 +89,6 @@ class GPTNeoXAdapter(Adapter):
             "layer_norm_eps": b.norm.eps,
             "use_parallel_residual": b.parallel == "two_norms",
             "attention_bias": a.qkv_bias,
-            "tie_word_embeddings": config.head.tied,
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import NO_TOKEN_IDS, Adapter, activation_name, clean_name, require
+from .adapter import NO_TOKEN_IDS, Adapter, activation_name, config_base, config_json_base, require
 from .gpt2 import HF_ACT
 from .rules import IGNORE, Rule
 
@@ -44,9 +44,7 @@ class GPTJAdapter(Adapter):
         rotary = int(hf.get("rotary_dim") or head_dim)
         norm = {"type": "layernorm", "eps": float(hf.get("layer_norm_epsilon", 1e-5)), "bias": True}
         return ModelConfig.model_validate({
-            "name": clean_name(hf, "gpt-j"),
-            "family": "gpt-j",
-            "vocab_size": int(require(hf, "vocab_size")),
+            **config_base(hf, "gpt-j"),
             "d_model": d,
             "n_layers": int(require(hf, "n_layer")),
             "max_seq_len": int(hf.get("n_positions", 2048)),
@@ -68,9 +66,8 @@ class GPTJAdapter(Adapter):
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         b, a = config.block, config.block.attention
         return {
-            "architectures": ["GPTJForCausalLM"],
+            **config_json_base(config, "GPTJForCausalLM"),
             **NO_TOKEN_IDS,  # the class default 50256 lies outside a scaled-down vocabulary
-            "vocab_size": config.vocab_size,
             "n_embd": config.d_model,
             "n_layer": config.n_layers,
             "n_head": a.n_heads,
@@ -79,7 +76,6 @@ class GPTJAdapter(Adapter):
             "n_inner": b.mlp.d_ff,
             "activation_function": HF_ACT.get(b.mlp.activation, b.mlp.activation),
             "layer_norm_epsilon": b.norm.eps,
-            "tie_word_embeddings": config.head.tied,
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:

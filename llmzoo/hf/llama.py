@@ -14,7 +14,7 @@ from .adapter import (
     Adapter,
     activation_name,
     attention_kind,
-    clean_name,
+    config_base,
     require,
     rope_from_hf,
     rope_to_hf,
@@ -90,9 +90,7 @@ def llama_like_dict(
             if w is not None:
                 overrides.append({"layers": layers, "block": {"attention": {"window": w}}})
     config = {
-        "name": clean_name(hf, family),
-        "family": family,
-        "vocab_size": int(require(hf, "vocab_size")),
+        **config_base(hf, family, tied=tied_default),
         "d_model": d,
         "n_layers": n_layers,
         "max_seq_len": int(hf.get("max_position_embeddings", 2048)),
@@ -107,7 +105,6 @@ def llama_like_dict(
         },
         "overrides": overrides,
         "final_norm": norm,
-        "head": {"tied": bool(hf.get("tie_word_embeddings", tied_default))},
     }
     # a window applied to every layer reads better on the base block
     if windows and len(set(windows)) == 1 and windows[0] is not None:

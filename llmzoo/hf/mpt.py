@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, clean_name, require
+from .adapter import Adapter, config_base, config_json_base, require
 from .rules import IGNORE, Rule, Split
 
 MPT = [  # hf tensor                                          llmzoo tensor                        transforms
@@ -53,9 +53,7 @@ class MptAdapter(Adapter):
         d, n_heads = int(require(hf, "d_model")), int(require(hf, "n_heads"))
         norm = {"type": "layernorm", "eps": float(hf.get("layer_norm_epsilon", 1e-5)), "bias": False}
         return ModelConfig.model_validate({
-            "name": clean_name(hf, "mpt"),
-            "family": "mpt",
-            "vocab_size": int(require(hf, "vocab_size")),
+            **config_base(hf, "mpt"),
             "d_model": d,
             "n_layers": int(require(hf, "n_layers")),
             "max_seq_len": int(require(hf, "max_seq_len")),
@@ -69,14 +67,12 @@ class MptAdapter(Adapter):
                 "mlp": {"type": "mlp", "d_ff": 4 * d, "activation": "gelu", "bias": False},
             },
             "final_norm": norm,
-            "head": {"tied": bool(hf.get("tie_word_embeddings", True))},
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         a = config.block.attention
         return {
-            "architectures": ["MptForCausalLM"],
-            "vocab_size": config.vocab_size,
+            **config_json_base(config, "MptForCausalLM"),
             "d_model": config.d_model,
             "n_heads": a.n_heads,
             "n_layers": config.n_layers,
@@ -87,7 +83,6 @@ class MptAdapter(Adapter):
             "attn_config": {"alibi": True, "alibi_bias_max": int(getattr(config.position, "max_bias", 8)),
                             "clip_qkv": a.clip_qkv, "softmax_scale": a.softmax_scale, "qk_ln": False,
                             "attn_type": "multihead_attention", "prefix_lm": False},
-            "tie_word_embeddings": config.head.tied,
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:

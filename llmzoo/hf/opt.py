@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, activation_name, clean_name, require
+from .adapter import Adapter, activation_name, config_base, config_json_base, require
 from .rules import IGNORE, Rule
 
 HF_ACT = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}
@@ -65,9 +65,7 @@ class OPTAdapter(Adapter):
         max_pos = int(require(hf, "max_position_embeddings"))
         final = pre and not hf.get("_remove_final_layer_norm", False)
         return ModelConfig.model_validate({
-            "name": clean_name(hf, "opt"),
-            "family": "opt",
-            "vocab_size": int(require(hf, "vocab_size")),
+            **config_base(hf, "opt"),
             "d_model": d,
             "n_layers": int(require(hf, "num_hidden_layers")),
             "max_seq_len": max_pos,
@@ -82,15 +80,13 @@ class OPTAdapter(Adapter):
                         "activation": activation_name(hf.get("activation_function", "relu"), "activation_function")},
             },
             "final_norm": norm if final else None,
-            "head": {"tied": bool(hf.get("tie_word_embeddings", True))},
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         b, a = config.block, config.block.attention
         pre = b.placement == "pre"
         return {
-            "architectures": ["OPTForCausalLM"],
-            "vocab_size": config.vocab_size,
+            **config_json_base(config, "OPTForCausalLM"),
             "hidden_size": config.d_model,
             "word_embed_proj_dim": config.d_embed,
             "num_hidden_layers": config.n_layers,
@@ -103,7 +99,6 @@ class OPTAdapter(Adapter):
             "enable_bias": a.qkv_bias,
             "layer_norm_elementwise_affine": getattr(b.norm, "elementwise_affine", True),
             "activation_function": HF_ACT.get(b.mlp.activation, b.mlp.activation),
-            "tie_word_embeddings": config.head.tied,
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:
