@@ -3,37 +3,7 @@
     llmzoo.from_pretrained(folder | file.safetensors | "owner/name", dtype=..., device=...)
     llmzoo.save_pretrained(model, folder, format="hf", max_shard_size="2GB")
 
-How to add an adapter (e.g. for `model_type: gpt2`) — one module, one registration, no test code:
-
-1. Create `llmzoo/hf/gpt2.py` with a subclass of `adapter.Adapter`:
-   - `model_type = "gpt2"`, optional `aliases` (other model_type strings with the same layout)
-     and `families` (zoo family folders, e.g. ("gpt-2",), that `save_pretrained` / `llmzoo tiny`
-     export to this type by default);
-   - `to_config(hf_dict) -> ModelConfig` and `from_config(ModelConfig) -> dict` (config.json keys;
-     `export_config` checks the round trip and names any field the type cannot express);
-   - `rules(config) -> list[Rule]`: the weight table, `Rule(hf_pattern, our_pattern, *transforms)`
-     with `{i}` slots, `{q,k,v}` gathers and reversible transforms from `rules.py` (Transpose,
-     Concat, Split, SplitInterleavedQKV, StackExperts); `IGNORE` for buffers such as `attn.bias`;
-   - `tiny_hf_config() -> dict`: a small config.json (≤ 4 layers, d_model ≤ 64, every quirk on).
-     Tests and `llmzoo verify` build the transformers reference from it, re-draw its weights
-     loudly (`llmzoo.parity.loud_init_`) and compare logits.
-   - Remote-code types with no transformers class subclass `adapter.RemoteCodeAdapter` instead
-     and override `reference(hf_config)` with a small nn.Module written from the published
-     modeling file, parameter names equal to the checkpoint's (see internlm2.py and
-     remote_reference.py); loading and saving that reference come with the base class.
-2. Add the module name to `ADAPTER_MODULES` below (it registers itself with `@register_adapter`).
-
-tests/test_hf_rules.py, tests/test_hf_load.py and tests/test_parity.py are parametrised over
-`supported_model_types()` (and the zoo entries of `families`), so the new type is tested with no
-new test code: fp32 logits ≤ 1e-4 and bf16 (nmse, top-k; llmzoo.parity.TOLERANCES) on a padded batch from a ≥ 3-shard checkpoint, config
-round trip in both config.json dialects, transformers save → load → export byte-identical,
-export → reference loads it with the same logits, `llmzoo tiny` for one zoo entry per family,
-and `llmzoo verify`. Variants the tiny config does not cover go in tests/variants.py as
-(model_type, config.json overrides).
-
-Loading rules (loader.py): every checkpoint tensor matches exactly one rule (IGNORE counts), every
-model tensor is written exactly once, shapes are checked on the meta device from the safetensors
-headers before any weight is read; any mismatch raises one CheckpointError listing every tensor.
+How to add an adapter, and what the suite then checks with no new test code: docs/extending.md.
 """
 
 from __future__ import annotations
