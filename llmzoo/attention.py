@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from .config import MAX_SEQ_LEN
 from .errors import UnsupportedError
 from .norms import RMSNormSpec
 from .parallel import plan
@@ -196,7 +197,11 @@ class AttentionSpec(AttentionSpecBase):
     head_dim: int = Field(gt=0)
     qkv_bias: bool = False
     o_bias: bool = False
-    window: int | None = Field(None, gt=0, description="sliding window: keys visible, self included")
+    # a window ≥ the sequence is global (Mistral-7B: 4096 of 32k is local; any window may exceed
+    # max_seq_len), bounded like max_seq_len so that `i - j < window` never overflows int64
+    window: int | None = Field(
+        None, gt=0, le=MAX_SEQ_LEN, description="sliding window: keys visible, self included"
+    )
     prefix_lm: bool = Field(False, description="tokens before prefix_len attend bidirectionally")
     softmax_scale: float | None = Field(None, gt=0, description="default 1/sqrt(head_dim); T5 uses 1")
     clip_qkv: float | None = Field(None, gt=0, description="clamp q, k, v to ±clip (MPT)")
@@ -209,7 +214,8 @@ class AttentionSpec(AttentionSpecBase):
     )
     softcap: float | None = Field(None, gt=0, description="scores → cap·tanh(scores/cap) before the mask (Gemma-2)")
     sinks: bool = Field(False, description="a learned per-head logit in every softmax denominator (GPT-OSS)")
-    chunk: int | None = Field(None, gt=0, description="chunked local attention: a query sees the keys of its "
+    chunk: int | None = Field(None, gt=0, le=MAX_SEQ_LEN,
+                              description="chunked local attention: a query sees the keys of its "
                               "own chunk of `chunk` slots (Llama-4 attention_chunk_size)")
     qk_norm_after_rope: bool = Field(False, description="apply qk_norm to the rotated q and k (Llama-4)")
     query_temperature: float | None = Field(
@@ -461,7 +467,7 @@ class MLASpec(AttentionSpecBase):
     v_head_dim: int = Field(gt=0)
     latent_norm: Component("norm") = Field(default_factory=lambda: RMSNormSpec(eps=1e-6))  # type: ignore[valid-type]
     bias: bool = Field(False, description="biases on q_a, kv_a and o (HF attention_bias); q, q_b, kv_b have none")
-    window: int | None = Field(None, gt=0)
+    window: int | None = Field(None, gt=0, le=MAX_SEQ_LEN)
     prefix_lm: bool = False
 
     @model_validator(mode="after")

@@ -100,6 +100,11 @@ class Llama3Scaling(Spec):
         return self.model_copy(update={"original_max_positions": max(1, int(max_seq_len // self.factor))})
 
 
+# LongRoPE rescale factors (Phi-3: 1.0 to ~60) and attention factor (~1.2): far wider bounds, inside which
+# 1 / factor and cos/sin × factor stay finite and normal in float32
+LONGROPE_FACTOR_MIN, LONGROPE_FACTOR_MAX = 1e-6, 1e6
+
+
 class LongRopeScaling(Spec):
     """LongRoPE (Ding et al., arXiv:2402.13753) as Phi-3 configures it (arXiv:2404.14219): frequency i
     divided by short_factor[i] while the sequence fits original_max_positions, by long_factor[i] once it
@@ -109,12 +114,17 @@ class LongRopeScaling(Spec):
     short_factor: list[float] = Field(min_length=1)
     long_factor: list[float] = Field(min_length=1)
     original_max_positions: int = Field(gt=0)
-    attention_factor: float = Field(gt=0)
+    attention_factor: float = Field(gt=0, le=1e3)
 
     @model_validator(mode="after")
     def _check(self) -> "LongRopeScaling":
         if len(self.short_factor) != len(self.long_factor):
             raise ValueError(f"short_factor has {len(self.short_factor)} entries, long_factor {len(self.long_factor)}")
+        for name in ("short_factor", "long_factor"):  # each divides a frequency, in float32
+            bad = [f for f in getattr(self, name) if not LONGROPE_FACTOR_MIN <= f <= LONGROPE_FACTOR_MAX]
+            if bad:
+                raise ValueError(f"{name}: {bad[0]!r} is outside [{LONGROPE_FACTOR_MIN}, {LONGROPE_FACTOR_MAX}] "
+                                 f"({len(bad)} such entries)")
         return self
 
     def scaled(self, max_seq_len: int) -> "LongRopeScaling":
@@ -182,6 +192,13 @@ class Rope2DSpec(PositionSpecBase):
     def rotary_dims(self, rotary_head_dim: int) -> int:  # two position streams over the whole head
         return rotary_head_dim
 
+    def check(self, attention, where: str, layer: int) -> None:
+        super().check(attention, where, layer)
+        r = self.rotary_dims(attention.rotary_head_dim)
+        if r % 4 or r == 0:
+            raise ValueError(f"{where}.type: 'rope_2d' needs a head dim that is a multiple of 4 (two rotary "
+                             f"streams of even width); layer {layer} has head_dim {r}")
+
     @property
     def rope_layout(self) -> str:
         return self.layout
@@ -207,6 +224,9 @@ class RelativeBucketSpec(PositionSpecBase):
     @model_validator(mode="after")
     def _check(self) -> "RelativeBucketSpec":
         exact = self.num_buckets // (4 if self.bidirectional else 2)
+        if exact < 1:  # T5's log-spaced buckets divide by the exact range
+            raise ValueError(f"num_buckets: {self.num_buckets} leaves no exact bucket (needs ≥ "
+                             f"{4 if self.bidirectional else 2} when bidirectional is {self.bidirectional})")
         if self.max_distance <= exact:
             raise ValueError(f"max_distance {self.max_distance} must exceed the exact range {exact}")
         return self

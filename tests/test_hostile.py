@@ -176,6 +176,36 @@ def test_malformed_config_json_types_are_named(model_type):
             adapter.to_config({**hf, key: value})
 
 
+FUZZ_FOUND = [  # config.json values that passed validation and then broke the model (long fuzz runs)
+    ("phi3", {"rope_scaling": {"type": "longrope", "short_factor": [1.0, 0.0, 1.2, 1.3, 1.4, 1.5],
+                               "long_factor": [2.0, 3.5, 5.0, 6.5, 8.0, 9.5]}}, r"short_factor: 0\.0 is outside"),
+    ("phi3", {"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 6,
+                               "long_factor": [2.0, -3.5, 5.0, 6.5, 8.0, 9.5]}}, r"long_factor: -3\.5 is outside"),
+    ("phi3", {"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 6, "long_factor": [2.0] * 6,
+                               "attention_factor": 1e30}}, r"attention_factor"),
+    ("phi3", {"original_max_position_embeddings": 1}, r"original_max_position_embeddings 1 must exceed 1"),
+    ("phi3", {"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 5, "long_factor": [2.0] * 5}},
+     r"5 longrope factors"),
+    ("mistral", {"sliding_window": 10**19}, r"window"),
+    ("chatglm", {"hidden_size": 72, "num_attention_heads": 4}, r"'rope_2d' needs a head dim that is a multiple of 4"),
+    ("t5", {"relative_attention_num_buckets": 2}, r"num_buckets: 2 leaves no exact bucket"),
+    ("t5", {"relative_attention_num_buckets": 3}, r"num_buckets: 3 leaves no exact bucket"),
+]
+
+
+@pytest.mark.parametrize("model_type, edit, says", FUZZ_FOUND)
+def test_fuzz_found_config_json_values_are_named(model_type, edit, says):
+    adapter = get_adapter(model_type)
+    with pytest.raises(ConfigError, match=says):
+        adapter.to_config({**adapter.tiny_hf_config(), **edit})
+
+
+def test_windows_longer_than_the_context_stay_legal():
+    hf = {**get_adapter("mistral").tiny_hf_config(), "sliding_window": 4096, "max_position_embeddings": 128}
+    config = get_adapter("mistral").to_config(hf)  # Mistral-7B: a 4096 window, a 32k context
+    assert config.blocks[0].attention.window == 4096
+
+
 @pytest.mark.parametrize("model_type", TYPES)
 def test_zero_heads_missing_keys_and_huge_ints_are_config_errors(model_type):
     adapter = get_adapter(model_type)

@@ -220,6 +220,9 @@ def rope_from_hf(hf: dict[str, Any], default_theta: float = 10000.0) -> dict[str
         factor = source.get("factor") or (max_pos / orig if max_pos and orig else 1.0)
         attention = source.get("attention_factor")
         if attention is None:  # LongRoPE's default temperature (transformers _compute_longrope_parameters)
+            if factor > 1 and not orig > 1:
+                raise ValueError(f"config.json: original_max_position_embeddings {orig!r} must exceed 1 to derive "
+                                 "the longrope attention_factor (ln of it divides)")
             attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(orig))
         spec["scaling"] = {"type": "longrope", "short_factor": [float(x) for x in source["short_factor"]],
                            "long_factor": [float(x) for x in source["long_factor"]],
