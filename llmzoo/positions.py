@@ -91,9 +91,16 @@ class Llama3Scaling(Spec):
 
     type: Literal["llama3"] = "llama3"
     factor: float = Field(gt=0)
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
+    low_freq_factor: float = Field(1.0, gt=0)
+    high_freq_factor: float = Field(4.0, gt=0)
     original_max_positions: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Llama3Scaling":
+        if self.high_freq_factor <= self.low_freq_factor:  # the ramp between them divides by the difference
+            raise ValueError(f"high_freq_factor {self.high_freq_factor} must exceed low_freq_factor "
+                             f"{self.low_freq_factor} (transformers warns; here it divides by zero)")
+        return self
 
     def scaled(self, max_seq_len: int) -> "Llama3Scaling":
         # the original length must stay below the (scaled-down) context, as transformers checks

@@ -189,6 +189,8 @@ FUZZ_FOUND = [  # config.json values that passed validation and then broke the m
     ("mistral", {"sliding_window": 10**19}, r"window"),
     ("chatglm", {"hidden_size": 72, "num_attention_heads": 4}, r"'rope_2d' needs a head dim that is a multiple of 4"),
     ("t5", {"relative_attention_num_buckets": 2}, r"num_buckets: 2 leaves no exact bucket"),
+    ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0,
+                                "original_max_position_embeddings": 16}}, r"high_freq_factor 4\.0 must exceed"),
     ("t5", {"relative_attention_num_buckets": 3}, r"num_buckets: 3 leaves no exact bucket"),
 ]
 
