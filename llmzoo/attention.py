@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from .config import MAX_SEQ_LEN
+from .config import MAX_SCALE, MAX_SEQ_LEN
 from .errors import UnsupportedError
 from .norms import RMSNormSpec
 from .parallel import plan
@@ -203,7 +203,9 @@ class AttentionSpec(AttentionSpecBase):
         None, gt=0, le=MAX_SEQ_LEN, description="sliding window: keys visible, self included"
     )
     prefix_lm: bool = Field(False, description="tokens before prefix_len attend bidirectionally")
-    softmax_scale: float | None = Field(None, gt=0, description="default 1/sqrt(head_dim); T5 uses 1")
+    softmax_scale: float | None = Field(
+        None, gt=0, le=MAX_SCALE, description="default 1/sqrt(head_dim); T5 uses 1"
+    )
     clip_qkv: float | None = Field(None, gt=0, description="clamp q, k, v to ±clip (MPT)")
     qk_norm: Component("norm") | None = Field(  # type: ignore[valid-type]
         None, description="norm on queries and keys before rotary (Qwen3, Gemma-3, OLMo-2)"
