@@ -91,16 +91,9 @@ class Llama3Scaling(Spec):
 
     type: Literal["llama3"] = "llama3"
     factor: float = Field(gt=0)
-    low_freq_factor: float = Field(1.0, gt=0)
+    low_freq_factor: float = Field(1.0, gt=0)  # divides original_max_positions
     high_freq_factor: float = Field(4.0, gt=0)
     original_max_positions: int = Field(gt=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> "Llama3Scaling":
-        if self.high_freq_factor <= self.low_freq_factor:  # the ramp between them divides by the difference
-            raise ValueError(f"high_freq_factor {self.high_freq_factor} must exceed low_freq_factor "
-                             f"{self.low_freq_factor} (transformers warns; here it divides by zero)")
-        return self
 
     def scaled(self, max_seq_len: int) -> "Llama3Scaling":
         # the original length must stay below the (scaled-down) context, as transformers checks
@@ -362,8 +355,9 @@ def rope_inv_freq(spec: RopeSpec, dim: int) -> tuple[Tensor, float]:
         wavelen = 2 * math.pi / inv
         low_wavelen = s.original_max_positions / s.low_freq_factor
         high_wavelen = s.original_max_positions / s.high_freq_factor
+        # equal factors (Llama-4 Scout: 1.0, 1.0) leave no medium band: any finite ramp will do
         smooth = (s.original_max_positions / wavelen - s.low_freq_factor) / (
-            s.high_freq_factor - s.low_freq_factor
+            (s.high_freq_factor - s.low_freq_factor) or 1.0
         )
         scaled = torch.where(wavelen > low_wavelen, inv / s.factor, inv)
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
