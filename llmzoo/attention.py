@@ -206,7 +206,8 @@ class AttentionSpec(AttentionSpecBase):
     softmax_scale: float | None = Field(
         None, gt=0, le=MAX_SCALE, description="default 1/sqrt(head_dim); T5 uses 1"
     )
-    clip_qkv: float | None = Field(None, gt=0, description="clamp q, k, v to ±clip (MPT)")
+    # float32 must hold the bound (clamp refuses 1e300); MPT clips at 6-8
+    clip_qkv: float | None = Field(None, gt=0, le=1e30, description="clamp q, k, v to ±clip (MPT)")
     qk_norm: Component("norm") | None = Field(  # type: ignore[valid-type]
         None, description="norm on queries and keys before rotary (Qwen3, Gemma-3, OLMo-2)"
     )

@@ -188,6 +188,7 @@ FUZZ_FOUND = [  # config.json values that passed validation and then broke the m
      r"5 longrope factors"),
     ("mistral", {"sliding_window": 10**19}, r"window"),
     ("mpt", {"attn_config": {"alibi": True, "softmax_scale": 1.7e187}}, r"softmax_scale"),
+    ("mpt", {"attn_config": {"alibi": True, "clip_qkv": 1e300}}, r"clip_qkv"),
     ("chatglm", {"hidden_size": 72, "num_attention_heads": 4}, r"'rope_2d' needs a head dim that is a multiple of 4"),
     ("t5", {"relative_attention_num_buckets": 2}, r"num_buckets: 2 leaves no exact bucket"),
     ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0.0, "high_freq_factor": 4.0,
