@@ -14,15 +14,15 @@ from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from torch import Tensor, nn
 
 from .config import MAX_SCALE, MAX_SEQ_LEN
 from .errors import UnsupportedError
-from .norms import RMSNormSpec
+from .norms import LayerNormSpec, RMSNormSpec
 from .parallel import plan
 from .positions import apply_rope, sinusoid_table
-from .protocol import AttentionModule, AttentionSpecBase, KVLayout
+from .protocol import AttentionModule, AttentionSpecBase, KVLayout, Module
 from .registry import Component, build, register
 
 # ------------------------------------------------------------------------------------ masks
@@ -458,8 +458,30 @@ class RelativeXLAttention(AttentionModule):
 # --------------------------------------------------------------------------------- MLA
 
 
+class IndexerSpec(BaseModel):
+    """DeepSeek Sparse Attention's lightning indexer (DeepSeek-V3.2-Exp tech report, §2.1).
+
+    n_heads, head_dim: the indexer's own query heads and their (shared, one-head) key width.
+    topk: keys each query keeps (V3.2: 2048). rope_layout: how the first qk_rope_head_dim dims of
+    its query and key rotate (V3.2: halves, unlike MLA's interleaved pairs). key_norm: on its key."""
+
+    model_config = {"extra": "forbid"}
+    n_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    topk: int = Field(gt=0)
+    rope_layout: Literal["halves", "interleaved"] = "halves"
+    key_norm: Component("norm") = Field(default_factory=lambda: LayerNormSpec(eps=1e-6))  # type: ignore[valid-type]
+
+    def n_params(self, d_model: int, q_lora_rank: int) -> int:
+        h, d = self.n_heads, self.head_dim
+        return q_lora_rank * h * d + d_model * d + self.key_norm.n_params(d) + d_model * h
+
+
 class MLASpec(AttentionSpecBase):
-    """Multi-head Latent Attention (DeepSeek-V2, arXiv:2405.04434, §2.1)."""
+    """Multi-head Latent Attention (DeepSeek-V2, arXiv:2405.04434, §2.1).
+
+    indexer: DeepSeek Sparse Attention (V3.2) on top: each query attends only to the `topk` keys its
+    lightning indexer scores highest; the indexer's key (head_dim per token) is cached with MLA's."""
 
     type: Literal["mla"] = "mla"
     n_heads: int = Field(gt=0)
@@ -472,11 +494,18 @@ class MLASpec(AttentionSpecBase):
     bias: bool = Field(False, description="biases on q_a, kv_a and o (HF attention_bias); q, q_b, kv_b have none")
     window: int | None = Field(None, gt=0, le=MAX_SEQ_LEN)
     prefix_lm: bool = False
+    indexer: IndexerSpec | None = Field(None, description="DeepSeek Sparse Attention's lightning indexer")
 
     @model_validator(mode="after")
     def _check(self) -> "MLASpec":
         if self.qk_rope_head_dim % 2:
             raise ValueError(f"qk_rope_head_dim ({self.qk_rope_head_dim}) must be even for rotary pairs")
+        if self.indexer is not None:
+            if self.q_lora_rank is None:
+                raise ValueError("indexer: its queries read the q latent, so q_lora_rank must be set")
+            if self.indexer.head_dim < self.qk_rope_head_dim:
+                raise ValueError(f"indexer.head_dim ({self.indexer.head_dim}) is below qk_rope_head_dim "
+                                 f"({self.qk_rope_head_dim}), the dims it rotates")
         return self
 
     takes_score_bias: ClassVar[bool] = False  # the absorbed path attends over a latent, not per-head keys
@@ -487,9 +516,10 @@ class MLASpec(AttentionSpecBase):
 
     def kv_layout(self, latent: bool = True) -> KVLayout:
         """latent (absorbed): c_kv as a 1-head "key", the rope key as its "value"; else per-head k, v."""
+        ix = self.indexer.head_dim if self.indexer is not None else 0  # the indexer key rides with the value
         if latent:
-            return KVLayout(1, self.kv_lora_rank, self.qk_rope_head_dim)
-        return KVLayout(self.n_heads, self.qk_nope_head_dim + self.qk_rope_head_dim, self.v_head_dim)
+            return KVLayout(1, self.kv_lora_rank, self.qk_rope_head_dim + ix)
+        return KVLayout(self.n_heads, self.qk_nope_head_dim + self.qk_rope_head_dim, self.v_head_dim + ix)
 
     def kv_window(self) -> int | None:
         return self.window
@@ -511,6 +541,9 @@ class MLASpec(AttentionSpecBase):
             qk_nope_head_dim=16, qk_rope_head_dim=8, kv_lora_rank=24,
             q_lora_rank=None if self.q_lora_rank is None else 32,
             v_head_dim=16 if self.v_head_dim == self.qk_nope_head_dim else 12,  # keep v ≠ nope where it was
+            # top-8 of the keys: below any test sequence (≥ 12 tokens), so selection really drops keys
+            indexer=None if self.indexer is None else self.indexer.model_copy(
+                update={"n_heads": 4, "head_dim": 16, "topk": min(self.indexer.topk, 8)}).model_dump(),
         )
 
     def n_params(self, d_model: int) -> int:
@@ -525,7 +558,64 @@ class MLASpec(AttentionSpecBase):
         kv_norm = self.latent_norm.n_params(self.kv_lora_rank)
         kv_b = self.kv_lora_rank * h * (self.qk_nope_head_dim + self.v_head_dim)
         o = h * self.v_head_dim * d_model + b * d_model
-        return q + kv_a + kv_norm + kv_b + o
+        ix = self.indexer.n_params(d_model, self.q_lora_rank) if self.indexer is not None else 0
+        return q + kv_a + kv_norm + kv_b + o + ix
+
+
+class LightningIndexer(Module):
+    """DSA's lightning indexer (DeepSeek-V3.2-Exp report, eq. 1): I(t, s) = Σ_j w_j(t) ReLU(q_j(t)·k(s)).
+
+    q_j from the MLA query latent (c_q), k one shared key per token (normed), w_j from the hidden
+    state; scores scaled by head_dim^-1/2 and the weights by n_heads^-1/2. `select` turns the scores
+    into a mask keeping each query's `topk` best allowed keys."""
+
+    def __init__(self, spec: IndexerSpec, d_model: int, q_lora_rank: int, rope_dims: int):
+        super().__init__()
+        self.spec, self.rope_dims = spec, rope_dims
+        self.q = nn.Linear(q_lora_rank, spec.n_heads * spec.head_dim, bias=False)
+        self.k = nn.Linear(d_model, spec.head_dim, bias=False)
+        self.k_norm = build("norm", spec.key_norm, spec.head_dim)
+        self.weights = nn.Linear(d_model, spec.n_heads, bias=False)
+
+    def _rotate(self, x: Tensor, ctx: Context, layer: int) -> Tensor:
+        rope = ctx.rotary(layer)
+        if rope is None:
+            return x
+        cos, sin = (relayout_rope(t, ctx.rope_layout, self.spec.rope_layout) for t in rope)
+        return apply_rope(x, cos, sin, self.spec.rope_layout)
+
+    def key(self, x: Tensor, ctx: Context, layer: int) -> Tensor:
+        """(B, 1, T, head_dim): the rotated, normed indexer key of each token (what a cache keeps)."""
+        return self._rotate(self.k_norm(self.k(x))[:, None], ctx, layer)
+
+    def select(self, x: Tensor, q_latent: Tensor, keys: Tensor, allowed: Tensor, ctx: Context, layer: int) -> Tensor:
+        """allowed (B or 1, 1, T, S) bool → the same restricted to each query's top-k keys by index score."""
+        B, T, _ = x.shape
+        s = self.spec
+        q = self.q(q_latent).view(B, T, s.n_heads, s.head_dim).transpose(1, 2)  # (B, Hi, T, Di)
+        q = self._rotate(q, ctx, layer)
+        scores = torch.relu(torch.matmul(q.float(), keys.float().transpose(-1, -2)) * s.head_dim**-0.5)  # (B, Hi, T, S)
+        w = self.weights(x).float() * s.n_heads**-0.5  # (B, T, Hi)
+        index = torch.einsum("bth,bhts->bts", w, scores)  # (B, T, S)
+        index = index.masked_fill(~allowed[:, 0], float("-inf"))
+        top = index.topk(min(s.topk, index.shape[-1]), dim=-1).indices
+        keep = torch.zeros_like(index, dtype=torch.bool).scatter(-1, top, True)
+        return allowed & keep[:, None]  # (B, 1, T, S)
+
+
+def relayout_rope(t: Tensor, src: str, dst: str) -> Tensor:
+    """A cos or sin table (…, R) built for rotary layout `src`, rewritten for layout `dst`."""
+    if src == dst:
+        return t
+    half = t[..., 0::2] if src == "interleaved" else t[..., : t.shape[-1] // 2]  # one entry per frequency
+    return torch.cat([half, half], dim=-1) if dst == "halves" else half.repeat_interleave(2, dim=-1)
+
+
+def allowed_slots(mask: Tensor | None, T: int, S: int, device) -> Tensor:
+    """An SDPA attn_mask (None: plain causal) as a bool (·, 1, T, S) of the slots a query may see."""
+    if mask is None:
+        return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)[None, None]
+    return mask if mask.dtype == torch.bool else mask > float("-inf")
 
 
 @register("attention", "mla", MLASpec)
@@ -554,11 +644,35 @@ class MLAttention(AttentionModule):
         self.o = nn.Linear(h * spec.v_head_dim, d_model, bias=spec.bias)
         self.scale = qk**-0.5 * scale_mult
         self.window = spec.window
+        self.indexer = None if spec.indexer is None else LightningIndexer(
+            spec.indexer, d_model, spec.q_lora_rank, spec.qk_rope_head_dim)
 
-    def query(self, x: Tensor) -> Tensor:
+    def query_latent(self, x: Tensor) -> Tensor:
+        return self.q_norm(self.q_a(x))
+
+    def query(self, x: Tensor, latent: Tensor | None = None) -> Tensor:
         if self.spec.q_lora_rank is None:
             return self.q(x)
-        return self.q_b(self.q_norm(self.q_a(x)))
+        return self.q_b(self.query_latent(x) if latent is None else latent)
+
+    def _cache(self, ctx: Context, k: Tensor, v: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Append this step's (k, v) and, with an indexer, its key (stored after v's dims) to the cache;
+        returns k, v and the indexer keys (B, 1, S, head_dim) of every key slot."""
+        ik = self.indexer.key(x, ctx, self.layer) if self.indexer is not None else None
+        if ik is not None:
+            v = torch.cat([v, ik.expand(-1, v.shape[1], -1, -1)], dim=-1)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer, k, v)
+        if ik is not None:
+            v, ik = v[..., : -ik.shape[-1]], v[:, :1, :, -ik.shape[-1]:]
+        return k, v, ik
+
+    def _mask(self, x: Tensor, ctx: Context, q_latent: Tensor | None, ik: Tensor | None, S: int) -> Tensor | None:
+        mask = ctx.mask(self.window)
+        if self.indexer is None:
+            return mask
+        allowed = allowed_slots(mask, x.shape[1], S, x.device)
+        return self.indexer.select(x, q_latent, ik, allowed, ctx, self.layer)
 
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan (llmzoo.parallel): the per-head up-projections (q or q_b, kv_b) column-
@@ -578,7 +692,8 @@ class MLAttention(AttentionModule):
             return self.absorbed(x, ctx)
         s = self.spec
         B, T, _ = x.shape
-        q = self.query(x).view(B, T, -1, self.qk_dim).transpose(1, 2)  # (B, H, T, nope+rope)
+        q_latent = self.query_latent(x) if s.q_lora_rank is not None else None
+        q = self.query(x, q_latent).view(B, T, -1, self.qk_dim).transpose(1, 2)  # (B, H, T, nope+rope)
         q_nope, q_pe = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
         c_kv, k_pe = self.kv_a(x).split([s.kv_lora_rank, s.qk_rope_head_dim], dim=-1)
         k_pe = k_pe[:, None]  # (B, 1, T, rope): one rotary key shared by all heads
@@ -588,9 +703,8 @@ class MLAttention(AttentionModule):
         k_nope, v = kv.split([s.qk_nope_head_dim, s.v_head_dim], dim=-1)  # (B, H, T, ·)
         q = torch.cat([q_nope, q_pe], dim=-1)
         k = torch.cat([k_nope, k_pe.expand(-1, q.shape[1], -1, -1)], dim=-1)
-        if ctx.cache is not None:
-            k, v = ctx.cache.update(self.layer, k, v)
-        y = sdpa(q, k, v, ctx.mask(self.window), self.scale)  # (B, H, T, v_head_dim)
+        k, v, ik = self._cache(ctx, k, v, x)
+        y = sdpa(q, k, v, self._mask(x, ctx, q_latent, ik, k.shape[2]), self.scale)  # (B, H, T, v_head_dim)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
     def compress(self, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
@@ -612,20 +726,26 @@ class MLAttention(AttentionModule):
         it is computed from x and, if ctx.cache is set, appended to the cache via cache.update."""
         s = self.spec
         B, T, _ = x.shape
-        q = self.query(x).view(B, T, self.n_heads, self.qk_dim).transpose(1, 2)  # (B, H, T, nope+rope)
+        q_latent = self.query_latent(x) if s.q_lora_rank is not None else None
+        q = self.query(x, q_latent).view(B, T, self.n_heads, self.qk_dim).transpose(1, 2)  # (B, H, T, nope+rope)
         q_nope, q_pe = q.split([s.qk_nope_head_dim, s.qk_rope_head_dim], dim=-1)
         if ctx.rotary(self.layer) is not None:
             q_pe = ctx.rope_apply(q_pe, self.layer)
         if latent is None:
-            latent = self.compress(x, ctx)
-            if ctx.cache is not None:
-                latent = ctx.cache.update(self.layer, *latent)
-        c_kv, k_pe = latent  # (B, 1, S, r), (B, 1, S, rope)
+            c_kv, k_pe, ik = self._cache(ctx, *self.compress(x, ctx), x)
+        else:
+            c_kv, k_pe = latent
+            ik = self.indexer.key(x, ctx, self.layer) if self.indexer is not None else None
+            if ik is not None and ik.shape[2] != c_kv.shape[2]:
+                raise UnsupportedError(f"blocks.{self.layer}.attn.indexer: latent= of {c_kv.shape[2]} key slots "
+                                       f"lacks their indexer keys (pass it through ctx.cache instead)")
+        # (B, 1, S, r), (B, 1, S, rope)
         w = self.kv_b.weight.view(self.n_heads, s.qk_nope_head_dim + s.v_head_dim, s.kv_lora_rank)
         w_uk, w_uv = w.split([s.qk_nope_head_dim, s.v_head_dim], dim=1)  # (H, nope, r), (H, v, r)
         q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)  # (B, H, T, r)
         y_lat = sdpa(  # one shared "head" of keys [c_kv ; k_pe] and values c_kv
-            torch.cat([q_lat, q_pe], dim=-1), torch.cat([c_kv, k_pe], dim=-1), c_kv, ctx.mask(self.window), self.scale
+            torch.cat([q_lat, q_pe], dim=-1), torch.cat([c_kv, k_pe], dim=-1), c_kv,
+            self._mask(x, ctx, q_latent, ik, c_kv.shape[2]), self.scale,
         )  # (B, H, T, r)
         y = torch.einsum("bhtr,hvr->bthv", y_lat, w_uv)  # (B, T, H, v_head_dim)
         return self.o(y.reshape(B, T, self.n_heads * s.v_head_dim))

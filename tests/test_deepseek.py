@@ -24,7 +24,7 @@ def variant(model_type: str, **changes) -> dict:
 
 # the DeepSeek / Mixtral rows of the one variant table (tests/variants.py)
 CASES = {name: (model_type, variant(model_type, **changes)) for name, (model_type, changes) in VARIANTS.items()
-         if model_type in ("deepseek_v2", "deepseek_v3", "mixtral")}
+         if model_type in ("deepseek_v2", "deepseek_v3", "deepseek_v32", "mixtral")}
 
 
 def loud_reference(model_type: str, hf: dict, seed: int = 0) -> torch.nn.Module:
@@ -78,6 +78,8 @@ def test_logits_match_transformers(case, tmp_path):
         moe = [b.mlp for b in cfg.blocks if b.mlp.type == "moe"]
         assert moe and all(m.top_k < m.n_experts and m.n_shared_experts > 0 for m in moe)
         assert cfg.blocks[0].mlp.type == "glu"
+    if model_type == "deepseek_v32":  # sparse attention really drops keys: every topk < the 20 tokens
+        assert all(b.attention.indexer.topk < ids.shape[1] for b in cfg.blocks)
         if moe[0].n_groups > 1:
             assert group_exclusions(ours) > 0  # the group limit changed real routing decisions
 
@@ -361,3 +363,21 @@ def test_hub_config_reads_as_the_zoo_entry(name):
     hf = HUB[name]
     ours = get_adapter(hf["model_type"]).to_config(hf)
     assert config_diff(llmzoo.get_config(name), ours) == []
+
+
+def test_dsa_selection_changes_the_logits(tmp_path):
+    """DeepSeek-V3.2's indexer top-k is what makes the logits match: keeping every key (topk ≥ the
+    sequence) on the same weights misses the reference by far more than the 1e-4 bound, and the
+    indexer's key rides in the latent cache (kv_cache_bytes: kv_lora_rank + rope + index_head_dim)."""
+    hf = get_adapter("deepseek_v32").tiny_hf_config()
+    ref = loud_reference("deepseek_v32", hf)
+    save_sharded(ref, tmp_path)
+    ours = from_pretrained(tmp_path)
+    ids, mask = make_batch(hf["vocab_size"], seq_len=20, pad=6)
+    rules = get_adapter("deepseek_v32").rules(ours.config)
+    assert compare(ours, ref, rules, ids, mask).max_abs <= 1e-4
+    for blk in ours.blocks:
+        blk.attn.indexer.spec = blk.attn.indexer.spec.model_copy(update={"topk": 64})
+    assert compare(ours, ref, rules, ids, mask).max_abs > 1e-2
+    per_token = sum(hf[k] for k in ("kv_lora_rank", "qk_rope_head_dim", "index_head_dim")) * hf["num_hidden_layers"]
+    assert llmzoo.kv_cache_bytes(ours.config, 10, dtype="float32") == per_token * 10 * 4

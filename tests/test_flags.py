@@ -123,6 +123,18 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
                            "mscale": 1.0, "mscale_all_dim": 1.0}}, None),  # DeepSeek-V3's own values
     ],
+    "deepseek_v32": [
+        ({"index_topk": 2}, None),
+        ({"index_n_heads": 2, "index_head_dim": 8}, None),  # head_dim = qk_rope_head_dim: all rotated
+        ({"mlp_layer_types": ["sparse", "dense", "sparse"]}, None),
+        ({"first_k_dense_replace": 2, "mlp_layer_types": None}, None),
+        ({"norm_topk_prob": False}, None),
+        ({"n_group": 1, "topk_group": 1}, None),
+        ({"attention_bias": True}, None),
+        ({"routed_scaling_factor": 1.0}, None),
+        ({"hidden_act": "gelu"}, None),
+        ({"mlp_bias": True}, None),  # read by no V3.2 module (the MLPs have no bias)
+    ],
     "gpt_oss": [
         ({"layer_types": ["full_attention"] * 3}, None),
         ({"swiglu_limit": 3.0}, None),

@@ -61,10 +61,16 @@ VARIANTS = {
 }
 
 
+# DeepSeek-V3.2's top-k key selection flips on near-tied index scores: on loud tiny weights
+# transformers' own cached generate and its uncached greedy part at step 14 of 32 (measured), so the
+# token-exact check runs with top-k ≥ every length here; tests/test_deepseek.py proves the selection.
+BASE = {"deepseek_v32": {"index_topk": 64}}
+
+
 def hf_cases() -> list:
     cases = []
     for t in hf_types():
-        cases.append(pytest.param(t, {}, id=t))
+        cases.append(pytest.param(t, BASE.get(t, {}), id=t))
         cases += [pytest.param(t, v, id=f"{t}-variant{i}") for i, v in enumerate(VARIANTS.get(t, []))]
     return cases
 

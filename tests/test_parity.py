@@ -37,9 +37,16 @@ def test_logits_match_reference_fp32(model_type, tiny_checkpoint):
 
 # bf16 bound: llmzoo.parity.TOLERANCES (nmse of the logits, greedy tokens in each other's top-5);
 # fp32 above is the exact check.
+# DeepSeek-V3.2's top-k key selection is discrete: in bf16 near-tied index scores flip, and
+# transformers' own bf16 run is then nmse 0.09-0.15 from its fp32 run (measured, seeds 1-3), above any
+# dtype-robust bound. The bf16 check runs with top-k ≥ the sequence (every other path in bf16); the
+# fp32 checks above prove the selection itself.
+BF16_OVERRIDES = {"deepseek_v32": {"index_topk": 64}}
+
+
 @pytest.mark.parametrize("model_type", TYPES)
 def test_logits_match_reference_bf16(model_type, tiny_checkpoint):
-    folder, ref = tiny_checkpoint(model_type)
+    folder, ref = tiny_checkpoint(model_type, overrides=BF16_OVERRIDES.get(model_type))
     report = parity(folder, "bfloat16", reference=ref, seed=2)
     assert report.dtype == "bfloat16"
     assert report.passed, str(report)

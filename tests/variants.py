@@ -71,5 +71,9 @@ VARIANTS = {
     "v3-q_full-halves": ("deepseek_v3", dict(
         q_lora_rank=None, rope_interleave=False, first_k_dense_replace=2, num_hidden_layers=4,
         tie_word_embeddings=True, rope_scaling={**YARN, "mscale": 0.707, "mscale_all_dim": 0.707})),
+    # V3.2: DeepSeek Sparse Attention, each query keeps its indexer's top-6 of up to 20 keys
+    "v32-dsa-top6": ("deepseek_v32", {}),
+    # V3.2: top-3, a dense layer between MoE ones (mlp_layer_types), halves-rope indexer keys
+    "v32-dsa-top3-mlp-types": ("deepseek_v32", {"index_topk": 3, "mlp_layer_types": ["dense", "sparse", "dense"]}),
     "mixtral": ("mixtral", {}),
 }

@@ -29,6 +29,14 @@ from . import register_adapter
 from .adapter import HF_ACTIVATION, Adapter, activation_name, config_base, config_json_base, require, rope_from_hf, rope_to_hf
 from .rules import IGNORE, Pattern, Rule, Split, StackExperts
 
+# DeepSeek-V3.2's lightning indexer (DSA); V3.2 checkpoints store it in every main and MTP layer
+INDEXER = [
+    Rule("model.layers.{i}.self_attn.indexer.wq_b.weight",             "blocks.{i}.attn.indexer.q.weight"),
+    Rule("model.layers.{i}.self_attn.indexer.wk.weight",               "blocks.{i}.attn.indexer.k.weight"),
+    Rule("model.layers.{i}.self_attn.indexer.k_norm.{weight,bias}",    "blocks.{i}.attn.indexer.k_norm.{weight,bias}"),
+    Rule("model.layers.{i}.self_attn.indexer.weights_proj.weight",     "blocks.{i}.attn.indexer.weights.weight"),
+]
+
 ATTENTION = [  # hf tensor                                             llmzoo tensor
     Rule("model.layers.{i}.self_attn.q_proj.weight",                   "blocks.{i}.attn.q.weight"),
     Rule("model.layers.{i}.self_attn.q_a_proj.weight",                 "blocks.{i}.attn.q_a.weight"),
@@ -125,19 +133,20 @@ def main_layers(rule: Rule, n_layers: int) -> Rule:
     return out
 
 
-def deepseek_rules(config: ModelConfig, version: int) -> list[Rule]:
+def deepseek_rules(config: ModelConfig, version: int, indexer: bool = False) -> list[Rule]:
     head = [Rule("lm_head.weight", IGNORE if config.head.tied else "head.weight")]
     if version == 2:
         return TOP + head + ATTENTION + MLP
     # V3 checkpoints carry num_nextn_predict_layers (1) MTP layers after the main ones
     n_mtp = max(1, config.mtp.n_layers if config.mtp else 0)
-    return TOP + head + [main_layers(r, config.n_layers) for r in ATTENTION + MLP] + mtp_rules(config, n_mtp)
+    layer = ATTENTION + (INDEXER if indexer else []) + MLP
+    return TOP + head + [main_layers(r, config.n_layers) for r in layer] + mtp_rules(config, n_mtp, layer)
 
 
 # ------------------------------------------------------------------------------ config.json
 
 
-def deepseek_config(hf: dict[str, Any], version: int) -> ModelConfig:
+def deepseek_config(hf: dict[str, Any], version: int, indexer: bool = False) -> ModelConfig:
     d = int(require(hf, "hidden_size"))
     n_layers = int(require(hf, "num_hidden_layers"))
     eps = float(hf.get("rms_norm_eps", 1e-6))
@@ -147,7 +156,8 @@ def deepseek_config(hf: dict[str, Any], version: int) -> ModelConfig:
     position = rope_from_hf(hf)
     if "scaling" in position and position["scaling"]["type"] == "yarn":  # DeepseekV2/V3Attention's temperature
         position["scaling"]["mscale_softmax"] = True
-    interleaved = version == 2 or bool(hf.get("rope_interleave", True))
+    # V3.2 (indexer): transformers' DeepseekV32Attention always rotates interleaved pairs
+    interleaved = version == 2 or indexer or bool(hf.get("rope_interleave", True))
     position["layout"] = "interleaved" if interleaved else "halves"
     q_lora = hf.get("q_lora_rank")
     attention = {
@@ -157,13 +167,30 @@ def deepseek_config(hf: dict[str, Any], version: int) -> ModelConfig:
         "qk_rope_head_dim": int(require(hf, "qk_rope_head_dim")), "v_head_dim": int(require(hf, "v_head_dim")),
         "latent_norm": {"type": "rmsnorm", "eps": 1e-6}, "bias": bool(hf.get("attention_bias", False)),
     }
+    if indexer:  # DeepSeek Sparse Attention: transformers' DeepseekV32Indexer (LayerNorm key, eps 1e-6)
+        if not q_lora:
+            raise ValueError("q_lora_rank: deepseek_v32's indexer reads the q latent, so it must be set")
+        kinds = set(hf.get("layer_types") or ["indexed_attention"])
+        if kinds != {"indexed_attention"}:
+            raise ValueError(f"layer_types {sorted(kinds)}: deepseek_v32 layers are all 'indexed_attention'")
+        attention["indexer"] = {
+            "n_heads": int(hf.get("index_n_heads", 64)), "head_dim": int(hf.get("index_head_dim", 128)),
+            "topk": int(hf.get("index_topk", 2048)), "rope_layout": "halves",
+            "key_norm": {"type": "layernorm", "eps": 1e-6},
+        }
     act = activation_name(hf.get("hidden_act", "silu"))
     mlp_bias = bool(hf.get("mlp_bias", False)) if version == 2 else False
     dense = {"type": "glu", "activation": act, "d_ff": int(require(hf, "intermediate_size")), "bias": mlp_bias}
     n_dense = min(int(hf.get("first_k_dense_replace") or 0), n_layers)
+    dense_layers = list(range(n_dense))
+    if indexer and hf.get("mlp_layer_types") is not None:  # V3.2: per-layer 'dense' / 'sparse'
+        types = list(hf["mlp_layer_types"])
+        if len(types) != n_layers or set(types) - {"dense", "sparse"}:
+            raise ValueError(f"mlp_layer_types {types}: need {n_layers} entries of 'dense' / 'sparse'")
+        dense_layers = [i for i, t in enumerate(types) if t == "dense"]
     n_experts = hf.get("n_routed_experts")
     overrides: list[dict] = []
-    if n_experts and n_dense < n_layers:
+    if n_experts and len(dense_layers) < n_layers:
         if version == 2:
             grouped = hf.get("topk_method", "greedy") == "group_limited_greedy"
             if hf.get("topk_method", "greedy") not in ("greedy", "group_limited_greedy"):
@@ -183,12 +210,14 @@ def deepseek_config(hf: dict[str, Any], version: int) -> ModelConfig:
             "topk_groups": int(hf.get("topk_group") or 1) if grouped else 1,
             "routed_scale": float(hf.get("routed_scaling_factor", 1.0)), **routing,
         }
-        if n_dense:
-            overrides.append({"layers": f"0:{n_dense}", "block": {"mlp": dense}})
+        if dense_layers == list(range(len(dense_layers))) and dense_layers:
+            overrides.append({"layers": f"0:{len(dense_layers)}", "block": {"mlp": dense}})
+        else:
+            overrides += [{"layers": f"{i}:{i + 1}", "block": {"mlp": dense}} for i in dense_layers]
     else:
         mlp = dense
     config = {
-        **config_base(hf, f"deepseek-v{version}", tied=False),
+        **config_base(hf, "deepseek-v3.2" if indexer else f"deepseek-v{version}", tied=False),
         "d_model": d,
         "n_layers": n_layers,
         "max_seq_len": int(hf.get("max_position_embeddings", 4096)),
@@ -227,7 +256,16 @@ def deepseek_hf(config: ModelConfig, version: int) -> dict[str, Any]:
         "first_k_dense_replace": n_dense,
         **rope_to_hf(config.position),
     }
-    if version == 3:
+    if a.indexer is not None:
+        ix = a.indexer
+        if (ix.rope_layout, ix.key_norm.type, config.position.layout) != ("halves", "layernorm", "interleaved"):
+            raise ValueError("block.attention.indexer: deepseek_v32 needs rope_layout 'halves', a layernorm key_norm "
+                             "and position.layout 'interleaved'")
+        out["architectures"] = ["DeepseekV32ForCausalLM"]
+        out.update({"index_n_heads": ix.n_heads, "index_head_dim": ix.head_dim, "index_topk": ix.topk,
+                    "mlp_layer_types": ["sparse" if blk.mlp.type == "moe" else "dense" for blk in config.blocks]})
+        out.pop("first_k_dense_replace")
+    elif version == 3:
         out["rope_interleave"] = config.position.layout == "interleaved"
         out["num_nextn_predict_layers"] = config.mtp.n_layers if config.mtp else 0
     else:
@@ -241,7 +279,7 @@ def deepseek_hf(config: ModelConfig, version: int) -> dict[str, Any]:
         })
         if version == 2:
             out["topk_method"] = "group_limited_greedy" if moe.n_groups > 1 else "greedy"
-        else:
+        elif a.indexer is None:
             out["topk_method"] = "noaux_tc"
             out["scoring_func"] = "sigmoid"
     return out
@@ -249,14 +287,16 @@ def deepseek_hf(config: ModelConfig, version: int) -> dict[str, Any]:
 
 class _DeepSeek(Adapter):
     version = 2
+    indexer = False  # DeepSeek-V3.2's sparse attention
+
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
-        return deepseek_config(hf, self.version)
+        return deepseek_config(hf, self.version, self.indexer)
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         return deepseek_hf(config, self.version)
 
     def rules(self, config: ModelConfig) -> list[Rule]:
-        return deepseek_rules(config, self.version)
+        return deepseek_rules(config, self.version, self.indexer)
 
 
 @register_adapter
@@ -302,3 +342,19 @@ class DeepseekV3Adapter(_DeepSeek):
             "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
                              "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.8},
         }
+
+
+@register_adapter
+class DeepseekV32Adapter(_DeepSeek):
+    """DeepSeek-V3.2(-Exp): V3 with DeepSeek Sparse Attention (the lightning indexer on every MLA layer)."""
+
+    model_type = "deepseek_v32"
+    families = ("deepseek-v3.2",)
+    version = 3
+    indexer = True
+
+    def tiny_hf_config(self) -> dict[str, Any]:
+        hf = {k: v for k, v in DeepseekV3Adapter().tiny_hf_config().items()
+              if k not in ("rope_interleave", "num_nextn_predict_layers")}
+        # top-6 of 4-head, 16-dim indexer keys: below the 20-token test batch, so selection drops keys
+        return {**hf, "model_type": "deepseek_v32", "index_n_heads": 4, "index_head_dim": 16, "index_topk": 6}
