@@ -598,7 +598,7 @@ class LightningIndexer(Module):
         w = self.weights(x).float() * s.n_heads**-0.5  # (B, T, Hi)
         index = torch.einsum("bth,bhts->bts", w, scores)  # (B, T, S)
         index = index.masked_fill(~allowed[:, 0], float("-inf"))
-        top = index.topk(min(s.topk, index.shape[-1]), dim=-1).indices
+        top = index.topk(min(s.topk, index.shape[-1]), dim=-1).indices  # as transformers: ties unspecified
         keep = torch.zeros_like(index, dtype=torch.bool).scatter(-1, top, True)
         return allowed & keep[:, None]  # (B, 1, T, S)
 
