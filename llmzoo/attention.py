@@ -588,8 +588,8 @@ class LightningIndexer(Module):
         """(B, 1, T, head_dim): the rotated, normed indexer key of each token (what a cache keeps)."""
         return self._rotate(self.k_norm(self.k(x))[:, None], ctx, layer)
 
-    def select(self, x: Tensor, q_latent: Tensor, keys: Tensor, allowed: Tensor, ctx: Context, layer: int) -> Tensor:
-        """allowed (B or 1, 1, T, S) bool → the same restricted to each query's top-k keys by index score."""
+    def forward(self, x: Tensor, q_latent: Tensor, keys: Tensor, allowed: Tensor, ctx: Context, layer: int) -> Tensor:
+        """(B, T, S) index scores I(t, s) in float32; -inf where `allowed` (B or 1, 1, T, S) is False."""
         B, T, _ = x.shape
         s = self.spec
         q = self.q(q_latent).view(B, T, s.n_heads, s.head_dim).transpose(1, 2)  # (B, Hi, T, Di)
@@ -597,8 +597,16 @@ class LightningIndexer(Module):
         scores = torch.relu(torch.matmul(q.float(), keys.float().transpose(-1, -2)) * s.head_dim**-0.5)  # (B, Hi, T, S)
         w = self.weights(x).float() * s.n_heads**-0.5  # (B, T, Hi)
         index = torch.einsum("bth,bhts->bts", w, scores)  # (B, T, S)
-        index = index.masked_fill(~allowed[:, 0], float("-inf"))
-        top = index.topk(min(s.topk, index.shape[-1]), dim=-1).indices  # as transformers: ties unspecified
+        return index.masked_fill(~allowed[:, 0], float("-inf"))
+
+    def select(self, x: Tensor, q_latent: Tensor, keys: Tensor, allowed: Tensor, ctx: Context, layer: int) -> Tensor:
+        """allowed (B or 1, 1, T, S) bool → the same restricted to each query's top-k keys by index score.
+
+        A key whose every head is ReLU'd to 0 scores exactly 0, so keys can tie at the top-k boundary;
+        torch.topk (as transformers' DeepseekV32Indexer) then picks among them in an order that depends
+        on the row's length, so a cached decode and a full forward may keep different keys there."""
+        index = self(x, q_latent, keys, allowed, ctx, layer)  # (B, T, S)
+        top = index.topk(min(self.spec.topk, index.shape[-1]), dim=-1).indices
         keep = torch.zeros_like(index, dtype=torch.bool).scatter(-1, top, True)
         return allowed & keep[:, None]  # (B, 1, T, S)
 

@@ -10,6 +10,7 @@ import torch
 
 import llmzoo
 from llmzoo.cache import StaticCache
+from llmzoo.config import ModelConfig, deep_merge
 from llmzoo.model import CausalLM
 from llmzoo.parity import loud_init_
 
@@ -137,26 +138,71 @@ def one_per_family() -> list[str]:
     return sorted(firsts.values())
 
 
+# Changes made to a scaled-down zoo entry (on the validated config) before a test builds it.
+# DeepSeek-V3.2's indexer keeps every key of the 24-slot cache and of each test sequence: its top-k
+# is otherwise ambiguous where index scores tie (see test_dsa_cache_selects_the_keys_the_full_forward_does).
+TINY_CHANGES = {"deepseek-v3.2": {"block": {"attention": {"indexer": {"topk": 24}}}}}
+
+
+def tiny_zoo(name: str) -> torch.nn.Module:
+    """The zoo entry `name` scaled down (preset tiny), with its TINY_CHANGES, built."""
+    config = llmzoo.scale_down(name, "tiny")
+    if name in TINY_CHANGES:
+        config = ModelConfig.model_validate(deep_merge(config.to_dict(), TINY_CHANGES[name]))
+    return llmzoo.build(config)
+
+
 @pytest.mark.parametrize("name", one_per_family())
 def test_zoo_incremental_equals_full_forward(name):
-    config = llmzoo.get_config(name)
-    attn = config.block.attention
-    if getattr(attn, "indexer", None) is not None:
-        # DSA's top-k: ReLU'd index scores tie exactly (0.0) and torch.topk breaks ties differently
-        # over a 24-slot cache than over 20 keys (transformers too: its cached generate and uncached
-        # greedy part ways). The cache path is checked here with top-k ≥ the cache; the selection by
-        # tests/test_deepseek.py and test_parity.py against transformers.
-        ix = attn.indexer.model_copy(update={"topk": 24})
-        config = config.model_copy(update={"block": config.block.model_copy(
-            update={"attention": attn.model_copy(update={"indexer": ix})})})
-        model = llmzoo.build(config, scale="tiny")
-        for blk in model.blocks:
-            blk.attn.indexer.spec = blk.attn.indexer.spec.model_copy(update={"topk": 24})
-    else:
-        model = llmzoo.build(name, scale="tiny")
+    model = tiny_zoo(name)
     if not isinstance(model, CausalLM):
         pytest.skip(f"{name} builds a {type(model).__name__}, not a decoder-only CausalLM")
     check_incremental(loud(model))
+
+
+def dsa(indexer: dict) -> ModelConfig:
+    """Tiny DeepSeek-V3.2 (scaled down: top-8 of 20 keys) with `indexer` fields changed."""
+    config = llmzoo.scale_down("deepseek-v3.2", "tiny")
+    return ModelConfig.model_validate(deep_merge(config.to_dict(), {"block": {"attention": {"indexer": indexer}}}))
+
+
+def boundary_gaps(model: CausalLM) -> list[torch.Tensor]:
+    """Hooks that collect, per indexer call, each query's gap between its k-th and (k+1)-th allowed
+    index score (queries with ≤ k allowed keys have no boundary and are left out)."""
+    gaps: list[torch.Tensor] = []
+
+    def hook(module, args, index):
+        k = module.spec.topk
+        if index.shape[-1] > k:
+            top = index.topk(k + 1, dim=-1).values  # (B, T, k+1)
+            real = top[..., k] > float("-inf")
+            gaps.append((top[..., k - 1] - top[..., k])[real])
+
+    for blk in model.blocks:
+        blk.attn.indexer.register_forward_hook(hook)
+    return gaps
+
+
+@pytest.mark.parametrize("n_heads", [4, 32])
+def test_dsa_cache_selects_the_keys_the_full_forward_does(n_heads):
+    """Top-k below the sequence (8 of 20): a key whose every indexer head is ReLU'd to 0 scores exactly
+    0.0, so with 4 heads (the tiny scale) keys tie at the top-k boundary, and torch.topk's choice among
+    them depends on the row's length (20 keys in the full forward, 24 cache slots when decoding;
+    transformers' DeepseekV32Indexer the same). With 32 heads no key is zeroed in every head, no
+    boundary ties, and the cached decode selects the keys the full forward does."""
+    model = loud(llmzoo.build(dsa({"n_heads": n_heads})))
+    assert model.config.block.attention.indexer.topk == 8
+    gaps = boundary_gaps(model)
+    ids, mask = batch(model.config.vocab_size)
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+    gap = torch.cat(gaps)
+    assert gap.numel() > 0  # the selection really drops keys
+    if n_heads == 4:
+        assert (gap == 0).any()  # exact ties (both 0.0) at the boundary: the selection is ambiguous there
+    else:
+        assert gap.min() > 1e-4  # no tie, nor a near one float rounding could flip
+        check_incremental(model)
 
 
 @pytest.mark.parametrize("kind", ["mla", "mla-full-rank-q"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import llmzoo
+from llmzoo.config import ModelConfig, deep_merge
 from llmzoo.hf import get_adapter
 from llmzoo.hf.loader import from_pretrained
 from llmzoo.moe import MoE
@@ -377,8 +378,11 @@ def test_dsa_selection_changes_the_logits(tmp_path):
     ids, mask = make_batch(hf["vocab_size"], seq_len=20, pad=6)
     rules = get_adapter("deepseek_v32").rules(ours.config)
     assert compare(ours, ref, rules, ids, mask).max_abs <= 1e-4
-    for blk in ours.blocks:
-        blk.attn.indexer.spec = blk.attn.indexer.spec.model_copy(update={"topk": 64})
-    assert compare(ours, ref, rules, ids, mask).max_abs > 1e-2
+    every_key = ModelConfig.model_validate(deep_merge(ours.config.to_dict(),
+                                                      {"block": {"attention": {"indexer": {"topk": 64}}}}))
+    assert {b.attention.indexer.topk for b in every_key.blocks} == {64}
+    dense = llmzoo.build(every_key)
+    dense.load_state_dict(ours.state_dict())
+    assert compare(dense.eval(), ref, rules, ids, mask).max_abs > 1e-2
     per_token = sum(hf[k] for k in ("kv_lora_rank", "qk_rope_head_dim", "index_head_dim")) * hf["num_hidden_layers"]
     assert llmzoo.kv_cache_bytes(ours.config, 10, dtype="float32") == per_token * 10 * 4
