@@ -265,6 +265,7 @@ class ParityReport:
     scale: float = float("nan")  # max |reference logits| at the real tokens: loud weights make it ≫ 1
     reference: str = "transformers"  # what the logits were compared against
     tolerance_rule: str = ""  # where the bound came from, e.g. "bfloat16, routed"
+    note: str = ""  # how the row's tiny checkpoint differs from tiny_hf_config(), and why (verify's footer)
 
     def __str__(self) -> str:
         gated = "" if tolerance_for(getattr(torch, self.dtype, torch.float32))["gate_max_abs"] else ", reported"
@@ -469,6 +470,7 @@ def tolerance_notes(reports: list[ParityReport]) -> list[str]:
     if any(r.routed for r in reports):
         lines.append(f"why *: {ROUTED_REASON}")
     lines += [f"{r.model_type}: {r.tolerance_rule}" for r in reports if r.tolerance_rule and "TOLERANCES" not in r.tolerance_rule]
+    lines += [f"{r.model_type}: {r.note}" for r in reports if r.note]
     return lines
 
 
@@ -545,22 +547,24 @@ def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "fl
         pass
     tol = tolerance_for(resolve_dtype(dtype))
     routed = tolerance_for(resolve_dtype(dtype), routed=True)
+    half = resolve_dtype(dtype) != torch.float32
     bound = "≤" if tol["gate_max_abs"] else "rep"  # max|Δ| gates at float32 only (see TOLERANCES)
     print(f"tolerances ({dtype}, llmzoo.parity.TOLERANCES): max|Δ| {'gates' if tol['gate_max_abs'] else 'reported only'}; "
           f"nmse ≤ {tol['nmse']:.0e} (routed* {routed['nmse']:.0e}); greedy tokens in each other's "
           f"top-{tol['top_k']} at ≥ {tol['min_top_k']:.0%} of positions (routed* {routed['min_top_k']:.0%})", file=file)
-    print(f"{'model_type':<12} {'dtype':<9} {'max|Δlogits|':>13} {bound + ' tol':>9} {'nmse':>9} "
+    wanted = model_types or verify_rows()
+    name_w = max([12, *(len(mt) + 1 for mt in wanted)])  # + 1 for the routed mark
+    print(f"{'model_type':<{name_w}} {'dtype':<9} {'max|Δlogits|':>13} {bound + ' tol':>9} {'nmse':>9} "
           f"{'top-' + str(tol['top_k']):>6} {'top-1':>7} {'KL':>9} {'time':>6}  {'reference':<24} result", file=file)
 
     def row(mt: str) -> ParityReport:
         if mt in CHECKS:
             return check_report(mt, CHECKS[mt](seed=seed))
-        ref = tiny_reference(mt, seed)
+        ref = tiny_reference(mt, seed, get_adapter(mt).half_precision_overrides if half else None)
         with tempfile.TemporaryDirectory() as d:
             get_adapter(mt).save_reference(ref, d, shard_size_for(ref))
             return parity(d, dtype, reference=ref)
 
-    wanted = model_types or verify_rows()
     bar = progress(wanted, desc="verify", unit="row")
     for mt in bar:
         bar.set_postfix_str(mt)
@@ -572,9 +576,11 @@ def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "fl
             r = ParityReport(mt, dtype, float("nan"), float("nan"), 0.0, float("nan"), 0.0, False)
             r.first_divergence = Divergence("-", "-", None, f"error: {type(e).__name__}: {e}", float("nan"))
         r.seconds = time.perf_counter() - t0
+        if half and mt not in CHECKS and get_adapter(mt).half_precision_overrides:
+            r.note = get_adapter(mt).half_precision_reason
         reports.append(r)
         status = "PASS" if r.passed else f"FAIL {r.first_divergence or ''}"
-        bar.write(f"{mt + '*' * r.routed:<12} {r.dtype:<9} {r.max_abs:>13.3g} {r.tolerance:>9.2g} {r.nmse:>9.2g} "
+        bar.write(f"{mt + '*' * r.routed:<{name_w}} {r.dtype:<9} {r.max_abs:>13.3g} {r.tolerance:>9.2g} {r.nmse:>9.2g} "
                   f"{r.top_k_agreement:>6.1%} {r.top1:>7.1%} {r.kl:>9.2g} {r.seconds:>5.1f}s  {r.reference:<24} "
                   f"{status}", file=file)
     n_fail = sum(not r.passed for r in reports)

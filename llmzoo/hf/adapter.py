@@ -54,6 +54,10 @@ class Adapter:
     remote_code: bool = False
     # quantization_config.quant_method values this type reads besides fp8 (which every type reads)
     quant_methods: tuple[str, ...] = ()
+    # tiny_hf_config() keys the half-precision parity row (`llmzoo verify --dtype bfloat16`, tests)
+    # replaces, and why: a discrete choice that rounding flips on both sides (DeepSeek-V3.2's top-k)
+    half_precision_overrides: dict[str, Any] = {}
+    half_precision_reason: str = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # every adapter's config.json reading goes through one type check and one error type
