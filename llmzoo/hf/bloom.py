@@ -14,31 +14,21 @@ from typing import Any
 from ..config import ModelConfig
 from . import register_adapter
 from .adapter import Adapter, config_base, config_json_base, require
-from .rules import IGNORE, Rule, SplitInterleavedQKV
+from .rules import IGNORE, Rule, SplitInterleavedQKV, spellings, weight_bias
 
 
-def bloom_rules(p: str, qkv: SplitInterleavedQKV, variant: bool) -> list[Rule]:
-    def R(hf: str, ours: str | None, *t: Any) -> Rule:
-        return Rule(p + hf, ours, *t, variant=variant)
-
-    return [  # hf tensor (after the prefix)                     llmzoo tensor                        transforms
-        R("word_embeddings.weight",                              "embed.weight"),
-        R("word_embeddings_layernorm.weight",                    "embed_norm.weight"),
-        R("word_embeddings_layernorm.bias",                      "embed_norm.bias"),
-        R("h.{i}.input_layernorm.weight",                        "blocks.{i}.attn_norm.weight"),
-        R("h.{i}.input_layernorm.bias",                          "blocks.{i}.attn_norm.bias"),
-        R("h.{i}.self_attention.query_key_value.weight",         "blocks.{i}.attn.{q,k,v}.weight",    qkv),
-        R("h.{i}.self_attention.query_key_value.bias",           "blocks.{i}.attn.{q,k,v}.bias",      qkv),
-        R("h.{i}.self_attention.dense.weight",                   "blocks.{i}.attn.o.weight"),
-        R("h.{i}.self_attention.dense.bias",                     "blocks.{i}.attn.o.bias"),
-        R("h.{i}.post_attention_layernorm.weight",               "blocks.{i}.mlp_norm.weight"),
-        R("h.{i}.post_attention_layernorm.bias",                 "blocks.{i}.mlp_norm.bias"),
-        R("h.{i}.mlp.dense_h_to_4h.weight",                      "blocks.{i}.mlp.up.weight"),
-        R("h.{i}.mlp.dense_h_to_4h.bias",                        "blocks.{i}.mlp.up.bias"),
-        R("h.{i}.mlp.dense_4h_to_h.weight",                      "blocks.{i}.mlp.down.weight"),
-        R("h.{i}.mlp.dense_4h_to_h.bias",                        "blocks.{i}.mlp.down.bias"),
-        R("ln_f.weight",                                         "final_norm.weight"),
-        R("ln_f.bias",                                           "final_norm.bias"),
+def bloom_rules(qkv: SplitInterleavedQKV) -> list[Rule]:
+    """The table after the `transformer.` prefix."""
+    return [  # hf tensor (after the prefix)                      llmzoo tensor                      transforms
+        Rule("word_embeddings.weight",                           "embed.weight"),
+        *weight_bias("word_embeddings_layernorm",                "embed_norm"),
+        *weight_bias("h.{i}.input_layernorm",                    "blocks.{i}.attn_norm"),
+        *weight_bias("h.{i}.self_attention.query_key_value",     "blocks.{i}.attn.{q,k,v}",         qkv),
+        *weight_bias("h.{i}.self_attention.dense",               "blocks.{i}.attn.o"),
+        *weight_bias("h.{i}.post_attention_layernorm",           "blocks.{i}.mlp_norm"),
+        *weight_bias("h.{i}.mlp.dense_h_to_4h",                  "blocks.{i}.mlp.up"),
+        *weight_bias("h.{i}.mlp.dense_4h_to_h",                  "blocks.{i}.mlp.down"),
+        *weight_bias("ln_f",                                     "final_norm"),
     ]
 
 
@@ -93,7 +83,7 @@ class BloomAdapter(Adapter):
         a = config.block.attention
         qkv = SplitInterleavedQKV(a.n_heads, a.n_heads, a.head_dim)  # per head [q, k, v]
         head = [Rule("lm_head.weight", IGNORE if config.head.tied else "head.weight")]
-        return bloom_rules("transformer.", qkv, variant=False) + bloom_rules("", qkv, variant=True) + head
+        return spellings(bloom_rules(qkv), "transformer.", "") + head
 
     def tiny_hf_config(self) -> dict[str, Any]:
         # 6 heads: not a power of two, so the interleaved ALiBi slopes are exercised

@@ -31,7 +31,7 @@ from ..reference.glm130b import ChatGLMReference
 from . import register_adapter
 from .adapter import Adapter, config_base, config_json_base, require
 from .loader import read_state_dict
-from .rules import IGNORE, Rule, SplitInterleavedQKV
+from .rules import IGNORE, Rule, SplitInterleavedQKV, weight_bias
 
 ALPHA = (2 * 28) ** 0.5  # GLMBlock(num_layers=28) default, never overridden
 
@@ -95,21 +95,14 @@ class ChatGLMAdapter(Adapter):
         L, B = "transformer.layers.{i}.", "blocks.{i}."
         return [  # hf tensor                                          llmzoo tensor                    transforms
             Rule("transformer.word_embeddings.weight",                 "embed.weight"),
-            Rule(L + "input_layernorm.weight",                         B + "attn_norm.weight"),
-            Rule(L + "input_layernorm.bias",                           B + "attn_norm.bias"),
-            Rule(L + "attention.query_key_value.weight",               B + "attn.{q,k,v}.weight",       qkv),
-            Rule(L + "attention.query_key_value.bias",                 B + "attn.{q,k,v}.bias",         qkv),
-            Rule(L + "attention.dense.weight",                         B + "attn.o.weight"),
-            Rule(L + "attention.dense.bias",                           B + "attn.o.bias"),
+            *weight_bias(L + "input_layernorm",                        B + "attn_norm"),
+            *weight_bias(L + "attention.query_key_value",              B + "attn.{q,k,v}",              qkv),
+            *weight_bias(L + "attention.dense",                        B + "attn.o"),
             Rule(L + "attention.rotary_emb.inv_freq",                  IGNORE),  # ignored on load upstream too
-            Rule(L + "post_attention_layernorm.weight",                B + "mlp_norm.weight"),
-            Rule(L + "post_attention_layernorm.bias",                  B + "mlp_norm.bias"),
-            Rule(L + "mlp.dense_h_to_4h.weight",                       B + "mlp.up.weight"),
-            Rule(L + "mlp.dense_h_to_4h.bias",                         B + "mlp.up.bias"),
-            Rule(L + "mlp.dense_4h_to_h.weight",                       B + "mlp.down.weight"),
-            Rule(L + "mlp.dense_4h_to_h.bias",                         B + "mlp.down.bias"),
-            Rule("transformer.final_layernorm.weight",                 "final_norm.weight"),
-            Rule("transformer.final_layernorm.bias",                   "final_norm.bias"),
+            *weight_bias(L + "post_attention_layernorm",               B + "mlp_norm"),
+            *weight_bias(L + "mlp.dense_h_to_4h",                      B + "mlp.up"),
+            *weight_bias(L + "mlp.dense_4h_to_h",                      B + "mlp.down"),
+            *weight_bias("transformer.final_layernorm",                "final_norm"),
             Rule("lm_head.weight",                                     IGNORE if config.head.tied else "head.weight"),
         ]
 

@@ -18,15 +18,11 @@ from typing import Any
 from ..config import ModelConfig
 from . import register_adapter
 from .adapter import HF_ACTIVATION, Adapter, activation_name, attention_kind, config_base, config_json_base, require, rope_from_hf, rope_to_hf
-from .rules import IGNORE, Rule, SplitInterleavedQKV
+from .rules import IGNORE, Rule, SplitInterleavedQKV, weight_bias
 
 # config.json keys of the RefinedWeb(Model) remote-code era → today's names
 LEGACY_KEYS = {"n_head": "num_attention_heads", "n_head_kv": "num_kv_heads", "n_layer": "num_hidden_layers",
                "n_embed": "hidden_size"}
-
-
-def _norm_rules(hf_name: str, ours: str) -> list[Rule]:
-    return [Rule(f"transformer.h.{{i}}.{hf_name}.{w}", f"blocks.{{i}}.{ours}.{w}") for w in ("weight", "bias")]
 
 
 @register_adapter
@@ -107,26 +103,23 @@ class FalconAdapter(Adapter):
     def rules(self, config: ModelConfig) -> list[Rule]:
         b, a = config.block, config.block.attention
         qkv = SplitInterleavedQKV(a.n_heads, a.n_kv_heads, a.head_dim)
+        L, B = "transformer.h.{i}.", "blocks.{i}."
         if b.parallel == "shared_norm":
-            norms = _norm_rules("input_layernorm", "attn_norm")
+            norms = weight_bias(L + "input_layernorm", B + "attn_norm")
         elif b.parallel == "two_norms":
-            norms = _norm_rules("ln_attn", "attn_norm") + _norm_rules("ln_mlp", "mlp_norm")
+            norms = weight_bias(L + "ln_attn", B + "attn_norm") + weight_bias(L + "ln_mlp", B + "mlp_norm")
         else:
-            norms = _norm_rules("input_layernorm", "attn_norm") + _norm_rules("post_attention_layernorm", "mlp_norm")
-        return [  # hf tensor                                                  llmzoo tensor                   transforms
-            Rule("transformer.word_embeddings.weight",                         "embed.weight"),
+            norms = weight_bias(L + "input_layernorm", B + "attn_norm") + weight_bias(
+                L + "post_attention_layernorm", B + "mlp_norm")
+        return [  # hf tensor                                   llmzoo tensor                   transforms
+            Rule("transformer.word_embeddings.weight",          "embed.weight"),
             *norms,
-            Rule("transformer.h.{i}.self_attention.query_key_value.weight",    "blocks.{i}.attn.{q,k,v}.weight", qkv),
-            Rule("transformer.h.{i}.self_attention.query_key_value.bias",      "blocks.{i}.attn.{q,k,v}.bias",   qkv),
-            Rule("transformer.h.{i}.self_attention.dense.weight",              "blocks.{i}.attn.o.weight"),
-            Rule("transformer.h.{i}.self_attention.dense.bias",                "blocks.{i}.attn.o.bias"),
-            Rule("transformer.h.{i}.mlp.dense_h_to_4h.weight",                 "blocks.{i}.mlp.up.weight"),
-            Rule("transformer.h.{i}.mlp.dense_h_to_4h.bias",                   "blocks.{i}.mlp.up.bias"),
-            Rule("transformer.h.{i}.mlp.dense_4h_to_h.weight",                 "blocks.{i}.mlp.down.weight"),
-            Rule("transformer.h.{i}.mlp.dense_4h_to_h.bias",                   "blocks.{i}.mlp.down.bias"),
-            Rule("transformer.ln_f.weight",                                    "final_norm.weight"),
-            Rule("transformer.ln_f.bias",                                      "final_norm.bias"),
-            Rule("lm_head.weight",                                             IGNORE if config.head.tied else "head.weight"),
+            *weight_bias(L + "self_attention.query_key_value",  B + "attn.{q,k,v}",             qkv),
+            *weight_bias(L + "self_attention.dense",            B + "attn.o"),
+            *weight_bias(L + "mlp.dense_h_to_4h",               B + "mlp.up"),
+            *weight_bias(L + "mlp.dense_4h_to_h",               B + "mlp.down"),
+            *weight_bias("transformer.ln_f",                    "final_norm"),
+            Rule("lm_head.weight",                              IGNORE if config.head.tied else "head.weight"),
         ]
 
     # transformers' eager Falcon adds ALiBi twice (once in the scores, once through the mask it

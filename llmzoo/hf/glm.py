@@ -38,7 +38,7 @@ from ..reference.glm130b import glm130b_masks_and_position_ids, glm_forward, ran
 from ..zoo import get_config
 from .adapter import Adapter
 from .loader import Checkpoint, Source, checkpoint_index, load, register_source
-from .rules import IGNORE, Rule, Split, SplitInterleavedQKV
+from .rules import IGNORE, Rule, Split, SplitInterleavedQKV, weight_bias
 
 REPLICATED = (
     "input_layernorm.weight",
@@ -254,20 +254,13 @@ def rules(config: ModelConfig) -> list[Rule]:
     qkv = SplitInterleavedQKV(a.n_heads, a.n_heads, a.head_dim)
     table = [
         Rule("transformer.word_embeddings.weight", "embed.weight"),
-        Rule(L + "input_layernorm.weight", B + "attn_norm.weight"),
-        Rule(L + "input_layernorm.bias", B + "attn_norm.bias"),
-        Rule(L + "attention.query_key_value.weight", B + "attn.{q,k,v}.weight", qkv),
-        Rule(L + "attention.query_key_value.bias", B + "attn.{q,k,v}.bias", qkv),
-        Rule(L + "attention.dense.weight", B + "attn.o.weight"),
-        Rule(L + "attention.dense.bias", B + "attn.o.bias"),
-        Rule(L + "post_attention_layernorm.weight", B + "mlp_norm.weight"),
-        Rule(L + "post_attention_layernorm.bias", B + "mlp_norm.bias"),
-        Rule(L + "mlp.dense_h_to_4h.weight", B + "mlp.{up,gate}.weight", Split(dim=0, parts=2)),
-        Rule(L + "mlp.dense_h_to_4h.bias", B + "mlp.{up,gate}.bias", Split(dim=0, parts=2)),
-        Rule(L + "mlp.dense_4h_to_h.weight", B + "mlp.down.weight"),
-        Rule(L + "mlp.dense_4h_to_h.bias", B + "mlp.down.bias"),
-        Rule("transformer.final_layernorm.weight", "final_norm.weight"),
-        Rule("transformer.final_layernorm.bias", "final_norm.bias"),
+        *weight_bias(L + "input_layernorm", B + "attn_norm"),
+        *weight_bias(L + "attention.query_key_value", B + "attn.{q,k,v}", qkv),
+        *weight_bias(L + "attention.dense", B + "attn.o"),
+        *weight_bias(L + "post_attention_layernorm", B + "mlp_norm"),
+        *weight_bias(L + "mlp.dense_h_to_4h", B + "mlp.{up,gate}", Split(dim=0, parts=2)),
+        *weight_bias(L + "mlp.dense_4h_to_h", B + "mlp.down"),
+        *weight_bias("transformer.final_layernorm", "final_norm"),
         Rule(L + "attention.rotary_emb.inv_freq", IGNORE),  # RotaryEmbedding._load_from_state_dict ignores it
         Rule("mixins.rotary-embedding.rotary_emb.inv_freq", IGNORE),
     ]

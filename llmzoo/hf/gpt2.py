@@ -14,41 +14,31 @@ from typing import Any
 from ..config import ModelConfig
 from . import register_adapter
 from .adapter import NO_TOKEN_IDS, Adapter, activation_name, config_base, config_json_base, require
-from .rules import IGNORE, Rule, Split, Transpose
+from .rules import IGNORE, Rule, Split, Transpose, spellings, weight_bias
 
 HF_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
 
-def gpt2_rules(p: str, variant: bool) -> list[Rule]:
-    """The table under prefix `p` ('transformer.' as saved by transformers, '' in the original release)."""
-    T, qkv = Transpose(), Split(dim=0, parts=3)
-
-    def R(hf: str, ours: str | None, *t: Any) -> Rule:
-        return Rule(p + hf, ours, *t, variant=variant)
-
-    return [  # hf tensor (after the prefix)            llmzoo tensor                        transforms
-        R("wte.weight",                                 "embed.weight"),
-        R("wpe.weight",                                 "positions.weight"),
-        R("h.{i}.ln_1.weight",                          "blocks.{i}.attn_norm.weight"),
-        R("h.{i}.ln_1.bias",                            "blocks.{i}.attn_norm.bias"),
-        R("h.{i}.attn.c_attn.weight",                   "blocks.{i}.attn.{q,k,v}.weight",    T, qkv),
-        R("h.{i}.attn.c_attn.bias",                     "blocks.{i}.attn.{q,k,v}.bias",      qkv),
-        R("h.{i}.attn.c_proj.weight",                   "blocks.{i}.attn.o.weight",          T),
-        R("h.{i}.attn.c_proj.bias",                     "blocks.{i}.attn.o.bias"),
-        R("h.{i}.ln_2.weight",                          "blocks.{i}.mlp_norm.weight"),
-        R("h.{i}.ln_2.bias",                            "blocks.{i}.mlp_norm.bias"),
-        R("h.{i}.mlp.c_fc.weight",                      "blocks.{i}.mlp.up.weight",          T),
-        R("h.{i}.mlp.c_fc.bias",                        "blocks.{i}.mlp.up.bias"),
-        R("h.{i}.mlp.c_proj.weight",                    "blocks.{i}.mlp.down.weight",        T),
-        R("h.{i}.mlp.c_proj.bias",                      "blocks.{i}.mlp.down.bias"),
-        R("h.{i}.attn.bias",                            IGNORE),  # causal-mask buffers of older saves
-        R("h.{i}.attn.masked_bias",                     IGNORE),
-        R("ln_f.weight",                                "final_norm.weight"),
-        R("ln_f.bias",                                  "final_norm.bias"),
-    ]
-
-
-GPT2 = gpt2_rules("transformer.", variant=False) + gpt2_rules("", variant=True)
+T, QKV = Transpose(), Split(dim=0, parts=3)
+GPT2_TABLE = [  # hf tensor (after the prefix)          llmzoo tensor                        transforms
+    Rule("wte.weight",                                  "embed.weight"),
+    Rule("wpe.weight",                                  "positions.weight"),
+    *weight_bias("h.{i}.ln_1",                          "blocks.{i}.attn_norm"),
+    Rule("h.{i}.attn.c_attn.weight",                    "blocks.{i}.attn.{q,k,v}.weight",    T, QKV),
+    Rule("h.{i}.attn.c_attn.bias",                      "blocks.{i}.attn.{q,k,v}.bias",      QKV),
+    Rule("h.{i}.attn.c_proj.weight",                    "blocks.{i}.attn.o.weight",          T),
+    Rule("h.{i}.attn.c_proj.bias",                      "blocks.{i}.attn.o.bias"),
+    *weight_bias("h.{i}.ln_2",                          "blocks.{i}.mlp_norm"),
+    Rule("h.{i}.mlp.c_fc.weight",                       "blocks.{i}.mlp.up.weight",          T),
+    Rule("h.{i}.mlp.c_fc.bias",                         "blocks.{i}.mlp.up.bias"),
+    Rule("h.{i}.mlp.c_proj.weight",                     "blocks.{i}.mlp.down.weight",        T),
+    Rule("h.{i}.mlp.c_proj.bias",                       "blocks.{i}.mlp.down.bias"),
+    Rule("h.{i}.attn.bias",                             IGNORE),  # causal-mask buffers of older saves
+    Rule("h.{i}.attn.masked_bias",                      IGNORE),
+    *weight_bias("ln_f",                                "final_norm"),
+]
+# as transformers saves it ('transformer.'), and as the original release names it (no prefix)
+GPT2 = spellings(GPT2_TABLE, "transformer.", "")
 
 
 @register_adapter

@@ -15,28 +15,22 @@ from ..config import ModelConfig
 from . import register_adapter
 from .adapter import NO_TOKEN_IDS, Adapter, activation_name, config_base, config_json_base, require
 from .gpt2 import HF_ACT
-from .rules import IGNORE, Rule
+from .rules import IGNORE, Rule, weight_bias
 
 GPT_NEO = [  # hf tensor                                         llmzoo tensor
     Rule("transformer.wte.weight",                               "embed.weight"),
     Rule("transformer.wpe.weight",                               "positions.weight"),
-    Rule("transformer.h.{i}.ln_1.weight",                        "blocks.{i}.attn_norm.weight"),
-    Rule("transformer.h.{i}.ln_1.bias",                          "blocks.{i}.attn_norm.bias"),
+    *weight_bias("transformer.h.{i}.ln_1",                       "blocks.{i}.attn_norm"),
     Rule("transformer.h.{i}.attn.attention.q_proj.weight",       "blocks.{i}.attn.q.weight"),
     Rule("transformer.h.{i}.attn.attention.k_proj.weight",       "blocks.{i}.attn.k.weight"),
     Rule("transformer.h.{i}.attn.attention.v_proj.weight",       "blocks.{i}.attn.v.weight"),
-    Rule("transformer.h.{i}.attn.attention.out_proj.weight",     "blocks.{i}.attn.o.weight"),
-    Rule("transformer.h.{i}.attn.attention.out_proj.bias",       "blocks.{i}.attn.o.bias"),
+    *weight_bias("transformer.h.{i}.attn.attention.out_proj",    "blocks.{i}.attn.o"),
     Rule("transformer.h.{i}.attn.attention.bias",                IGNORE),  # causal / local mask buffers
     Rule("transformer.h.{i}.attn.attention.masked_bias",         IGNORE),
-    Rule("transformer.h.{i}.ln_2.weight",                        "blocks.{i}.mlp_norm.weight"),
-    Rule("transformer.h.{i}.ln_2.bias",                          "blocks.{i}.mlp_norm.bias"),
-    Rule("transformer.h.{i}.mlp.c_fc.weight",                    "blocks.{i}.mlp.up.weight"),
-    Rule("transformer.h.{i}.mlp.c_fc.bias",                      "blocks.{i}.mlp.up.bias"),
-    Rule("transformer.h.{i}.mlp.c_proj.weight",                  "blocks.{i}.mlp.down.weight"),
-    Rule("transformer.h.{i}.mlp.c_proj.bias",                    "blocks.{i}.mlp.down.bias"),
-    Rule("transformer.ln_f.weight",                              "final_norm.weight"),
-    Rule("transformer.ln_f.bias",                                "final_norm.bias"),
+    *weight_bias("transformer.h.{i}.ln_2",                       "blocks.{i}.mlp_norm"),
+    *weight_bias("transformer.h.{i}.mlp.c_fc",                   "blocks.{i}.mlp.up"),
+    *weight_bias("transformer.h.{i}.mlp.c_proj",                 "blocks.{i}.mlp.down"),
+    *weight_bias("transformer.ln_f",                             "final_norm"),
 ]
 
 

@@ -15,29 +15,23 @@ from typing import Any
 from ..config import ModelConfig
 from . import register_adapter
 from .adapter import HF_ACTIVATION, Adapter, activation_name, config_base, config_json_base, require, rope_from_hf, rope_to_hf
-from .rules import IGNORE, Rule, SplitInterleavedQKV
+from .rules import IGNORE, Rule, SplitInterleavedQKV, weight_bias
 
 
 def neox_rules(qkv: SplitInterleavedQKV) -> list[Rule]:
-    return [  # hf tensor                                                llmzoo tensor                     transforms
-        Rule("gpt_neox.embed_in.weight",                                 "embed.weight"),
-        Rule("gpt_neox.layers.{i}.input_layernorm.weight",               "blocks.{i}.attn_norm.weight"),
-        Rule("gpt_neox.layers.{i}.input_layernorm.bias",                 "blocks.{i}.attn_norm.bias"),
-        Rule("gpt_neox.layers.{i}.attention.query_key_value.weight",     "blocks.{i}.attn.{q,k,v}.weight", qkv),
-        Rule("gpt_neox.layers.{i}.attention.query_key_value.bias",       "blocks.{i}.attn.{q,k,v}.bias",   qkv),
-        Rule("gpt_neox.layers.{i}.attention.dense.weight",               "blocks.{i}.attn.o.weight"),
-        Rule("gpt_neox.layers.{i}.attention.dense.bias",                 "blocks.{i}.attn.o.bias"),
-        Rule("gpt_neox.layers.{i}.attention.bias",                       IGNORE),  # buffers of older saves
-        Rule("gpt_neox.layers.{i}.attention.masked_bias",                IGNORE),
-        Rule("gpt_neox.layers.{i}.attention.rotary_emb.inv_freq",        IGNORE),
-        Rule("gpt_neox.layers.{i}.post_attention_layernorm.weight",      "blocks.{i}.mlp_norm.weight"),
-        Rule("gpt_neox.layers.{i}.post_attention_layernorm.bias",        "blocks.{i}.mlp_norm.bias"),
-        Rule("gpt_neox.layers.{i}.mlp.dense_h_to_4h.weight",             "blocks.{i}.mlp.up.weight"),
-        Rule("gpt_neox.layers.{i}.mlp.dense_h_to_4h.bias",               "blocks.{i}.mlp.up.bias"),
-        Rule("gpt_neox.layers.{i}.mlp.dense_4h_to_h.weight",             "blocks.{i}.mlp.down.weight"),
-        Rule("gpt_neox.layers.{i}.mlp.dense_4h_to_h.bias",               "blocks.{i}.mlp.down.bias"),
-        Rule("gpt_neox.final_layer_norm.weight",                         "final_norm.weight"),
-        Rule("gpt_neox.final_layer_norm.bias",                           "final_norm.bias"),
+    L, B = "gpt_neox.layers.{i}.", "blocks.{i}."
+    return [  # hf tensor                                       llmzoo tensor                     transforms
+        Rule("gpt_neox.embed_in.weight",                        "embed.weight"),
+        *weight_bias(L + "input_layernorm",                     B + "attn_norm"),
+        *weight_bias(L + "attention.query_key_value",           B + "attn.{q,k,v}",               qkv),
+        *weight_bias(L + "attention.dense",                     B + "attn.o"),
+        Rule(L + "attention.bias",                              IGNORE),  # buffers of older saves
+        Rule(L + "attention.masked_bias",                       IGNORE),
+        Rule(L + "attention.rotary_emb.inv_freq",               IGNORE),
+        *weight_bias(L + "post_attention_layernorm",            B + "mlp_norm"),
+        *weight_bias(L + "mlp.dense_h_to_4h",                   B + "mlp.up"),
+        *weight_bias(L + "mlp.dense_4h_to_h",                   B + "mlp.down"),
+        *weight_bias("gpt_neox.final_layer_norm",               "final_norm"),
     ]
 
 

@@ -14,22 +14,18 @@ from ..config import ModelConfig
 from . import register_adapter
 from .adapter import NO_TOKEN_IDS, Adapter, activation_name, config_base, config_json_base, require
 from .gpt2 import HF_ACT
-from .rules import IGNORE, Rule
+from .rules import IGNORE, Rule, weight_bias
 
 GPTJ = [  # hf tensor                                       llmzoo tensor
     Rule("transformer.wte.weight",                          "embed.weight"),
-    Rule("transformer.h.{i}.ln_1.weight",                   "blocks.{i}.attn_norm.weight"),
-    Rule("transformer.h.{i}.ln_1.bias",                     "blocks.{i}.attn_norm.bias"),
+    *weight_bias("transformer.h.{i}.ln_1",                  "blocks.{i}.attn_norm"),
     Rule("transformer.h.{i}.attn.{q,k,v}_proj.weight",      "blocks.{i}.attn.{q,k,v}.weight"),
     Rule("transformer.h.{i}.attn.out_proj.weight",          "blocks.{i}.attn.o.weight"),
     Rule("transformer.h.{i}.attn.bias",                     IGNORE),  # causal-mask buffers of the release
     Rule("transformer.h.{i}.attn.masked_bias",              IGNORE),
-    Rule("transformer.h.{i}.mlp.fc_in.weight",              "blocks.{i}.mlp.up.weight"),
-    Rule("transformer.h.{i}.mlp.fc_in.bias",                "blocks.{i}.mlp.up.bias"),
-    Rule("transformer.h.{i}.mlp.fc_out.weight",             "blocks.{i}.mlp.down.weight"),
-    Rule("transformer.h.{i}.mlp.fc_out.bias",               "blocks.{i}.mlp.down.bias"),
-    Rule("transformer.ln_f.weight",                         "final_norm.weight"),
-    Rule("transformer.ln_f.bias",                           "final_norm.bias"),
+    *weight_bias("transformer.h.{i}.mlp.fc_in",             "blocks.{i}.mlp.up"),
+    *weight_bias("transformer.h.{i}.mlp.fc_out",            "blocks.{i}.mlp.down"),
+    *weight_bias("transformer.ln_f",                        "final_norm"),
 ]
 
 

@@ -16,7 +16,7 @@ from . import register_adapter
 from .adapter import RemoteCodeAdapter
 from .llama import llama_like_config, llama_like_hf
 from .remote_reference import InternLM2Reference
-from .rules import IGNORE, Rule, SplitInterleavedQKV
+from .rules import IGNORE, Rule, SplitInterleavedQKV, weight_bias
 
 
 @register_adapter
@@ -45,10 +45,8 @@ class InternLM2Adapter(RemoteCodeAdapter):
         return [  # hf tensor                                llmzoo tensor                       transforms
             Rule("model.tok_embeddings.weight",              "embed.weight"),
             Rule("model.layers.{i}.attention_norm.weight",   "blocks.{i}.attn_norm.weight"),
-            Rule("model.layers.{i}.attention.wqkv.weight",   "blocks.{i}.attn.{q,k,v}.weight",   qkv),
-            Rule("model.layers.{i}.attention.wqkv.bias",     "blocks.{i}.attn.{q,k,v}.bias",     qkv),
-            Rule("model.layers.{i}.attention.wo.weight",     "blocks.{i}.attn.o.weight"),
-            Rule("model.layers.{i}.attention.wo.bias",       "blocks.{i}.attn.o.bias"),
+            *weight_bias("model.layers.{i}.attention.wqkv",  "blocks.{i}.attn.{q,k,v}",          qkv),
+            *weight_bias("model.layers.{i}.attention.wo",    "blocks.{i}.attn.o"),
             Rule("model.layers.{i}.attention.rotary_emb.inv_freq", IGNORE),
             Rule("model.layers.{i}.ffn_norm.weight",         "blocks.{i}.mlp_norm.weight"),
             Rule("model.layers.{i}.feed_forward.w1.weight",  "blocks.{i}.mlp.gate.weight"),

@@ -20,26 +20,19 @@ from .adapter import (
     rope_to_hf,
 )
 from . import register_adapter
-from .rules import IGNORE, Rule
+from .rules import IGNORE, Rule, weight_bias
 
 LLAMA = [  # hf tensor                                          llmzoo tensor
     Rule("model.embed_tokens.weight",                           "embed.weight"),
     Rule("model.layers.{i}.input_layernorm.weight",             "blocks.{i}.attn_norm.weight"),
-    Rule("model.layers.{i}.self_attn.q_proj.weight",            "blocks.{i}.attn.q.weight"),
-    Rule("model.layers.{i}.self_attn.k_proj.weight",            "blocks.{i}.attn.k.weight"),
-    Rule("model.layers.{i}.self_attn.v_proj.weight",            "blocks.{i}.attn.v.weight"),
-    Rule("model.layers.{i}.self_attn.o_proj.weight",            "blocks.{i}.attn.o.weight"),
-    Rule("model.layers.{i}.self_attn.q_proj.bias",              "blocks.{i}.attn.q.bias"),
-    Rule("model.layers.{i}.self_attn.k_proj.bias",              "blocks.{i}.attn.k.bias"),
-    Rule("model.layers.{i}.self_attn.v_proj.bias",              "blocks.{i}.attn.v.bias"),
-    Rule("model.layers.{i}.self_attn.o_proj.bias",              "blocks.{i}.attn.o.bias"),
+    *weight_bias("model.layers.{i}.self_attn.q_proj",           "blocks.{i}.attn.q"),
+    *weight_bias("model.layers.{i}.self_attn.k_proj",           "blocks.{i}.attn.k"),
+    *weight_bias("model.layers.{i}.self_attn.v_proj",           "blocks.{i}.attn.v"),
+    *weight_bias("model.layers.{i}.self_attn.o_proj",           "blocks.{i}.attn.o"),
     Rule("model.layers.{i}.post_attention_layernorm.weight",    "blocks.{i}.mlp_norm.weight"),
-    Rule("model.layers.{i}.mlp.gate_proj.weight",               "blocks.{i}.mlp.gate.weight"),
-    Rule("model.layers.{i}.mlp.up_proj.weight",                 "blocks.{i}.mlp.up.weight"),
-    Rule("model.layers.{i}.mlp.down_proj.weight",               "blocks.{i}.mlp.down.weight"),
-    Rule("model.layers.{i}.mlp.gate_proj.bias",                 "blocks.{i}.mlp.gate.bias"),
-    Rule("model.layers.{i}.mlp.up_proj.bias",                   "blocks.{i}.mlp.up.bias"),
-    Rule("model.layers.{i}.mlp.down_proj.bias",                 "blocks.{i}.mlp.down.bias"),
+    *weight_bias("model.layers.{i}.mlp.gate_proj",              "blocks.{i}.mlp.gate"),
+    *weight_bias("model.layers.{i}.mlp.up_proj",                "blocks.{i}.mlp.up"),
+    *weight_bias("model.layers.{i}.mlp.down_proj",              "blocks.{i}.mlp.down"),
     Rule("model.layers.{i}.self_attn.rotary_emb.inv_freq",      IGNORE),  # older saves keep the rope table
     Rule("model.norm.weight",                                   "final_norm.weight"),
 ]

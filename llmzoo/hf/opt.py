@@ -15,38 +15,25 @@ from typing import Any
 from ..config import ModelConfig
 from . import register_adapter
 from .adapter import Adapter, activation_name, config_base, config_json_base, require
-from .rules import IGNORE, Rule
+from .rules import IGNORE, Rule, spellings, weight_bias
 
 HF_ACT = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}
 
 
-def opt_rules(p: str, variant: bool) -> list[Rule]:
-    def R(hf: str, ours: str | None) -> Rule:
-        return Rule(p + hf, ours, variant=variant)
-
-    return [  # hf tensor (after the prefix)                    llmzoo tensor
-        R("embed_tokens.weight",                                "embed.weight"),
-        R("embed_positions.weight",                             "positions.weight"),
-        R("project_in.weight",                                  "embed_in.weight"),
-        R("project_out.weight",                                 "embed_out.weight"),
-        R("layers.{i}.self_attn_layer_norm.weight",             "blocks.{i}.attn_norm.weight"),
-        R("layers.{i}.self_attn_layer_norm.bias",               "blocks.{i}.attn_norm.bias"),
-        R("layers.{i}.self_attn.{q,k,v}_proj.weight",           "blocks.{i}.attn.{q,k,v}.weight"),
-        R("layers.{i}.self_attn.{q,k,v}_proj.bias",             "blocks.{i}.attn.{q,k,v}.bias"),
-        R("layers.{i}.self_attn.out_proj.weight",               "blocks.{i}.attn.o.weight"),
-        R("layers.{i}.self_attn.out_proj.bias",                 "blocks.{i}.attn.o.bias"),
-        R("layers.{i}.final_layer_norm.weight",                 "blocks.{i}.mlp_norm.weight"),
-        R("layers.{i}.final_layer_norm.bias",                   "blocks.{i}.mlp_norm.bias"),
-        R("layers.{i}.fc1.weight",                              "blocks.{i}.mlp.up.weight"),
-        R("layers.{i}.fc1.bias",                                "blocks.{i}.mlp.up.bias"),
-        R("layers.{i}.fc2.weight",                              "blocks.{i}.mlp.down.weight"),
-        R("layers.{i}.fc2.bias",                                "blocks.{i}.mlp.down.bias"),
-        R("final_layer_norm.weight",                            "final_norm.weight"),
-        R("final_layer_norm.bias",                              "final_norm.bias"),
-    ]
-
-
-OPT = opt_rules("model.decoder.", variant=False) + opt_rules("decoder.", variant=True)
+OPT_TABLE = [  # hf tensor (after the prefix)                 llmzoo tensor
+    Rule("embed_tokens.weight",                                 "embed.weight"),
+    Rule("embed_positions.weight",                              "positions.weight"),
+    Rule("project_in.weight",                                   "embed_in.weight"),
+    Rule("project_out.weight",                                  "embed_out.weight"),
+    *weight_bias("layers.{i}.self_attn_layer_norm",             "blocks.{i}.attn_norm"),
+    *weight_bias("layers.{i}.self_attn.{q,k,v}_proj",           "blocks.{i}.attn.{q,k,v}"),
+    *weight_bias("layers.{i}.self_attn.out_proj",               "blocks.{i}.attn.o"),
+    *weight_bias("layers.{i}.final_layer_norm",                 "blocks.{i}.mlp_norm"),
+    *weight_bias("layers.{i}.fc1",                              "blocks.{i}.mlp.up"),
+    *weight_bias("layers.{i}.fc2",                              "blocks.{i}.mlp.down"),
+    *weight_bias("final_layer_norm",                            "final_norm"),
+]
+OPT = spellings(OPT_TABLE, "model.decoder.", "decoder.")
 
 
 @register_adapter

@@ -397,6 +397,20 @@ class Rule:
         return [self.hf.format(bindings)]
 
 
+def weight_bias(hf: str, ours: str, *transforms: Transform, variant: bool = False) -> list[Rule]:
+    """The two rules of a module whose weight and bias map alike: `{hf}.weight` → `{ours}.weight`,
+    then the same for `.bias`."""
+    return [Rule(f"{hf}.{p}", f"{ours}.{p}", *transforms, variant=variant) for p in ("weight", "bias")]
+
+
+def spellings(rules: list[Rule], prefix: str, *variants: str) -> list[Rule]:
+    """`rules` with `prefix` before each hf name (the spelling export writes), then again under each
+    of `variants` (other published spellings, e.g. a checkpoint saved from the bare model without
+    `transformer.`: read on load, never exported)."""
+    return [Rule(p + r.hf.text, r.ours.text if r.ours else IGNORE, *r.transforms, variant=p != prefix)
+            for p in (prefix, *variants) for r in rules]
+
+
 # ----------------------------------------------------------------------------------- planning
 
 
