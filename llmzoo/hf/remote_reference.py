@@ -59,6 +59,55 @@ def _logits_of(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | Non
     return input_ids, causal_padding_mask(attention_mask)
 
 
+class _SwiGLU(nn.Module):
+    """down(silu(gate(x)) · up(x)), no biases; `names`: the checkpoint's (gate, up, down)."""
+
+    def __init__(self, c: dict[str, Any], names: tuple[str, str, str]):
+        super().__init__()
+        d, f = c["hidden_size"], c["intermediate_size"]
+        self.names = names
+        for name, (n_in, n_out) in zip(names, ((d, f), (d, f), (f, d))):
+            self.add_module(name, nn.Linear(n_in, n_out, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up, down = (getattr(self, n) for n in self.names)
+        return down(F.silu(gate(x)) * up(x))
+
+
+class _PreNormLayer(nn.Module):
+    """x + attn(norm₁ x), then + mlp(norm₂ x), RMSNorms; `names`: the checkpoint's (norm₁, attn, norm₂, mlp)."""
+
+    def __init__(self, c: dict[str, Any], names: tuple[str, str, str, str], attention: nn.Module, mlp: nn.Module):
+        super().__init__()
+        self.names = names
+        for name, module in zip(names, (RefRMSNorm(c["hidden_size"], c["rms_norm_eps"]), attention,
+                                        RefRMSNorm(c["hidden_size"], c["rms_norm_eps"]), mlp)):
+            self.add_module(name, module)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        norm1, attn, norm2, mlp = (getattr(self, n) for n in self.names)
+        x = x + attn(norm1(x), mask)
+        return x + mlp(norm2(x))
+
+
+class _Body(nn.Module):
+    """The checkpoint's `model.`: token embedding (named `embed`) → layers → RMSNorm `norm`."""
+
+    def __init__(self, c: dict[str, Any], embed: str, layer):
+        super().__init__()
+        self.embed = embed
+        self.add_module(embed, nn.Embedding(c["vocab_size"], c["hidden_size"]))
+        self.layers = nn.ModuleList(layer() for _ in range(c["num_hidden_layers"]))
+        self.norm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        ids, mask = _logits_of(self, input_ids, attention_mask)
+        x = getattr(self, self.embed)(ids)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.norm(x)
+
+
 # ------------------------------------------------------------------------------ InternLM2
 
 
@@ -101,38 +150,6 @@ class _InternLM2Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
-class _InternLM2FFN(nn.Module):
-    def __init__(self, c: dict[str, Any]):
-        super().__init__()
-        d, f = c["hidden_size"], c["intermediate_size"]
-        self.w1, self.w3 = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False)
-        self.w2 = nn.Linear(f, d, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
-class _InternLM2Layer(nn.Module):
-    def __init__(self, c: dict[str, Any]):
-        super().__init__()
-        self.attention_norm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
-        self.attention = _InternLM2Attention(c)
-        self.ffn_norm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
-        self.feed_forward = _InternLM2FFN(c)
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), mask)
-        return x + self.feed_forward(self.ffn_norm(x))
-
-
-class _InternLM2Body(nn.Module):
-    def __init__(self, c: dict[str, Any]):
-        super().__init__()
-        self.tok_embeddings = nn.Embedding(c["vocab_size"], c["hidden_size"])
-        self.layers = nn.ModuleList(_InternLM2Layer(c) for _ in range(c["num_hidden_layers"]))
-        self.norm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
-
-
 class InternLM2Reference(nn.Module):
     """InternLM2ForCausalLM's forward: tok_embeddings → layers (RMSNorm, fused-wqkv GQA with rotary,
     SwiGLU w2(silu(w1 x) · w3 x)) → norm → output."""
@@ -140,17 +157,15 @@ class InternLM2Reference(nn.Module):
     def __init__(self, hf_config: dict[str, Any]):
         super().__init__()
         self.hf_config = dict(hf_config)
-        self.model = _InternLM2Body(hf_config)
+        self.model = _Body(hf_config, "tok_embeddings", lambda: _PreNormLayer(
+            hf_config, ("attention_norm", "attention", "ffn_norm", "feed_forward"),
+            _InternLM2Attention(hf_config), _SwiGLU(hf_config, ("w1", "w3", "w2"))))
         self.output = nn.Linear(hf_config["hidden_size"], hf_config["vocab_size"], bias=False)
         if hf_config.get("tie_word_embeddings"):  # what transformers' tie_weights does to `output` (_tied_weights_keys)
             self.output.weight = self.model.tok_embeddings.weight
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        ids, mask = _logits_of(self, input_ids, attention_mask)
-        x = self.model.tok_embeddings(ids)
-        for layer in self.model.layers:
-            x = layer(x, mask)
-        return self.output(self.model.norm(x))
+        return self.output(self.model(input_ids, attention_mask))
 
 
 # ------------------------------------------------------------------------------ Baichuan
@@ -189,38 +204,6 @@ class _BaichuanAttention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.d))
 
 
-class _BaichuanMLP(nn.Module):
-    def __init__(self, c: dict[str, Any]):
-        super().__init__()
-        d, f = c["hidden_size"], c["intermediate_size"]
-        self.gate_proj, self.up_proj = nn.Linear(d, f, bias=False), nn.Linear(d, f, bias=False)
-        self.down_proj = nn.Linear(f, d, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class _BaichuanLayer(nn.Module):
-    def __init__(self, c: dict[str, Any], alibi: bool):
-        super().__init__()
-        self.input_layernorm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
-        self.self_attn = _BaichuanAttention(c, alibi)
-        self.post_attention_layernorm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
-        self.mlp = _BaichuanMLP(c)
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class _BaichuanBody(nn.Module):
-    def __init__(self, c: dict[str, Any], alibi: bool):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
-        self.layers = nn.ModuleList(_BaichuanLayer(c, alibi) for _ in range(c["num_hidden_layers"]))
-        self.norm = RefRMSNorm(c["hidden_size"], c["rms_norm_eps"])
-
-
 class _NormHead(nn.Module):
     def __init__(self, d: int, vocab: int):
         super().__init__()
@@ -238,12 +221,10 @@ class BaichuanReference(nn.Module):
     def __init__(self, hf_config: dict[str, Any], alibi: bool):
         super().__init__()
         self.hf_config = dict(hf_config)
-        self.model = _BaichuanBody(hf_config, alibi)
+        self.model = _Body(hf_config, "embed_tokens", lambda: _PreNormLayer(
+            hf_config, ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"),
+            _BaichuanAttention(hf_config, alibi), _SwiGLU(hf_config, ("gate_proj", "up_proj", "down_proj"))))
         self.lm_head = _NormHead(hf_config["hidden_size"], hf_config["vocab_size"])
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        ids, mask = _logits_of(self, input_ids, attention_mask)
-        x = self.model.embed_tokens(ids)
-        for layer in self.model.layers:
-            x = layer(x, mask)
-        return self.lm_head(self.model.norm(x))
+        return self.lm_head(self.model(input_ids, attention_mask))
