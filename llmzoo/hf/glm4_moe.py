@@ -22,7 +22,7 @@ from ..config import ModelConfig
 from . import register_adapter
 from .adapter import Adapter, activation_name, require
 from .deepseek import MLP, main_layers, mtp_rules
-from .llama import LLAMA, head_rules, llama_like_config, llama_like_hf
+from .llama import LLAMA, dense_stand_in, head_rules, llama_like_config, llama_like_hf
 from .qwen3 import QK_NORM
 from .rules import Rule
 
@@ -66,11 +66,7 @@ class Glm4MoeAdapter(Adapter):
         a = config.block.attention
         moe = next((b.mlp for b in config.blocks if b.mlp.type == "moe"), None)
         dense = [b.mlp for b in config.blocks if b.mlp.type != "moe"]
-        data = config.to_dict()  # the LLaMA keys from the same config with a dense MLP everywhere
-        data["block"]["mlp"] = dense[0].model_dump() if dense else {"type": "glu", "d_ff": moe.d_expert,
-                                                                    "activation": moe.activation}
-        data["overrides"] = [ov for ov in data["overrides"] if "mlp" not in ov["block"]]
-        out = {"architectures": ["Glm4MoeForCausalLM"], **llama_like_hf(ModelConfig.model_validate(data)),
+        out = {"architectures": ["Glm4MoeForCausalLM"], **llama_like_hf(dense_stand_in(config)),
                "attention_bias": a.qkv_bias, "use_qk_norm": a.qk_norm is not None,
                "partial_rotary_factor": config.position.fraction, "first_k_dense_replace": len(dense),
                "num_nextn_predict_layers": config.mtp.n_layers if config.mtp else 0}

@@ -20,11 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 
-from ..config import MAX_LAYERS, ModelConfig
-from ..errors import ConfigError
+from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, require, rope_to_hf
-from .llama import LLAMA, head_rules, llama_like_config
+from .adapter import Adapter, layer_count, require
+from .llama import LLAMA, dense_stand_in, head_rules, llama_like_config, llama_like_hf
 from .mxfp4 import DequantizeMXFP4
 from .rules import Deinterleave, Rule, Transpose
 
@@ -63,9 +62,7 @@ class GptOssAdapter(Adapter):
     families = ("gpt-oss",)
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
-        n = int(require(hf, "num_hidden_layers"))
-        if n > MAX_LAYERS:  # before any per-layer list is built
-            raise ConfigError(f"config.json: num_hidden_layers {n} exceeds {MAX_LAYERS}")
+        n = layer_count(hf)  # bounded before any per-layer list is built
         window = hf.get("sliding_window")
         types = layer_types(hf, n)
         windows = [int(window) if t == SLIDING and window else None for t in types]
@@ -93,7 +90,7 @@ class GptOssAdapter(Adapter):
         return ModelConfig.model_validate(data)
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
-        b, a, m = config.block, config.block.attention, config.block.mlp
+        a, m = config.block.attention, config.block.mlp
         if m.type != "moe":
             raise ValueError(f"block.mlp.type {m.type!r}: gpt_oss layers are all mixtures of experts")
         windows = sorted({blk.attention.window for blk in config.blocks if blk.attention.window})
@@ -101,25 +98,14 @@ class GptOssAdapter(Adapter):
             raise ValueError(f"attention.window: gpt_oss has one sliding_window, not {windows}")
         return {
             "architectures": ["GptOssForCausalLM"],
-            "vocab_size": config.vocab_size,
-            "hidden_size": config.d_model,
-            "intermediate_size": m.d_expert,
-            "num_hidden_layers": config.n_layers,
-            "num_attention_heads": a.n_heads,
-            "num_key_value_heads": a.n_kv_heads,
-            "head_dim": a.head_dim,
+            **llama_like_hf(dense_stand_in(config)),  # intermediate_size: the expert size
             "attention_bias": a.qkv_bias,
-            "max_position_embeddings": config.max_seq_len,
-            "rms_norm_eps": b.norm.eps,
-            "tie_word_embeddings": config.head.tied,
             "sliding_window": windows[0] if windows else None,
             "layer_types": [SLIDING if blk.attention.window else FULL for blk in config.blocks],
             "num_local_experts": m.n_experts,
             "num_experts_per_tok": m.top_k,
             "swiglu_limit": m.swiglu_limit,
             "swiglu_alpha": m.swiglu_alpha,
-            "hidden_act": "silu",
-            **rope_to_hf(config.position),
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:

@@ -126,6 +126,19 @@ def llama_like_hf(config: ModelConfig) -> dict[str, Any]:
     return out
 
 
+def dense_stand_in(config: ModelConfig, d_ff: int | None = None) -> ModelConfig:
+    """`config` with a dense MLP in every layer (its first dense layer's, else a SwiGLU of `d_ff`,
+    default the expert size, with the experts' activation) and no MLP overrides: what the LLaMA keys
+    of a mixture-of-experts type are read from."""
+    moe = next((b.mlp for b in config.blocks if b.mlp.type == "moe"), None)
+    dense = next((b.mlp for b in config.blocks if b.mlp.type != "moe"), None)
+    data = config.to_dict()
+    data["block"]["mlp"] = dense.model_dump() if dense is not None else {
+        "type": "glu", "d_ff": d_ff or moe.d_expert, "activation": moe.activation}
+    data["overrides"] = [ov for ov in data["overrides"] if "mlp" not in ov["block"]]
+    return ModelConfig.model_validate(data)
+
+
 @register_adapter
 class LlamaAdapter(Adapter):
     model_type = "llama"

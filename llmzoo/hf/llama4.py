@@ -20,11 +20,10 @@ from typing import Any
 
 
 from ..attention import AttentionSpec
-from ..config import MAX_LAYERS, ModelConfig
-from ..errors import ConfigError
+from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, activation_name, require
-from .llama import LLAMA, head_rules, llama_like_config, llama_like_hf
+from .adapter import Adapter, activation_name, layer_count, require
+from .llama import LLAMA, dense_stand_in, head_rules, llama_like_config, llama_like_hf
 from .rules import Rule, Split, Transpose
 
 FF = "model.layers.{i}.feed_forward"
@@ -66,9 +65,7 @@ class Llama4TextAdapter(Adapter):
     families = ("llama-4",)
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
-        n = int(require(hf, "num_hidden_layers"))
-        if n > MAX_LAYERS:  # before any per-layer list is built
-            raise ConfigError(f"config.json: num_hidden_layers {n} exceeds {MAX_LAYERS}")
+        n = layer_count(hf)  # bounded before any per-layer list is built
         nope, moe_layers = layer_lists(hf, n)
         data = llama_like_config({**hf, "intermediate_size": hf.get("intermediate_size_mlp", 16384)},
                                  family="llama4", qkv_bias=bool(hf.get("attention_bias", False)),
@@ -112,13 +109,10 @@ class Llama4TextAdapter(Adapter):
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         blocks = config.blocks
         moe = next((b.mlp for b in blocks if b.mlp.type == "moe"), None)
-        dense = next((b.mlp for b in blocks if b.mlp.type != "moe"), None)
         nope = [i for i, b in enumerate(blocks) if b.position is not None and b.position.type == "none"]
         rope_attn = next((b.attention for i, b in enumerate(blocks) if i not in nope), config.block.attention)
         nope_attn = blocks[nope[0]].attention if nope else None
-        data = config.to_dict()  # LLaMA keys from the same config with a dense MLP everywhere
-        data["block"]["mlp"] = (dense.model_dump() if dense is not None
-                                else {"type": "glu", "d_ff": 16384, "activation": moe.activation})
+        data = dense_stand_in(config, d_ff=16384).to_dict()  # LLaMA keys, a dense MLP everywhere
         data["overrides"] = []
         data["block"]["attention"] = {k: v for k, v in rope_attn.model_dump().items()
                                       if k in ("type", "n_heads", "n_kv_heads", "head_dim", "qkv_bias", "o_bias")}

@@ -13,7 +13,7 @@ from typing import Any
 from ..config import ModelConfig
 from . import register_adapter
 from .adapter import Adapter
-from .llama import LLAMA, head_rules, llama_like_config, llama_like_hf
+from .llama import LLAMA, dense_stand_in, head_rules, llama_like_config, llama_like_hf
 from .rules import Rule, Split, StackExperts
 
 MOE = [  # hf tensor                                               llmzoo tensor
@@ -58,10 +58,8 @@ class MixtralAdapter(Adapter):
         windows = {b.attention.window for b in config.blocks}
         if len(windows) > 1:
             raise ValueError(f"mixtral has one sliding_window for all layers, not {sorted(windows, key=str)}")
-        dense = config.model_copy(update={"block": config.block.model_copy(
-            update={"mlp": {"type": "glu", "d_ff": moe.d_expert, "activation": moe.activation}})})
-        hf = llama_like_hf(dense.model_validate(dense.to_dict()))
-        return {"architectures": ["MixtralForCausalLM"], **hf, "sliding_window": windows.pop(),
+        return {"architectures": ["MixtralForCausalLM"], **llama_like_hf(dense_stand_in(config)),
+                "sliding_window": windows.pop(),
                 "num_local_experts": moe.n_experts, "num_experts_per_tok": moe.top_k}
 
     def rules(self, config: ModelConfig) -> list[Rule]:

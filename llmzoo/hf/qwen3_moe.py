@@ -16,7 +16,7 @@ from ..config import ModelConfig
 from . import register_adapter
 from .adapter import Adapter, activation_name, require
 from .deepseek import MLP as DEEPSEEK_MLP
-from .llama import LLAMA, head_rules
+from .llama import LLAMA, dense_stand_in, head_rules
 from .qwen3 import QK_NORM, Qwen3Adapter
 from .rules import Rule
 
@@ -65,13 +65,7 @@ class Qwen3MoeAdapter(Adapter):
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         moe = next((b.mlp for b in config.blocks if b.mlp.type == "moe"), None)
         dense = [i for i, b in enumerate(config.blocks) if b.mlp.type != "moe"]
-        glu = config.blocks[dense[0]].mlp if dense else None
-        data = config.to_dict()  # Qwen3's keys from the same config with a dense MLP in every layer
-        stand_in = glu.model_dump() if glu is not None else {"type": "glu", "activation": moe.activation,
-                                                              "d_ff": moe.d_expert, "bias": False}
-        data["block"]["mlp"] = stand_in
-        data["overrides"] = [ov for ov in data["overrides"] if "mlp" not in ov["block"]]
-        out = Qwen3Adapter.from_config(self, ModelConfig.model_validate(data))
+        out = Qwen3Adapter.from_config(self, dense_stand_in(config))  # Qwen3's keys, a dense MLP everywhere
         out["architectures"] = ["Qwen3MoeForCausalLM"]
         if moe is not None:
             out.update({"num_experts": moe.n_experts, "num_experts_per_tok": moe.top_k,
