@@ -271,6 +271,19 @@ def attention_kind(n_heads: int, n_kv: int) -> str:
     return "mha" if n_kv == n_heads else "mqa" if n_kv == 1 else "gqa"
 
 
+def one_window(config: ModelConfig, model_type: str, every_layer: bool = False) -> int | None:
+    """The sliding window of `config`'s windowed layers (None: every layer full). config.json holds one
+    `sliding_window`: an error names several, and with every_layer (it windows every layer: Mistral,
+    Phi-3) a mix of windowed and full layers."""
+    windows = {b.attention.window for b in config.blocks}
+    used = sorted(w for w in windows if w is not None)
+    if every_layer and len(windows) > 1:
+        raise ValueError(f"{model_type} has one sliding_window for all layers, not {sorted(windows, key=str)}")
+    if len(used) > 1:
+        raise ValueError(f"{model_type} has one sliding_window, not {used}")
+    return used[0] if used else None
+
+
 class RemoteCodeAdapter(Adapter):
     """An adapter for a type with no transformers class: `reference(hf_config)` returns a small
     nn.Module written from the published modeling file, parameter names equal to the checkpoint's."""

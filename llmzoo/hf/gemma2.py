@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, activation_name, layer_count, rope_from_hf
+from .adapter import Adapter, activation_name, layer_count, one_window, rope_from_hf
 from .llama import LLAMA, llama_like_dict, llama_like_hf
 from .qwen3 import QK_NORM
 from .rules import IGNORE, Rule
@@ -86,9 +86,7 @@ def gemma_local_global(hf: dict[str, Any], *, family: str, pattern: int, qk_norm
 def gemma_local_global_hf(config: ModelConfig, model_type: str) -> dict[str, Any]:
     """config.json keys of the local/global layout (hub dialect); errors name what it cannot say."""
     blocks, a = config.blocks, config.block.attention
-    windows = sorted({b.attention.window for b in blocks if b.attention.window})
-    if len(windows) > 1:
-        raise ValueError(f"{model_type} has one sliding_window, not {windows}")
+    window = one_window(config, model_type)
     local = {b.position.model_dump_json() if b.position else None for b in blocks if b.attention.window}
     if any(b.position is not None for b in blocks if not b.attention.window) or len(local) > 1:
         raise ValueError(f"{model_type}: only the sliding layers may have their own rope, all the same")
@@ -101,7 +99,7 @@ def gemma_local_global_hf(config: ModelConfig, model_type: str) -> dict[str, Any
         "query_pre_attn_scalar": head_dim if scale is None else round(scale**-2),
         "attn_logit_softcapping": a.softcap,
         "final_logit_softcapping": config.head.softcap,
-        "sliding_window": windows[0] if windows else None,
+        "sliding_window": window,
         "layer_types": ["sliding_attention" if b.attention.window else "full_attention" for b in blocks],
     }
 

@@ -23,7 +23,7 @@ from typing import Any
 from ..config import ModelConfig
 from . import register_adapter
 from .adapter import Adapter, layer_count, require
-from .llama import LLAMA, dense_stand_in, head_rules, llama_like_config, llama_like_hf
+from .llama import ATTENTION_AND_NORMS, dense_stand_in, head_rules, llama_like_config, llama_like_hf
 from .mxfp4 import DequantizeMXFP4
 from .rules import Deinterleave, Rule, Transpose
 
@@ -43,7 +43,6 @@ MOE = [  # hf tensor                                      llmzoo tensor         
          DequantizeMXFP4(), Deinterleave(dim=1), variant=True),
     Rule(f"{EXPERTS}.down_proj_{{blocks,scales}}",        "blocks.{i}.mlp.experts.down", DequantizeMXFP4(), variant=True),
 ]
-ATTENTION_AND_NORMS = [r for r in LLAMA if ".mlp." not in r.hf.text]
 
 
 def layer_types(hf: dict[str, Any], n_layers: int) -> list[str]:

@@ -36,6 +36,8 @@ LLAMA = [  # hf tensor                                          llmzoo tensor
     Rule("model.layers.{i}.self_attn.rotary_emb.inv_freq",      IGNORE),  # older saves keep the rope table
     Rule("model.norm.weight",                                   "final_norm.weight"),
 ]
+# the table of a LLaMA-shaped type whose MLP is its own (mixtures of experts)
+ATTENTION_AND_NORMS = [r for r in LLAMA if ".mlp." not in r.hf.text]
 
 
 def head_rules(config: ModelConfig) -> list[Rule]:
@@ -59,11 +61,13 @@ def llama_like_dict(
     unit_offset: bool = False,
     embed_scale: str = "none",
     windows: list[int | None] | None = None,
+    window: int | None = None,
     tied_default: bool = False,
     qk_norm: str | None = None,
 ) -> dict[str, Any]:
     """The ModelConfig mapping of a LLaMA-shaped config.json; the keyword arguments are the type's quirks
-    (qk_norm: 'head' or 'projection', the scope of an RMSNorm on q and k with the model's eps)."""
+    (windows: one per layer; window: the same on every layer; qk_norm: 'head' or 'projection', the
+    scope of an RMSNorm on q and k with the model's eps)."""
     d = int(require(hf, "hidden_size"))
     n_heads = int(require(hf, "num_attention_heads"))
     n_kv = int(hf.get("num_key_value_heads") or n_heads)
@@ -72,7 +76,8 @@ def llama_like_dict(
     eps = float(hf.get("rms_norm_eps", 1e-6))
     norm = {"type": "rmsnorm", "eps": eps, "unit_offset": unit_offset}
     attention = {"type": attention_kind(n_heads, n_kv), "n_heads": n_heads, "n_kv_heads": n_kv,
-                 "head_dim": head_dim, "qkv_bias": qkv_bias, "o_bias": o_bias, "window": None}
+                 "head_dim": head_dim, "qkv_bias": qkv_bias, "o_bias": o_bias,
+                 "window": int(window) if window else None}
     if qk_norm is not None:
         attention.update(qk_norm=norm, qk_norm_scope=qk_norm)
     act = activation or activation_name(hf.get("hidden_act", "silu"))

@@ -23,7 +23,7 @@ from ..attention import AttentionSpec
 from ..config import ModelConfig
 from . import register_adapter
 from .adapter import Adapter, activation_name, layer_count, require
-from .llama import LLAMA, dense_stand_in, head_rules, llama_like_config, llama_like_hf
+from .llama import ATTENTION_AND_NORMS, dense_stand_in, head_rules, llama_like_config, llama_like_hf
 from .rules import Rule, Split, Transpose
 
 FF = "model.layers.{i}.feed_forward"
@@ -37,7 +37,6 @@ FEED_FORWARD = [  # hf tensor                                   llmzoo tensor   
     Rule(f"{FF}.experts.down_proj",                           "blocks.{i}.mlp.experts.down", Transpose(dims=(1, 2))),
     Rule(f"{FF}.shared_expert.{{gate,up,down}}_proj.weight",  "blocks.{i}.mlp.shared.{gate,up,down}.weight"),
 ]
-ATTENTION_AND_NORMS = [r for r in LLAMA if ".mlp." not in r.hf.text]
 
 
 def layer_lists(hf: dict[str, Any], n: int) -> tuple[list[int], list[int]]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter
+from .adapter import Adapter, one_window
 from .llama import LLAMA, head_rules, llama_like_config, llama_like_hf
 from .rules import Rule
 
@@ -18,16 +18,11 @@ class MistralAdapter(Adapter):
     families = ("mistral",)
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
-        window = hf.get("sliding_window")
-        n = int(hf.get("num_hidden_layers", 0))
-        return llama_like_config(hf, family="mistral", qkv_bias=False, o_bias=False,
-                                 windows=[int(window)] * n if window else None)
+        return llama_like_config(hf, family="mistral", qkv_bias=False, o_bias=False, window=hf.get("sliding_window"))
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
-        windows = {b.attention.window for b in config.blocks}
-        if len(windows) > 1:
-            raise ValueError(f"mistral has one sliding_window for all layers, not {sorted(windows, key=str)}")
-        return {"architectures": ["MistralForCausalLM"], **llama_like_hf(config), "sliding_window": windows.pop()}
+        return {"architectures": ["MistralForCausalLM"], **llama_like_hf(config),
+                "sliding_window": one_window(config, self.model_type, every_layer=True)}
 
     def rules(self, config: ModelConfig) -> list[Rule]:
         return LLAMA + head_rules(config)

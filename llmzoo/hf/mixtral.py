@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter
+from .adapter import Adapter, one_window
 from .llama import LLAMA, dense_stand_in, head_rules, llama_like_config, llama_like_hf
 from .rules import Rule, Split, StackExperts
 
@@ -36,10 +36,7 @@ class MixtralAdapter(Adapter):
     families = ("mixtral",)
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
-        window = hf.get("sliding_window")
-        n = int(hf.get("num_hidden_layers", 0))
-        dense = llama_like_config(hf, family="mixtral", qkv_bias=False, o_bias=False,
-                                  windows=[int(window)] * n if window else None)
+        dense = llama_like_config(hf, family="mixtral", qkv_bias=False, o_bias=False, window=hf.get("sliding_window"))
         moe = {
             "type": "moe", "n_experts": int(hf.get("num_local_experts", 8)),
             "top_k": int(hf.get("num_experts_per_tok", 2)), "d_expert": dense.block.mlp.d_ff,
@@ -55,11 +52,8 @@ class MixtralAdapter(Adapter):
                 or moe.n_groups != 1 or moe.routed_scale != 1.0 or moe.score_bias:
             raise ValueError("mixtral needs block.mlp: moe with softmax scores, norm_topk, no shared experts, "
                              "no groups, routed_scale 1, no score_bias")
-        windows = {b.attention.window for b in config.blocks}
-        if len(windows) > 1:
-            raise ValueError(f"mixtral has one sliding_window for all layers, not {sorted(windows, key=str)}")
         return {"architectures": ["MixtralForCausalLM"], **llama_like_hf(dense_stand_in(config)),
-                "sliding_window": windows.pop(),
+                "sliding_window": one_window(config, self.model_type, every_layer=True),
                 "num_local_experts": moe.n_experts, "num_experts_per_tok": moe.top_k}
 
     def rules(self, config: ModelConfig) -> list[Rule]:

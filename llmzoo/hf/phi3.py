@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import NO_TOKEN_IDS, Adapter, layer_count, rope_from_hf
+from .adapter import NO_TOKEN_IDS, Adapter, one_window, rope_from_hf
 from .llama import LLAMA, head_rules, llama_like_dict, llama_like_hf
 from .rules import Rule, Split
 
@@ -35,19 +35,15 @@ class Phi3Adapter(Adapter):
     families = ("phi-3", "phi-4")
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
-        window = hf.get("sliding_window")
-        n = layer_count(hf)
-        d = llama_like_dict(hf, family="phi3", qkv_bias=False, o_bias=False, windows=[int(window)] * n if window else None)
+        d = llama_like_dict(hf, family="phi3", qkv_bias=False, o_bias=False, window=hf.get("sliding_window"))
         d["position"] = phi3_rope(hf)
         return ModelConfig.model_validate(d)
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
-        windows = {b.attention.window for b in config.blocks}
-        if len(windows) > 1:
-            raise ValueError(f"phi3 has one sliding_window for all layers, not {sorted(windows, key=str)}")
         pos = config.position
         scaling = getattr(pos, "scaling", None)
-        return {"architectures": ["Phi3ForCausalLM"], **llama_like_hf(config), "sliding_window": windows.pop(),
+        return {"architectures": ["Phi3ForCausalLM"], **llama_like_hf(config),
+                "sliding_window": one_window(config, self.model_type, every_layer=True),
                 "partial_rotary_factor": getattr(pos, "fraction", 1.0),
                 "original_max_position_embeddings": getattr(scaling, "original_max_positions", config.max_seq_len),
                 **NO_TOKEN_IDS}

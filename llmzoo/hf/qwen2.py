@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, layer_count
+from .adapter import Adapter, layer_count, one_window
 from .llama import LLAMA, head_rules, llama_like_config, llama_like_hf
 from .rules import Rule
 
@@ -36,16 +36,13 @@ class Qwen2Adapter(Adapter):
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         windows = [b.attention.window for b in config.blocks]
-        used = sorted({w for w in windows if w is not None})
-        if len(used) > 1:
-            raise ValueError(f"qwen2 has one sliding_window, not {used}")
+        window = one_window(config, self.model_type)
         first = next((i for i, w in enumerate(windows) if w is not None), len(windows))
         if any(w is None for w in windows[first:]):
             raise ValueError("qwen2 windows the layers from max_window_layers on, not an arbitrary set")
         out = {"architectures": ["Qwen2ForCausalLM"], **llama_like_hf(config),
-               "use_sliding_window": bool(used), "sliding_window": used[0] if used else None,
-               "max_window_layers": first}
-        if used:
+               "use_sliding_window": window is not None, "sliding_window": window, "max_window_layers": first}
+        if window is not None:
             out["layer_types"] = ["sliding_attention" if w else "full_attention" for w in windows]
         return out
 

@@ -16,11 +16,10 @@ from ..config import ModelConfig
 from . import register_adapter
 from .adapter import Adapter, activation_name, require
 from .deepseek import MLP as DEEPSEEK_MLP
-from .llama import LLAMA, dense_stand_in, head_rules
+from .llama import ATTENTION_AND_NORMS, dense_stand_in, head_rules
 from .qwen3 import QK_NORM, Qwen3Adapter
 from .rules import Rule
 
-ATTENTION_AND_NORMS = [r for r in LLAMA if ".mlp." not in r.hf.text]
 # DeepSeek's table names the same tensors: dense mlp.{gate,up,down}_proj, router mlp.gate, experts one by one
 MOE = [r for r in DEEPSEEK_MLP if "shared" not in r.hf.text and "score_correction" not in r.hf.text
        and "layernorm" not in r.hf.text]

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import NO_TOKEN_IDS, Adapter, layer_count
+from .adapter import NO_TOKEN_IDS, Adapter, layer_count, one_window
 from .gemma2 import selector
 from .llama import LLAMA, head_rules, llama_like_dict, llama_like_hf
 from .rules import Rule
@@ -50,14 +50,12 @@ class SmolLM3Adapter(Adapter):
         blocks = config.blocks
         if any(b.position is not None and b.position.type != "none" for b in blocks):
             raise ValueError("smollm3 layers either use the model's rope or none (no_rope_layers)")
-        windows = sorted({b.attention.window for b in blocks if b.attention.window})
-        if len(windows) > 1:
-            raise ValueError(f"smollm3 has one sliding_window, not {windows}")
+        window = one_window(config, self.model_type)
         return {
             "architectures": ["SmolLM3ForCausalLM"], **llama_like_hf(config),
             "attention_bias": config.block.attention.qkv_bias, "mlp_bias": config.block.mlp.bias,
             "no_rope_layers": [int(b.position is None) for b in blocks],
-            "use_sliding_window": bool(windows), "sliding_window": windows[0] if windows else None,
+            "use_sliding_window": window is not None, "sliding_window": window,
             "layer_types": ["sliding_attention" if b.attention.window else "full_attention" for b in blocks],
             **NO_TOKEN_IDS,
         }
