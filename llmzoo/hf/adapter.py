@@ -289,12 +289,15 @@ class RemoteCodeAdapter(Adapter):
     nn.Module written from the published modeling file, parameter names equal to the checkpoint's."""
 
     remote_code = True
+    skipped_on_load: tuple[str, ...] = ()  # name endings of checkpoint buffers the reference has no place for
 
     def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
         model = self.reference(read_hf_config(Path(folder)))
-        state = read_state_dict(folder)
+        tied = set(_tied_copies(model))  # a tied copy is saved once, as transformers does; a stored one is skipped
+        state = {k: v for k, v in read_state_dict(folder).items()
+                 if k not in tied and not k.endswith(self.skipped_on_load)}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or set(missing) - set(_tied_copies(model)):  # a tied copy is saved once, as transformers does
+        if unexpected or set(missing) - tied:
             model.load_state_dict(state, strict=True)  # raises, naming them
         return model.to(dtype).eval()
 

@@ -18,29 +18,24 @@ Unsupported (an error names them): p-tuning prefixes (`pre_seq_len`), quantized 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-import torch
-from huggingface_hub import save_torch_state_dict
 from torch import nn
 
 from ..config import ModelConfig
 from ..reference.glm130b import ChatGLMReference
 from . import register_adapter
-from .adapter import Adapter, config_base, config_json_base, require
-from .loader import read_state_dict
+from .adapter import RemoteCodeAdapter, config_base, config_json_base, require
 from .rules import IGNORE, Rule, SplitInterleavedQKV, weight_bias
 
 ALPHA = (2 * 28) ** 0.5  # GLMBlock(num_layers=28) default, never overridden
 
 
 @register_adapter
-class ChatGLMAdapter(Adapter):
+class ChatGLMAdapter(RemoteCodeAdapter):
     model_type = "chatglm"
     families = ("chatglm",)
-    remote_code = True
+    skipped_on_load = ("rotary_emb.inv_freq",)  # ignored on load upstream too
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         if hf.get("pre_seq_len"):
@@ -114,23 +109,5 @@ class ChatGLMAdapter(Adapter):
                 "bos_token_id": 90, "eos_token_id": 91, "mask_token_id": 88, "gmask_token_id": 89,
                 "pad_token_id": 0}
 
-    # ------------------------------------------------------------------ remote-code reference
     def reference(self, hf_config: dict[str, Any]) -> nn.Module:
         return ChatGLMReference(hf_config).eval()
-
-    def load_reference(self, folder: str, dtype: torch.dtype) -> nn.Module:
-        ref = self.reference(json.loads((Path(folder) / "config.json").read_text()))
-        state = {k: v for k, v in read_state_dict(folder).items() if not k.endswith("rotary_emb.inv_freq")}
-        if ref.tied:
-            state.pop("lm_head.weight", None)
-            state["lm_head.weight"] = state["transformer.word_embeddings.weight"]
-        ref.load_state_dict(state, strict=True)
-        return ref.to(dtype).eval()
-
-    def save_reference(self, model: nn.Module, folder: str, max_shard_size: str | int) -> None:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        if model.tied:
-            state.pop("lm_head.weight")
-        save_torch_state_dict(state, folder, max_shard_size=max_shard_size)
-        (Path(folder) / "config.json").write_text(json.dumps(model.hf, indent=1))

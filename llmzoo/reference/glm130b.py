@@ -326,7 +326,7 @@ class ChatGLMReference(torch.nn.Module):
 
     def __init__(self, hf: dict):
         super().__init__()
-        self.hf = dict(hf)
+        self.hf_config = dict(hf)  # what save_reference writes as config.json
         d, v, n, f = hf["hidden_size"], hf["vocab_size"], hf["num_layers"], hf["inner_hidden_size"]
         eps = hf.get("layernorm_epsilon", 1e-5)
         self.num_layers, self.num_heads, self.eps = n, hf["num_attention_heads"], eps
