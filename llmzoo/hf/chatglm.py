@@ -26,9 +26,28 @@ from ..config import ModelConfig
 from ..reference.glm130b import ChatGLMReference
 from . import register_adapter
 from .adapter import RemoteCodeAdapter, config_base, config_json_base, require
-from .rules import IGNORE, Rule, SplitInterleavedQKV, weight_bias
+from .rules import IGNORE, Rule, SplitInterleavedQKV, Transform, weight_bias
 
 ALPHA = (2 * 28) ** 0.5  # GLMBlock(num_layers=28) default, never overridden
+
+
+def glm_rules(config: ModelConfig, up: str, *up_transforms: Transform) -> list[Rule]:
+    """The table ChatGLM-6B and GLM-130B's merged checkpoint share: QKV per head [q|k|v], the MLP's
+    dense_h_to_4h onto `up` (ChatGLM: mlp.up; GLM-130B's GeGLU: mlp.{up,gate})."""
+    a = config.block.attention
+    qkv = SplitInterleavedQKV(a.n_heads, a.n_heads, a.head_dim)  # per head [q, k, v]
+    L, B = "transformer.layers.{i}.", "blocks.{i}."
+    return [  # hf tensor                                      llmzoo tensor                    transforms
+        Rule("transformer.word_embeddings.weight",             "embed.weight"),
+        *weight_bias(L + "input_layernorm",                    B + "attn_norm"),
+        *weight_bias(L + "attention.query_key_value",          B + "attn.{q,k,v}",              qkv),
+        *weight_bias(L + "attention.dense",                    B + "attn.o"),
+        Rule(L + "attention.rotary_emb.inv_freq",              IGNORE),  # ignored on load upstream too
+        *weight_bias(L + "post_attention_layernorm",           B + "mlp_norm"),
+        *weight_bias(L + "mlp.dense_h_to_4h",                  B + up,                          *up_transforms),
+        *weight_bias(L + "mlp.dense_4h_to_h",                  B + "mlp.down"),
+        *weight_bias("transformer.final_layernorm",            "final_norm"),
+    ]
 
 
 @register_adapter
@@ -85,21 +104,7 @@ class ChatGLMAdapter(RemoteCodeAdapter):
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:
-        a = config.block.attention
-        qkv = SplitInterleavedQKV(a.n_heads, a.n_heads, a.head_dim)  # per head [q, k, v]
-        L, B = "transformer.layers.{i}.", "blocks.{i}."
-        return [  # hf tensor                                          llmzoo tensor                    transforms
-            Rule("transformer.word_embeddings.weight",                 "embed.weight"),
-            *weight_bias(L + "input_layernorm",                        B + "attn_norm"),
-            *weight_bias(L + "attention.query_key_value",              B + "attn.{q,k,v}",              qkv),
-            *weight_bias(L + "attention.dense",                        B + "attn.o"),
-            Rule(L + "attention.rotary_emb.inv_freq",                  IGNORE),  # ignored on load upstream too
-            *weight_bias(L + "post_attention_layernorm",               B + "mlp_norm"),
-            *weight_bias(L + "mlp.dense_h_to_4h",                      B + "mlp.up"),
-            *weight_bias(L + "mlp.dense_4h_to_h",                      B + "mlp.down"),
-            *weight_bias("transformer.final_layernorm",                "final_norm"),
-            Rule("lm_head.weight",                                     IGNORE if config.head.tied else "head.weight"),
-        ]
+        return glm_rules(config, "mlp.up") + [Rule("lm_head.weight", IGNORE if config.head.tied else "head.weight")]
 
     def tiny_hf_config(self) -> dict[str, Any]:
         # untied head and 3 layers: α stays (2·28)^½, not (2·3)^½; head_dim 16 → two rotary streams of 8

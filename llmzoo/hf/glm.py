@@ -38,7 +38,8 @@ from ..reference.glm130b import glm130b_masks_and_position_ids, glm_forward, ran
 from ..zoo import get_config
 from .adapter import Adapter
 from .loader import Checkpoint, Source, checkpoint_index, load, register_source
-from .rules import IGNORE, Rule, Split, SplitInterleavedQKV, weight_bias
+from .chatglm import glm_rules
+from .rules import IGNORE, Rule, Split
 
 REPLICATED = (
     "input_layernorm.weight",
@@ -248,23 +249,9 @@ def _write_merged(shards: list[dict[str, Tensor]], names: list[str], out: Path, 
 def rules(config: ModelConfig) -> list[Rule]:
     """Merged official names → llmzoo names. QKV is per head [q|k|v]; dense_h_to_4h is [linear | gelu],
     i.e. [up | gate] for llmzoo's GLU down(act(gate(x)) ⊙ up(x))."""
-    a = config.block.attention
-    L = "transformer.layers.{i}."
-    B = "blocks.{i}."
-    qkv = SplitInterleavedQKV(a.n_heads, a.n_heads, a.head_dim)
-    table = [
-        Rule("transformer.word_embeddings.weight", "embed.weight"),
-        *weight_bias(L + "input_layernorm", B + "attn_norm"),
-        *weight_bias(L + "attention.query_key_value", B + "attn.{q,k,v}", qkv),
-        *weight_bias(L + "attention.dense", B + "attn.o"),
-        *weight_bias(L + "post_attention_layernorm", B + "mlp_norm"),
-        *weight_bias(L + "mlp.dense_h_to_4h", B + "mlp.{up,gate}", Split(dim=0, parts=2)),
-        *weight_bias(L + "mlp.dense_4h_to_h", B + "mlp.down"),
-        *weight_bias("transformer.final_layernorm", "final_norm"),
-        Rule(L + "attention.rotary_emb.inv_freq", IGNORE),  # RotaryEmbedding._load_from_state_dict ignores it
-        Rule("mixins.rotary-embedding.rotary_emb.inv_freq", IGNORE),
-    ]
-    return table
+    # RotaryEmbedding._load_from_state_dict ignores the inv_freq buffers
+    return glm_rules(config, "mlp.{up,gate}", Split(dim=0, parts=2)) + [
+        Rule("mixins.rotary-embedding.rotary_emb.inv_freq", IGNORE)]
 
 
 class SATCheckpoint(Adapter):
