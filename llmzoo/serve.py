@@ -25,7 +25,7 @@ from .engine import Engine, Request, SamplingParams
 from .errors import require
 from .hf import from_pretrained
 from .hf.loader import resolve_source
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, _token_str
 
 
 class BadRequest(ValueError):
@@ -154,12 +154,6 @@ def chat_template(folder: Path) -> Any | None:
     specials = {k: _token_str(cfg.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
     return lambda messages: template.render(messages=messages, add_generation_prompt=True,
                                             **{k: v for k, v in specials.items() if v is not None})
-
-
-def _token_str(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
 
 
 # ------------------------------------------------------------------------------ requests → engine

@@ -214,11 +214,9 @@ def rope_from_hf(hf: dict[str, Any], default_theta: float = 10000.0) -> dict[str
         }
     elif kind == "yarn":
         s = {"type": "yarn", "factor": float(source["factor"]), "original_max_positions": int(orig)}
-        for ours, theirs in (("beta_fast", "beta_fast"), ("beta_slow", "beta_slow"), ("mscale", "mscale"),
-                             ("mscale_all_dim", "mscale_all_dim"), ("attention_factor", "attention_factor"),
-                             ("truncate", "truncate")):
-            if source.get(theirs) is not None:
-                s[ours] = source[theirs]
+        for key in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"):
+            if source.get(key) is not None:  # the same names on both sides
+                s[key] = source[key]
         spec["scaling"] = s
     elif kind in ("longrope", "su"):  # "su": the name in the first Phi-3 config.json files
         factor = source.get("factor") or (max_pos / orig if max_pos and orig else 1.0)

@@ -79,7 +79,7 @@ class FalconAdapter(Adapter):
         b, a, pos = config.block, config.block.attention, config.position
         # the old layout holds MHA (per-head [q, k, v]) or MQA; anything else, or two norms, needs the new one
         new_arch = b.parallel == "two_norms" or a.type == "gqa"
-        out = {
+        return {
             **config_json_base(config, "FalconForCausalLM"),
             "hidden_size": config.d_model,
             "num_hidden_layers": config.n_layers,
@@ -95,10 +95,8 @@ class FalconAdapter(Adapter):
             "activation": HF_ACTIVATION[b.mlp.activation],
             "layer_norm_epsilon": b.norm.eps,
             "max_position_embeddings": config.max_seq_len,
+            **rope_to_hf(pos),  # {} for ALiBi
         }
-        if pos.type == "rope":
-            out.update(rope_to_hf(pos))
-        return out
 
     def rules(self, config: ModelConfig) -> list[Rule]:
         b, a = config.block, config.block.attention

@@ -68,7 +68,7 @@ class GPTNeoXAdapter(Adapter):
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         b, a, pos = config.block, config.block.attention, config.position
-        rope = rope_to_hf(pos) if pos.type == "rope" else {}
+        rope = rope_to_hf(pos)  # {} for another position type
         return {
             **config_json_base(config, "GPTNeoXForCausalLM"),
             "hidden_size": config.d_model,
