@@ -160,9 +160,18 @@ def config_base(hf: dict[str, Any], family: str, tied: bool = True, name: str | 
             "head": {"tied": bool(hf.get("tie_word_embeddings", tied))}}
 
 
-def config_json_base(config: ModelConfig, architecture: str) -> dict[str, Any]:
-    """config_base backwards: architectures, vocab_size, tie_word_embeddings."""
-    return {"architectures": [architecture], "vocab_size": config.vocab_size, "tie_word_embeddings": config.head.tied}
+# config.json's names for (d_model, n_layers, n_heads) in most types
+HF_DIMS = ("hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
+def config_json_base(config: ModelConfig, architecture: str,
+                     dims: tuple[str, str, str] | None = None) -> dict[str, Any]:
+    """config_base backwards: architectures, vocab_size, tie_word_embeddings; with `dims`, the type's
+    names for d_model, n_layers and the base block's attention heads, with their values."""
+    out = {"architectures": [architecture], "vocab_size": config.vocab_size, "tie_word_embeddings": config.head.tied}
+    if dims is not None:
+        out.update(zip(dims, (config.d_model, config.n_layers, config.block.attention.n_heads)))
+    return out
 
 
 def activation_name(hf_act: str, key: str = "hidden_act") -> str:

@@ -68,12 +68,8 @@ class BloomAdapter(Adapter):
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
-        a = config.block.attention
         return {
-            **config_json_base(config, "BloomForCausalLM"),
-            "hidden_size": config.d_model,
-            "n_layer": config.n_layers,
-            "n_head": a.n_heads,
+            **config_json_base(config, "BloomForCausalLM", ("hidden_size", "n_layer", "n_head")),
             "layer_norm_epsilon": config.block.norm.eps,
             "seq_length": config.max_seq_len,
             "apply_residual_connection_post_layernorm": False,

@@ -91,12 +91,8 @@ class ChatGLMAdapter(RemoteCodeAdapter):
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
-        a = config.block.attention
         return {
-            **config_json_base(config, "ChatGLMModel"),
-            "hidden_size": config.d_model,
-            "num_layers": config.n_layers,
-            "num_attention_heads": a.n_heads,
+            **config_json_base(config, "ChatGLMModel", ("hidden_size", "num_layers", "num_attention_heads")),
             "layernorm_epsilon": config.block.norm.eps,
             "inner_hidden_size": config.block.mlp.d_ff,
             "max_sequence_length": config.max_seq_len,

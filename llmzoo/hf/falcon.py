@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import HF_ACTIVATION, Adapter, activation_name, attention_kind, config_base, config_json_base, require, rope_from_hf, rope_to_hf
+from .adapter import HF_ACTIVATION, HF_DIMS, Adapter, activation_name, attention_kind, config_base, config_json_base, require, rope_from_hf, rope_to_hf
 from .rules import IGNORE, Rule, SplitInterleavedQKV, weight_bias
 
 # config.json keys of the RefinedWeb(Model) remote-code era → today's names
@@ -80,10 +80,7 @@ class FalconAdapter(Adapter):
         # the old layout holds MHA (per-head [q, k, v]) or MQA; anything else, or two norms, needs the new one
         new_arch = b.parallel == "two_norms" or a.type == "gqa"
         return {
-            **config_json_base(config, "FalconForCausalLM"),
-            "hidden_size": config.d_model,
-            "num_hidden_layers": config.n_layers,
-            "num_attention_heads": a.n_heads,
+            **config_json_base(config, "FalconForCausalLM", HF_DIMS),
             "num_kv_heads": a.n_kv_heads,
             "new_decoder_architecture": new_arch,
             "multi_query": a.type == "mqa",

@@ -84,11 +84,8 @@ class GPT2Adapter(Adapter):
             set(o.block) == {"attention"} and set(o.block["attention"]) == {"softmax_scale"} for o in config.overrides
         )
         return {
-            **config_json_base(config, "GPT2LMHeadModel"),
+            **config_json_base(config, "GPT2LMHeadModel", ("n_embd", "n_layer", "n_head")),
             **NO_TOKEN_IDS,  # the class default 50256 lies outside a scaled-down vocabulary
-            "n_embd": config.d_model,
-            "n_layer": config.n_layers,
-            "n_head": a.n_heads,
             "n_positions": config.position.max_positions if config.position.type == "learned" else config.max_seq_len,
             "n_inner": b.mlp.d_ff,
             "activation_function": HF_ACT.get(b.mlp.activation, b.mlp.activation),

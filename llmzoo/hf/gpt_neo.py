@@ -97,7 +97,7 @@ class GPTNeoAdapter(Adapter):
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
-        b, a = config.block, config.block.attention
+        b = config.block
         windows = [blk.attention.window for blk in config.blocks]
         local = sorted({w for w in windows if w is not None})
         if len(local) > 1:
@@ -106,11 +106,8 @@ class GPTNeoAdapter(Adapter):
         period = next(p for p in range(1, len(kinds) + 1) if len(kinds) % p == 0
                       and kinds == kinds[:p] * (len(kinds) // p))
         return {
-            **config_json_base(config, "GPTNeoForCausalLM"),
+            **config_json_base(config, "GPTNeoForCausalLM", ("hidden_size", "num_layers", "num_heads")),
             **NO_TOKEN_IDS,  # the class default 50256 lies outside a scaled-down vocabulary
-            "hidden_size": config.d_model,
-            "num_layers": config.n_layers,
-            "num_heads": a.n_heads,
             "intermediate_size": b.mlp.d_ff,
             "max_position_embeddings": config.position.max_positions
             if config.position.type == "learned" else config.max_seq_len,

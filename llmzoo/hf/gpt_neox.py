@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import HF_ACTIVATION, Adapter, activation_name, config_base, config_json_base, require, rope_from_hf, rope_to_hf
+from .adapter import HF_ACTIVATION, HF_DIMS, Adapter, activation_name, config_base, config_json_base, require, rope_from_hf, rope_to_hf
 from .rules import IGNORE, Rule, SplitInterleavedQKV, weight_bias
 
 
@@ -70,10 +70,7 @@ class GPTNeoXAdapter(Adapter):
         b, a, pos = config.block, config.block.attention, config.position
         rope = rope_to_hf(pos)  # {} for another position type
         return {
-            **config_json_base(config, "GPTNeoXForCausalLM"),
-            "hidden_size": config.d_model,
-            "num_hidden_layers": config.n_layers,
-            "num_attention_heads": a.n_heads,
+            **config_json_base(config, "GPTNeoXForCausalLM", HF_DIMS),
             "intermediate_size": b.mlp.d_ff,
             "hidden_act": HF_ACTIVATION[b.mlp.activation],
             "max_position_embeddings": config.max_seq_len,

@@ -60,13 +60,10 @@ class GPTJAdapter(Adapter):
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
-        b, a = config.block, config.block.attention
+        b = config.block
         return {
-            **config_json_base(config, "GPTJForCausalLM"),
+            **config_json_base(config, "GPTJForCausalLM", ("n_embd", "n_layer", "n_head")),
             **NO_TOKEN_IDS,  # the class default 50256 lies outside a scaled-down vocabulary
-            "n_embd": config.d_model,
-            "n_layer": config.n_layers,
-            "n_head": a.n_heads,
             "n_positions": config.max_seq_len,
             "rotary_dim": config.rotary_dim,
             "n_inner": b.mlp.d_ff,

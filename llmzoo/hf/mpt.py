@@ -72,10 +72,7 @@ class MptAdapter(Adapter):
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         a = config.block.attention
         return {
-            **config_json_base(config, "MptForCausalLM"),
-            "d_model": config.d_model,
-            "n_heads": a.n_heads,
-            "n_layers": config.n_layers,
+            **config_json_base(config, "MptForCausalLM", ("d_model", "n_layers", "n_heads")),
             "expansion_ratio": 4,
             "max_seq_len": config.max_seq_len,
             "no_bias": True,

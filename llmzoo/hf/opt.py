@@ -14,7 +14,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter, activation_name, config_base, config_json_base, require
+from .adapter import HF_DIMS, Adapter, activation_name, config_base, config_json_base, require
 from .rules import IGNORE, Rule, spellings, weight_bias
 
 HF_ACT = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}
@@ -73,11 +73,8 @@ class OPTAdapter(Adapter):
         b, a = config.block, config.block.attention
         pre = b.placement == "pre"
         return {
-            **config_json_base(config, "OPTForCausalLM"),
-            "hidden_size": config.d_model,
+            **config_json_base(config, "OPTForCausalLM", HF_DIMS),
             "word_embed_proj_dim": config.d_embed,
-            "num_hidden_layers": config.n_layers,
-            "num_attention_heads": a.n_heads,
             "ffn_dim": b.mlp.d_ff,
             "max_position_embeddings": config.position.max_positions
             if config.position.type == "learned" else config.max_seq_len,
