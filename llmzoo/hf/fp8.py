@@ -163,14 +163,17 @@ def split_scales(hf: dict, infos: dict) -> dict:
     return {w: (s, infos.pop(s)) for w, s in scales.items()}
 
 
-def dequantize_loaded(name: str, weight: Tensor, scales: dict, hf: dict, dtype: torch.dtype | None) -> Tensor:
-    """The loader's step for one tensor just read: `Dequantize` it if it has a scale (read from its own
-    shard: the pair may be split across files), to `dtype`, else config.json's dtype, else float32."""
+def dequantize_loaded(name: str, weight: Tensor, scales: dict, hf: dict, dtype: torch.dtype | None,
+                      scale_inv: Tensor | None = None) -> Tensor:
+    """The loader's step for one tensor just read: `Dequantize` it if it has a scale (scale_inv, or read
+    from its own shard: the pair may be split across files), to `dtype`, else config.json's dtype,
+    else float32."""
     if name not in scales:
         return weight
-    scale_name, info = scales[name]
-    with safe_open(str(info.file), framework="pt") as f:
-        scale_inv = f.get_tensor(scale_name)
+    if scale_inv is None:
+        scale_name, info = scales[name]
+        with safe_open(str(info.file), framework="pt") as f:
+            scale_inv = f.get_tensor(scale_name)
     if dtype is None:
         stored = hf.get("torch_dtype") or hf.get("dtype") or "float32"
         dtype = getattr(torch, str(stored).removeprefix("torch."), torch.float32)

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..builder import model_class, resolve_dtype
+from ..builder import build_meta, resolve_dtype
 from ..config import ModelConfig
 from ..errors import CheckpointError, LLMZooError, clip
 from ..parity import check_report, register_check
@@ -301,8 +301,7 @@ def load_glm(
     config: the zoo name or config the folder was trained with (the folder has none).
     converted: where the merged safetensors go (default `<folder>/safetensors`)."""
     ckpt = SATFolder().open(folder, config, converted)
-    with torch.device("meta"):
-        model = model_class(ckpt.config)(ckpt.config)
+    model = build_meta(ckpt.config)
     load(model, ckpt, dtype=resolve_dtype(dtype), device=device, strict=strict)
     return model.eval()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import re
 import warnings
@@ -23,7 +24,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from ..builder import model_class, resolve_dtype
+from ..builder import build_meta, resolve_dtype
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, LLMZooError, UnsupportedError, clip
 from ..model import CausalLM
@@ -138,9 +139,16 @@ class TensorInfo:
     file: Path
     shape: tuple[int, ...]
     dtype: torch.dtype
+    offset: int | None = None  # safetensors: byte offset of the data in `file` (None: a torch .bin entry)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Every tensor of one safetensors file from its header: safetensors validates the header (offsets
+    contiguous, inside the file, sized by shape × dtype); the raw header gives each data offset."""
     if not path.is_file():
         raise CheckpointError(f"{path}: shard is missing")
     try:
@@ -152,11 +160,22 @@ def _safetensors_header(path: Path) -> dict[str, TensorInfo]:
                 if dt not in SAFETENSORS_DTYPES:
                     raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dt}")
                 out[name] = TensorInfo(path, tuple(sl.get_shape()), SAFETENSORS_DTYPES[dt])
-            return out
     except CheckpointError:
         raise
     except Exception as e:  # SafetensorError: truncated, corrupt header, bad offsets
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+    with open(path, "rb") as f:  # the layout safetensors just accepted: u64 header size, JSON, data
+        size = int.from_bytes(f.read(8), "little")
+        raw = json.loads(f.read(size))
+        end = os.fstat(f.fileno()).st_size
+    for name, info in out.items():
+        entry = raw.get(name) if isinstance(raw, dict) else None
+        start, stop = (entry.get("data_offsets") or (-1, -1)) if isinstance(entry, dict) else (-1, -1)
+        if not (0 <= start and stop - start == info.nbytes and 8 + size + stop <= end):
+            raise CheckpointError(f"{path}: tensor {name!r}: data_offsets {clip(repr(entry), 100)} do not match "
+                                  f"its shape {list(info.shape)} and dtype, or lie outside the file")
+        info.offset = 8 + size + start
+    return out
 
 
 def _bin_file(path: Path) -> dict[str, Tensor]:
@@ -335,34 +354,76 @@ def _hf_name_for(rules: list, ours: str) -> str:
 # ------------------------------------------------------------------------------ loading
 
 
-def _read_file(path: Path, names: list[str]) -> Iterator[tuple[str, Tensor]]:
+class ShardReader:
+    """Whole reads: each safetensors file mapped once, copy-on-write (writes to a tensor stay in this
+    process), every tensor a zero-copy view of the mapping. A tensor that is only a view (as stored,
+    or transposed/split: `Transform`s return views where they can) keeps its pages in the page cache
+    and costs RSS only once touched. `release` drops the pages of a tensor that was copied away (cast,
+    stacked, concatenated, dequantised), so a shard never sits in RSS next to the copy made of it."""
+
+    def __init__(self):
+        self.maps: dict[Path, mmap.mmap] = {}
+
+    def read(self, name: str, info: TensorInfo) -> Tensor:
+        if info.offset is None:  # a torch .bin shard: torch.load's own (mmap'd) tensors
+            raise CheckpointError(f"{info.file}: {name!r} is not in a safetensors file")
+        if math.prod(info.shape) == 0:
+            return torch.empty(info.shape, dtype=info.dtype)
+        m = self.maps.get(info.file)
+        if m is None:
+            try:
+                with open(info.file, "rb") as f:
+                    m = self.maps[info.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{info.file}: cannot map the file for reading ({e})") from None
+        t = torch.frombuffer(m, dtype=info.dtype, count=math.prod(info.shape), offset=info.offset)
+        if info.offset % info.dtype.itemsize:  # a misaligned tensor (allowed by the format): aligned copy
+            t = t.clone()
+        return t.view(info.shape)
+
+    def release(self, info: TensorInfo) -> None:
+        """Drop this tensor's whole pages from RSS (they stay in the page cache; a later touch maps them
+        again). Only for a tensor no model tensor views."""
+        m = self.maps.get(info.file)
+        if m is None or info.offset is None or not hasattr(m, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = -(-info.offset // page) * page
+        stop = (info.offset + info.nbytes) // page * page
+        if stop > start:
+            m.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+    def close(self, path: Path) -> None:
+        """Forget a file's mapping; tensors that view it keep it alive."""
+        self.maps.pop(path, None)
+
+
+def _read_file(path: Path, names: list[str], infos: dict[str, TensorInfo] | None = None,
+               reader: ShardReader | None = None) -> Iterator[tuple[str, Tensor]]:
     if path.suffix == ".bin":
         state = _bin_file(path)
         for n in names:
             yield n, state.pop(n)
         return
-    # one mmap per tensor: the pages a tensor touches (e.g. to cast it) leave RSS with its mapping,
-    # so a shard never sits in memory next to the model it is being copied into
+    infos = infos if infos is not None else _safetensors_header(path)
+    reader = reader or ShardReader()
     for n in names:
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                t = f.get_tensor(n)
-        except Exception as e:
-            raise CheckpointError(f"{path}: reading {n!r} failed: {e}") from None
-        yield n, t
+        yield n, reader.read(n, infos[n])
 
 
 def read_state_dict(folder: str | os.PathLike) -> dict[str, Tensor]:
     """Every tensor of a checkpoint folder by its stored name (references in tests and verify)."""
     by_file: dict[Path, list[str]] = {}
-    for name, info in checkpoint_index(Path(folder)).items():
+    infos = checkpoint_index(Path(folder))
+    for name, info in infos.items():
         by_file.setdefault(info.file, []).append(name)
-    return {n: t for path, names in by_file.items() for n, t in _read_file(path, names)}
+    return {n: t for path, names in by_file.items() for n, t in _read_file(path, names, infos)}
 
 
-def _assign(model: nn.Module, name: str, value: Tensor) -> None:
+def _assign(modules: dict[str, nn.Module], name: str, value: Tensor) -> Tensor:
+    """Put `value` in the model as tensor `name` (modules: model.named_modules()); returns what was placed."""
     module_name, _, leaf = name.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
+    module = modules[module_name]
     if leaf in getattr(module, "keep_float32", ()) and value.is_floating_point():
         value = value.float()  # e.g. the MoE router: kept in float32 whatever dtype was asked for
     if leaf in module._parameters:
@@ -370,6 +431,7 @@ def _assign(model: nn.Module, name: str, value: Tensor) -> None:
         module._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
     else:
         module._buffers[leaf] = value
+    return value
 
 
 def load_weights(
@@ -377,32 +439,46 @@ def load_weights(
     hf: dict[str, Any] | None = None, scales: dict | None = None,
 ) -> None:
     """Stream every group's tensors file by file, transform, cast and assign (one group in memory).
+    A tensor that stays a view of the file (right dtype, view-only transforms) is never copied; the
+    pages of one that was copied are released once its group is placed (`ShardReader.release`).
     scales: fp8 weight → its block scales (fp8.split_scales); those weights are dequantised as read."""
     owner = {n: g for g in groups for n in g.hf_names}
     by_file: dict[Path, list[str]] = {}
     for name, info in infos.items():
         if name in owner:
             by_file.setdefault(info.file, []).append(name)
+    modules = dict(model.named_modules())
+    reader = ShardReader()
     pending: dict[int, dict[str, Tensor]] = {}
-    nbytes = {n: math.prod(infos[n].shape) * infos[n].dtype.itemsize for names in by_file.values() for n in names}
-    bar = progress(total=sum(nbytes.values()), desc="loading weights", unit="B", unit_scale=True)
+    bar = progress(total=sum(infos[n].nbytes for names in by_file.values() for n in names),
+                   desc="loading weights", unit="B", unit_scale=True)
     for path, names in by_file.items():
-        for name, tensor in _read_file(path, names):
-            bar.update(nbytes[name])
-            if scales:
-                tensor = dequantize_loaded(name, tensor, scales, hf or {}, dtype)
+        for name, tensor in _read_file(path, names, infos, reader):
+            bar.update(infos[name].nbytes)
+            if scales and name in scales:
+                tensor = dequantize_loaded(name, tensor, scales, hf or {}, dtype,
+                                           scale_inv=reader.read(*scales[name]))
             g = owner[name]
             got = pending.setdefault(id(g), {})
             got[name] = tensor
             if len(got) < len(g.hf_names):
                 continue
             del pending[id(g)]
-            outs = g.rule.to_ours([got.pop(n) for n in g.hf_names])
+            sources = [got.pop(n) for n in g.hf_names]
+            outs = g.rule.to_ours(sources)
+            placed = set()
             for ours, t in zip(g.our_names, outs):
                 target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
-                _assign(model, ours, t.to(device=device, dtype=target_dtype))
+                placed.add(_assign(modules, ours, t.to(device=device, dtype=target_dtype)).untyped_storage().data_ptr())
             del outs
+            for n, src in zip(g.hf_names, sources):
+                if src.untyped_storage().data_ptr() not in placed:  # copied away: its pages are not needed
+                    reader.release(infos[n])
+                    if scales and n in scales:
+                        reader.release(scales[n][1])
+            del sources
     bar.close()
+    reader.maps.clear()
     left = [n for n, p in model.state_dict(keep_vars=True).items() if p.is_meta]
     if left:
         raise CheckpointError(f"tensors never written: {left}")
@@ -583,8 +659,7 @@ def from_pretrained(
     instead of converting config.json. strict=False skips (with a warning) checkpoint tensors no
     rule or model parameter wants; missing and mis-shaped tensors are always an error."""
     ckpt = open_checkpoint(source, config)
-    with torch.device("meta"):
-        model = model_class(ckpt.config)(ckpt.config)
+    model = build_meta(ckpt.config)
     load(model, ckpt, dtype=resolve_dtype(dtype), device=device, strict=strict)
     if ckpt.model_type is not None:
         model.hf_model_type = ckpt.model_type

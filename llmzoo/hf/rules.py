@@ -89,10 +89,10 @@ class Transpose(Transform):
     def __init__(self, dims: tuple[int, int] | None = None):
         self.dims = dims
 
-    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:  # views: a matmul reads a transposed matrix as is
         if self.dims is None:
-            return [x.t().contiguous() for x in xs]
-        return [x.transpose(*self.dims).contiguous() for x in xs]
+            return [x.t() for x in xs]
+        return [x.transpose(*self.dims) for x in xs]
 
     backward = forward
 
@@ -181,7 +181,8 @@ class Concat(Transform):
 
 
 class Split(Transform):
-    """One tensor → several along `dim`: `sizes` (a list) or `parts` equal pieces (Baichuan's W_pack)."""
+    """One tensor → several along `dim`: `sizes` (a list) or `parts` equal pieces (Baichuan's W_pack),
+    each a view of the fused tensor."""
 
     def __init__(self, dim: int = 0, sizes: list[int] | None = None, parts: int | None = None):
         if (sizes is None) == (parts is None):
@@ -193,10 +194,10 @@ class Split(Transform):
         if self.parts is not None:
             if x.shape[self.dim] % self.parts:
                 raise ValueError(f"dim {self.dim} of size {x.shape[self.dim]} does not split in {self.parts}")
-            return [t.contiguous() for t in x.chunk(self.parts, dim=self.dim)]
+            return list(x.chunk(self.parts, dim=self.dim))
         if sum(self.sizes) != x.shape[self.dim]:
             raise ValueError(f"dim {self.dim} has size {x.shape[self.dim]}, not {sum(self.sizes)} = {self.sizes}")
-        return [t.contiguous() for t in x.split(self.sizes, dim=self.dim)]
+        return list(x.split(self.sizes, dim=self.dim))
 
     def backward(self, xs: list[Tensor]) -> list[Tensor]:
         return [torch.cat(xs, dim=self.dim)]

@@ -9,7 +9,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
-from ..builder import model_class
+from ..builder import build_meta
 from ..hf import save_pretrained
 
 
@@ -34,8 +34,7 @@ def save_hf(model: nn.Module, folder, max_shard_size: int | str = "2GB") -> None
     gathered state on CPU and writes it. Needs host memory for the whole model on rank 0."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() == 0:
-        with torch.device("meta"):
-            plain = model_class(model.config)(model.config)
+        plain = build_meta(model.config)
         plain.load_state_dict(state, assign=True)
         if getattr(model, "hf_model_type", None):
             plain.hf_model_type = model.hf_model_type

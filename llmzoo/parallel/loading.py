@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from ..builder import model_class, resolve_dtype
+from ..builder import build_meta, resolve_dtype
 from ..hf.loader import SliceReader, load, open_checkpoint  # noqa: F401  (SliceReader: its old home)
 from .sharding import _local, local_region, parallelize
 
@@ -33,8 +33,7 @@ def from_pretrained_sharded(source, mesh: DeviceMesh, *, tp: str | None = "tp", 
                             device: str | torch.device = "cpu") -> nn.Module:
     """config → meta model → `parallelize` → sliced load: no rank ever holds the whole model."""
     ckpt = open_checkpoint(source)
-    with torch.device("meta"):
-        model = model_class(ckpt.config)(ckpt.config)
+    model = build_meta(ckpt.config)
     if dtype is not None:
         model = model.to(resolve_dtype(dtype))
     parallelize(model, mesh, tp=tp, fsdp=fsdp, ep=ep)
