@@ -3,7 +3,11 @@
 For every shape: build random weights once (llmzoo.build, seed), write them as a Hugging Face
 checkpoint (llmzoo.save_pretrained), load that checkpoint into llmzoo (llmzoo.from_pretrained) and
 into transformers (AutoModelForCausalLM, sdpa), one model in memory at a time, and measure
-  load_s       checkpoint load time from local safetensors (after one untimed load), per repeat
+  load_s       checkpoint load time from local safetensors, per repeat, in a fresh interpreter per
+               backend (one untimed load first: lazy imports; the page cache is warm)
+  load_peak    peak RSS growth during one load in that interpreter (its heap trimmed after the untimed
+               load; VmHWM reset through /proc/self/clear_refs where Linux allows, else sampled every
+               5 ms), against model_bytes (the loaded parameters and buffers)
   agree        max|Δlogits| of the two on one batch (llmzoo's logits kept on CPU meanwhile)
   prefill      seconds of one forward over a batch×length grid, per repeat
   ttft_s       batch-1 prompt → first token, taken in every timed generate call
@@ -23,6 +27,9 @@ Shapes: a zoo name (the full shape) or name@tiny / name@small (llmzoo.scale_down
   python scripts/bench.py --dtype float32 bfloat16          # both dtypes in one run
   python scripts/bench.py --device cuda --out results.json  # the GPU plan: llama-2-7b, mistral-7b, deepseek-v2-lite
   python scripts/bench.py --plan cuda --device cpu --dry-run # the same plan on CPU, tiny shapes (the test suite)
+  python scripts/bench.py --only load --dtype float32 bfloat16   # loading only: real-size shapes, as stored
+  python scripts/bench.py --only load --cast bfloat16       # a float32 checkpoint loaded as bfloat16
+Shapes also take name@<N>l: the full widths with only the first N layers (a real-size MoE layer that fits).
 The GPU plan (prefill 1x512 and 4x2048, decode b=1 and b=32 for 64 tokens after 512, 3 repeats, compiled
 decode step reused across calls) is sized to finish in < 8 min on one H100/H200 with transformers' side.
 """
@@ -30,10 +37,12 @@ decode step reused across calls) is sized to finish in < 8 min on one H100/H200 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +55,9 @@ import llmzoo
 
 CPU_SHAPES = ["llama-2-7b@small", "mistral-7b@small", "deepseek-v2-lite@small"]
 CUDA_SHAPES = ["llama-2-7b", "mistral-7b", "deepseek-v2-lite"]
+# --only load: real sizes (>= 100 M parameters): GPT-2 (Conv1D transposes, fused qkv), a Qwen2 and a
+# Llama decoder, and one full-width DeepSeek-V2-Lite MoE layer (64 experts stacked) after its dense one
+LOAD_SHAPES = ["gpt-2-small", "qwen-2.5-0.5b", "llama-3.2-1b@2l", "deepseek-v2-lite@2l"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="the plan's code path on tiny shapes: every shape → name@tiny, lengths ÷ 64, 4 new tokens, 1 repeat")
     p.add_argument("--dtype", nargs="+", help="one or more of float32 bfloat16 float16; default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--only", choices=["load"], help="load: loading only (time, peak RSS, logits agree); "
+                   f"default shapes {LOAD_SHAPES}, 5 repeats")
+    p.add_argument("--cast", help="load the --dtype checkpoint as this dtype (e.g. bfloat16 from float32); "
+                   "default: as stored")
     p.add_argument("--prefill-grid", nargs="+", help="BxL pairs; default CPU 1x64 4x128, CUDA 1x512 4x2048")
     p.add_argument("--decode-batch", type=int, help="the batch-N of decode; default 4 on CPU, 32 on CUDA")
     p.add_argument("--new-tokens", type=int, help="default 16 on CPU, 64 on CUDA")
@@ -76,13 +92,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.plan = a.plan or ("cuda" if a.device.startswith("cuda") else "cpu")
     cuda = a.plan == "cuda"
-    a.shapes = a.shapes or (CUDA_SHAPES if cuda else CPU_SHAPES)
+    a.shapes = a.shapes or (LOAD_SHAPES if a.only == "load" else CUDA_SHAPES if cuda else CPU_SHAPES)
     a.dtype = a.dtype or ["bfloat16" if cuda else "float32"]
     a.prefill_grid = a.prefill_grid or (["1x512", "4x2048"] if cuda else ["1x64", "4x128"])
     a.decode_batch = a.decode_batch or (32 if cuda else 4)
     a.new_tokens = a.new_tokens or (64 if cuda else 16)
     a.prompt_len = a.prompt_len or (512 if cuda else 32)
-    a.repeats = a.repeats or 3
+    a.repeats = a.repeats or (5 if a.only == "load" else 3)
     a.load_repeats = a.load_repeats or (2 if cuda else a.repeats)
     a.compile = a.compile == "on" or (a.compile == "auto" and cuda)
     if a.dry_run:
@@ -101,6 +117,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def shape_config(shape: str) -> llmzoo.ModelConfig:
     name, _, preset = shape.partition("@")
+    if preset[:-1].isdigit() and preset.endswith("l"):  # full widths, the first N layers
+        cfg = llmzoo.get_config(name)
+        return llmzoo.ModelConfig.model_validate({**cfg.to_dict(), "name": f"{cfg.name}-{preset}",
+                                                  "n_layers": int(preset[:-1]), "published_params": None,
+                                                  "published_active_params": None})
     return llmzoo.scale_down(name, preset=preset) if preset else llmzoo.get_config(name)
 
 
@@ -173,6 +194,77 @@ class PeakMemory:
             self.peak = max(self.peak, rss() - self.base)
 
 
+def _trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc), so the next load's RSS growth is its own."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: /proc/self/clear_refs 5); False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (a tied or shared tensor counted once)."""
+    seen = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+def load_child(spec: dict) -> dict:
+    """In this (fresh) interpreter: one untimed load, then `repeats` timed loads; the first timed one
+    also gives the peak RSS growth (heap trimmed, VmHWM reset) or CUDA peak allocation."""
+    device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
+    with torch.inference_mode():
+        del_model = load(spec["backend"], spec["folder"], device, dtype)
+    del del_model
+    _trim_heap()
+    times, peak, size = [], 0, 0
+    for i in range(spec["repeats"]):
+        exact = i == 0 and device.type == "cpu" and _reset_peak_rss()
+        with PeakMemory(device) as mem, torch.inference_mode():
+            sync(device)
+            t = time.perf_counter()
+            model = load(spec["backend"], spec["folder"], device, dtype)
+            sync(device)
+            times.append(time.perf_counter() - t)
+        if i == 0:
+            peak = max(mem.peak, _peak_rss() - mem.base) if exact else mem.peak
+            size = model_bytes(model)
+        del model
+        _trim_heap()
+    return dict(load_s=summary(times), load_peak_bytes=peak, model_bytes=size)
+
+
+def measure_load(backend: str, folder: str, a, device: torch.device, dtype: torch.dtype) -> dict:
+    """load_child in a fresh interpreter per backend: the two loads never share a heap."""
+    spec = dict(backend=backend, folder=folder, device=str(device), dtype=str(dtype).removeprefix("torch."),
+                repeats=a.load_repeats)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(llmzoo.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--load-child", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{backend} load in a child interpreter failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 # ---------------------------------------------------------------- the two backends
 
 
@@ -233,42 +325,22 @@ def generate_stamped(backend: str, model, ids: torch.Tensor, new: int, compile, 
 
 
 def run_backend(backend: str, folder: str, cfg, a, device, dtype, check_ids) -> tuple[dict, torch.Tensor]:
-    r: dict = {}
+    r: dict = measure_load(backend, folder, a, device, dtype)
     gen = torch.Generator().manual_seed(a.seed + 1)
     compile = backend == "llmzoo" and a.compile and ({"backend": a.compile_backend} if a.compile_backend else True)
 
     def rand_ids(b: int, n: int) -> torch.Tensor:
         return torch.randint(0, cfg.vocab_size, (b, n), generator=gen).to(device)
 
-    if a.warmup:  # one untimed load first: lazy imports and the page cache are not load time
-        with torch.inference_mode():
-            del_model = load(backend, folder, device, dtype)
-        del del_model
-        gc.collect()
-    loads = []
-    for i in range(a.load_repeats - 1):  # all but the last load are thrown away
-        sync(device)
-        t = time.perf_counter()
-        with torch.inference_mode():
-            m = load(backend, folder, device, dtype)
-        sync(device)
-        loads.append(time.perf_counter() - t)
-        del m
-        gc.collect()
-    with PeakMemory(device) as mem, torch.inference_mode():
-        sync(device)
-        t = time.perf_counter()
+    with PeakMemory(device) as mem, torch.inference_mode():  # load time and RSS: measure_load's child
         model = load(backend, folder, device, dtype)
-        sync(device)
-        loads.append(time.perf_counter() - t)
-        r["load_s"] = summary(loads)
         logits = forward(backend, model, check_ids).float().cpu()
         r["prefill_s"] = {}
-        for b, n in a.grid:
+        for b, n in (() if a.only == "load" else a.grid):
             ids = rand_ids(b, n)
             r["prefill_s"][f"{b}x{n}"] = summary(timed(lambda: forward(backend, model, ids), device, a.repeats, a.warmup))
         r["decode_step_s"], r["ttft_s"] = {}, None
-        for b in sorted({1, a.decode_batch}):
+        for b in (() if a.only == "load" else sorted({1, a.decode_batch})):
             ids = rand_ids(b, a.prompt_len)
             for _ in range(a.warmup):  # compiles the decode step when asked
                 try:
@@ -300,10 +372,12 @@ def run_backend(backend: str, folder: str, cfg, a, device, dtype, check_ids) -> 
 
 def bench_shape(shape: str, dtype_name: str, a) -> dict:
     device, dtype = torch.device(a.device), getattr(torch, dtype_name)
+    loaded = getattr(torch, a.cast) if a.cast else dtype  # the checkpoint is written in dtype, loaded as this
     cfg = shape_config(shape)
     n = llmzoo.count_params(cfg)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    res: dict = dict(shape=shape, device=str(device), dtype=dtype_name, params=n.total, active_params=n.active)
+    itemsize = torch.empty((), dtype=loaded).element_size()
+    res: dict = dict(shape=shape, device=str(device), dtype=dtype_name + (f"→{a.cast}" if a.cast else ""),
+                     params=n.total, active_params=n.active)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmzoo-bench-", dir=a.tmpdir) as folder:
         model = llmzoo.build(cfg, device=device, dtype=dtype, seed=a.seed)
@@ -315,7 +389,7 @@ def bench_shape(shape: str, dtype_name: str, a) -> dict:
         logits = {}
         for backend in a.backends:
             print(f"[{shape} {dtype_name}] {backend} ... ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-            res[backend], logits[backend] = run_backend(backend, folder, cfg, a, device, dtype, check_ids)
+            res[backend], logits[backend] = run_backend(backend, folder, cfg, a, device, loaded, check_ids)
     if len(logits) == 2:
         ref = logits["transformers"]
         diff = (logits["llmzoo"] - ref).abs().max().item()
@@ -323,9 +397,11 @@ def bench_shape(shape: str, dtype_name: str, a) -> dict:
         res["agree"] = dict(max_abs_diff=diff, max_abs_logit=ref.abs().max().item(), tol=tol, passed=diff <= tol)
         z, h = res["llmzoo"], res["transformers"]
         mem = z["peak_mem_bytes"] / max(h["peak_mem_bytes"], 1)
+        load_rss = z["load_peak_bytes"] / max(h["load_peak_bytes"], 1)
         res["ratios"] = dict(
             load=ratio(h["load_s"], z["load_s"]),
-            ttft=ratio(h["ttft_s"], z["ttft_s"]),
+            load_peak=dict(median=load_rss, low=load_rss, high=load_rss),
+            **({} if a.only == "load" else dict(ttft=ratio(h["ttft_s"], z["ttft_s"]))),
             peak_mem=dict(median=mem, low=mem, high=mem),
             **{f"prefill_{k}": ratio(h["prefill_s"][k], z["prefill_s"][k]) for k in z["prefill_s"]},
             **{f"decode_b{k}": ratio(h["decode_step_s"][k], z["decode_step_s"][k]) for k in z["decode_step_s"]},
@@ -377,7 +453,10 @@ def table(results: list[dict]) -> str:
 
         r0 = z or h
         row("load ms", lambda r: r["load_s"], lambda v: f"{1e3 * v:.0f}", "load")
-        row("ttft ms (b=1)", lambda r: r["ttft_s"], lambda v: f"{1e3 * v:.1f}", "ttft")
+        row("load peak MiB", lambda r: r["load_peak_bytes"], lambda v: f"{v / 2**20:,.0f}", "load_peak")
+        row("load peak / model bytes", lambda r: r["load_peak_bytes"] / max(r["model_bytes"], 1), lambda v: f"{v:.3f}")
+        if r0.get("ttft_s") is not None:
+            row("ttft ms (b=1)", lambda r: r["ttft_s"], lambda v: f"{1e3 * v:.1f}", "ttft")
         for k in r0["prefill_s"]:
             row(f"prefill ms {k}", lambda r: r["prefill_s"][k], lambda v: f"{1e3 * v:.1f}", f"prefill_{k}")
         for k in r0["decode_step_s"]:
@@ -401,6 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = dict(
         settings=dict(device=a.device, plan=a.plan, dry_run=a.dry_run, dtype=a.dtype, prefill_grid=a.prefill_grid,
                       decode_batch=a.decode_batch, new_tokens=a.new_tokens, prompt_len=a.prompt_len,
+                      only=a.only, cast=a.cast,
                       repeats=a.repeats, load_repeats=a.load_repeats, warmup=a.warmup, compile=a.compile,
                       compile_backend=a.compile_backend, peak_tflops=a.peak_tflops, peak_gbps=a.peak_gbps,
                       torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device.startswith("cuda") else None),
@@ -422,4 +502,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--load-child"]:  # measure_load's fresh interpreter
+        print(json.dumps(load_child(json.loads(sys.argv[2]))))
+    else:
+        main()

@@ -19,7 +19,7 @@ def load_bench():
 
 def check_result(r, grid, batches):
     assert r["agree"]["passed"], r["agree"]
-    assert set(r["ratios"]) == {"load", "ttft", "peak_mem", *(f"prefill_{g}" for g in grid),
+    assert set(r["ratios"]) == {"load", "load_peak", "ttft", "peak_mem", *(f"prefill_{g}" for g in grid),
                                 *(f"decode_b{b}" for b in batches)}
     for q in r["ratios"].values():
         assert 0 < q["low"] <= q["median"] <= q["high"] or q["low"] == q["median"] == q["high"] > 0, q
@@ -39,6 +39,22 @@ def test_bench_smoke(tmp_path):
     for r in results:
         check_result(r, ["1x8"], [1, 2])
         assert r["llmzoo"]["decode_step_s"]["1"]["n"] == 2 * (3 - 1)
+
+
+def test_bench_only_load(tmp_path):
+    """--only load: each backend's loads in its own interpreter (time per repeat, peak RSS against the
+    model's bytes), a float32 checkpoint cast to bfloat16, the logits still compared; nothing else run."""
+    bench = load_bench()
+    got = bench.main(["--only", "load", "--shapes", "gpt-2-small@tiny", "deepseek-v2-lite@tiny", "--device", "cpu",
+                      "--repeats", "2", "--cast", "bfloat16", "--tmpdir", str(tmp_path)])
+    for r in got["results"]:
+        assert r["dtype"] == "float32→bfloat16" and r["agree"]["passed"], r["agree"]
+        assert set(r["ratios"]) == {"load", "load_peak", "peak_mem"}
+        for backend in ("llmzoo", "transformers"):
+            z = r[backend]
+            assert z["load_s"]["n"] == 2 and z["load_peak_bytes"] >= 0 and z["model_bytes"] > 0
+            assert z["prefill_s"] == {} and z["decode_step_s"] == {}
+    assert bench.shape_config("deepseek-v2-lite@2l").n_layers == 2
 
 
 def test_bench_cuda_plan_dry_run(tmp_path):
