@@ -168,6 +168,39 @@ def gated(spec: MoESpec) -> Callable[[Tensor, Tensor], Tensor]:
     return clamped
 
 
+def _grouped_kernel(x: Tensor, weight: Tensor) -> bool:
+    """torch._grouped_mm runs these operands: on CPU any float dtype; on CUDA bf16 (sm ≥ 80)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if x.device.type == "cpu":
+        return True
+    return x.device.type == "cuda" and x.dtype == weight.dtype == torch.bfloat16 and \
+        torch.cuda.get_device_capability(x.device) >= (8, 0)
+
+
+@torch.library.custom_op("llmzoo::grouped_linear", mutates_args=())
+def grouped_linear(x: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
+    """Rows offs[e-1]:offs[e] of x (M, in) times weight[e]ᵀ (E, out, in) -> (M, out); rows past
+    offs[-1] are left undefined. One grouped GEMM (torch._grouped_mm) where the device has it, else
+    one matmul per non-empty group. A custom op: torch.compile sees a fixed (M, out) result, whatever
+    the group sizes (aten's own meta function accepts bf16 only)."""
+    weight = weight.to(x.dtype)
+    if _grouped_kernel(x, weight):
+        return torch._grouped_mm(x, weight.transpose(1, 2), offs=offs)
+    out = x.new_zeros(x.shape[0], weight.shape[1])
+    start = 0
+    for e, end in enumerate(offs.tolist()):
+        if end > start:
+            out[start:end] = x[start:end] @ weight[e].T
+        start = end
+    return out
+
+
+@grouped_linear.register_fake
+def _(x: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], weight.shape[1])
+
+
 class Experts(nn.Module):
     """n_experts GLU FFNs with stacked weights (E, ·, ·), so a grouped GEMM or expert-parallel
     split addresses them as one tensor. expert_bias adds gate_bias, up_bias (E, F), down_bias (E, D)."""
@@ -195,7 +228,11 @@ class Experts(nn.Module):
         return F.linear(self.glu(g, u), down[i], db[i] if db is not None else None)
 
     def forward(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
-        """x (N, D); weights, experts (N, k). Tokens are sorted by expert so each expert runs once."""
+        """x (N, D); weights, experts (N, k). Routes sorted by expert, each expert's rows contiguous.
+
+        Without gradients: three grouped GEMMs over all N·k routes, no Python loop and no value read
+        back to the host (a compiled decode step stays one graph). With gradients: one call of `expert`
+        per loaded expert (torch._grouped_mm has no CPU backward)."""
         # under expert/tensor parallelism (llmzoo.parallel) the stacked weights are DTensors: compute
         # with this rank's experts; ids ≥ its expert count belong to other ranks and are skipped
         local = [w.to_local() if hasattr(w, "to_local") else w for w in (getattr(self, n) for n in self.PARAMS)]
@@ -203,13 +240,33 @@ class Experts(nn.Module):
         flat = experts.flatten()  # (N·k,)
         order = flat.argsort(stable=True)
         token = order // experts.shape[1]
+        route_w = weights.flatten()[order, None].to(x.dtype)  # (N·k, 1)
+        if torch.is_grad_enabled() and (x.requires_grad or local[0].requires_grad):
+            return self._per_expert(x, flat, token, route_w, local)
+        chosen = flat[order]  # (N·k,) expert of each sorted route
+        offs = torch.searchsorted(chosen, torch.arange(1, E + 1, device=x.device)).to(torch.int32)  # group ends
+        here = chosen < E  # routes to this rank's experts
+        e = chosen.clamp(max=E - 1)
+        gate, up, down, gb, ub, db = local
+        h = x[token] * route_w if self.weigh_input else x[token]  # (N·k, D)
+        g, u = grouped_linear(h, gate, offs), grouped_linear(h, up, offs)  # (N·k, F)
+        if gb is not None:
+            g, u = g + gb[e].to(g.dtype), u + ub[e].to(u.dtype)
+        y = grouped_linear(self.glu(g, u), down, offs)  # (N·k, D)
+        if db is not None:
+            y = y + db[e].to(y.dtype)
+        y = y if self.weigh_input else y * route_w
+        y = torch.where(here[:, None], y, torch.zeros((), dtype=y.dtype, device=y.device))
+        return torch.zeros_like(x).index_add_(0, token, y)
+
+    def _per_expert(self, x: Tensor, flat: Tensor, token: Tensor, route_w: Tensor, local: list) -> Tensor:
+        E = local[0].shape[0]
         counts = torch.bincount(flat, minlength=E).tolist()[:E]
         out = torch.zeros_like(x)
         start = 0
         for i, n in enumerate(counts):
             if n:
-                rows = token[start : start + n]
-                w = weights.flatten()[order[start : start + n], None].to(x.dtype)
+                rows, w = token[start : start + n], route_w[start : start + n]
                 y = self.expert(i, x[rows] * w, local) if self.weigh_input else self.expert(i, x[rows], local) * w
                 out.index_add_(0, rows, y)
                 start += n
@@ -235,7 +292,9 @@ class MoE(Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, T, D)
         flat = x.reshape(-1, x.shape[-1])
         weights, experts, scores = self.router(flat)
-        self.load = torch.bincount(experts.flatten(), minlength=self.experts.gate.shape[0]).detach()
+        E = self.experts.gate.shape[0]  # (a fixed-size count: bincount's size depends on the ids)
+        self.load = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(
+            0, experts.flatten(), torch.ones_like(experts.flatten())).detach()
         self.mean_score = scores.mean(0)
         y = self.experts(flat, weights, experts)
         if self.shared is not None:

@@ -148,3 +148,49 @@ def test_router_aux_outputs():
     torch.testing.assert_close(ours.mean_score.sum(), torch.tensor(1.0))  # softmax rows average to 1
     ours.mean_score.pow(2).sum().backward()
     assert ours.router.weight.grad is not None and ours.router.weight.grad.abs().sum() > 0
+
+
+def gpt_oss_spec():
+    return MoESpec(n_experts=8, top_k=3, d_expert=8, score="softmax", norm_topk=True, router_bias=True,
+                   expert_bias=True, swiglu_limit=0.5, swiglu_alpha=1.702, up_offset=1.0)  # limit reached
+
+
+def llama4_spec():
+    return MoESpec(n_experts=8, top_k=1, d_expert=8, score="sigmoid", n_shared_experts=1, weigh_input=True)
+
+
+SPECS = {**{f: (lambda f=f: PAIRS[f]()[0]) for f in PAIRS}, "gpt_oss": gpt_oss_spec, "llama4": llama4_spec}
+
+
+@pytest.mark.parametrize("tokens", [1, 4, 64])
+@pytest.mark.parametrize("family", list(SPECS))
+def test_grouped_experts_equal_per_expert_loop(family, tokens):
+    """Inference runs three grouped GEMMs over the sorted routes; training one matmul per loaded
+    expert. Same routes, same sums: equal to float32 rounding for decode (1, 4 tokens) and prefill."""
+    ours = MoE(SPECS[family](), D)
+    fill_loud(ours, seed=11)
+    x = torch.randn(tokens, D, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        grouped = ours(x)
+    looped = ours(x)  # parameters require grad: the per-expert path
+    assert looped.requires_grad and not grouped.requires_grad
+    assert grouped.abs().max() > 0.1
+    torch.testing.assert_close(grouped, looped.detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_grouped_experts_skip_other_ranks_routes():
+    """Under expert parallelism a route to another rank's expert arrives as id E (one past the end):
+    it adds nothing, in both paths."""
+    spec = gpt_oss_spec()
+    ours = MoE(spec, D)
+    fill_loud(ours, seed=13)
+    x = torch.randn(6, D, generator=torch.Generator().manual_seed(14))
+    weights, experts, _ = ours.router(x)
+    mine = experts < spec.n_experts // 2
+    local = experts.masked_fill(~mine, spec.n_experts)  # this rank's ids only, others past the end
+    with torch.no_grad():
+        got = ours.experts(x, weights, local)
+        kept = ours.experts(x, weights.masked_fill(~mine, 0.0), experts)  # the same routes, weighted 0
+    assert got.abs().max() > 0.1 and (~mine).any() and mine.any()
+    torch.testing.assert_close(got, kept, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got, ours.experts(x, weights, local).detach(), atol=1e-6, rtol=1e-6)  # loop
