@@ -82,7 +82,9 @@ def stream(
     cache: a StaticCache for ≥ P + max_new_tokens slots (allocated here when None).
     compile: run the one-token decode step through torch.compile(fullgraph=True, dynamic=False) —
     mode "reduce-overhead" (CUDA graphs) on CUDA; a dict gives torch.compile's keyword arguments.
-    Every step has the same shapes and reads the offset from the cache's tensors: one graph.
+    Every step has the same shapes and reads the offset from the cache's tensors: one graph. The
+    compiled step (and, when no cache is given, its cache) is kept on the model and reused by later
+    calls with the same batch and length: no recompilation (see `compiled_step`).
     An encoder-decoder model (config.encoder set, T5): input_ids / attention_mask are the source, encoded
     once (with every layer's cross-attention K/V); decoding starts from decoder_start_token_id (default
     pad_token_id if given, else 0: T5's pad) and the cache holds the decoder's self-attention."""
@@ -100,7 +102,9 @@ def stream(
     stops = _ids(eos_token_id) + _ids(stop_token_ids)
     if pad_token_id is None:
         pad_token_id = stops[0] if stops else 0
-    if cache is None:
+    if cache is None and compile:  # the compiled step's cache: same buffers, same graph next call
+        cache = reused_cache(model, B, P + max_new_tokens)
+    elif cache is None:
         cache = StaticCache.for_model(model, B, P + max_new_tokens)
     elif cache.max_len < P + max_new_tokens - 1:
         raise ValueError(f"cache holds {cache.max_len} slots; prompt {P} + {max_new_tokens} new tokens need more")
@@ -124,12 +128,8 @@ def stream(
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     step_mask = torch.ones(B, 1, dtype=torch.long, device=device)
 
-    decode = model
-    if compile:
-        options = dict(compile) if isinstance(compile, dict) else (
-            {"mode": "reduce-overhead"} if device.type == "cuda" else {})
-        decode = torch.compile(model, **{"fullgraph": True, "dynamic": False, **options})
-    logits = model(input_ids, attention_mask, position_ids, prefix_len=prefix_len, cache=cache)[:, -1]
+    decode = compiled_step(model, compile, device) if compile else model
+    logits = model(input_ids, attention_mask, position_ids, prefix_len=prefix_len, cache=cache, logits_to_keep=1)[:, -1]
     # LongRoPE: keys cached before the switch to the long factors are re-computed once, at that length
     refresh = getattr(model, "refresh_cache_at", None) if position_ids is None else None
     refresh = refresh if refresh is not None and refresh > P else None
@@ -165,9 +165,44 @@ def stream(
                 seq, seq_mask = torch.cat([seq, token[:, None]], 1), torch.cat([seq_mask, step_mask], 1)
                 if seq.shape[1] == refresh:
                     cache.reset()
-                    logits = model(seq, seq_mask, prefix_len=prefix_len, cache=cache)[:, -1]
+                    logits = model(seq, seq_mask, prefix_len=prefix_len, cache=cache, logits_to_keep=1)[:, -1]
                     continue
             logits = decode(token[:, None], step_mask, step_pos, prefix_len=prefix_len, cache=cache)[:, -1]
+
+
+MAX_REUSED_CACHES = 4
+
+
+def compiled_step(model: torch.nn.Module, compile: bool | dict, device: torch.device):
+    """The model through torch.compile(fullgraph=True, dynamic=False, mode "reduce-overhead" on CUDA,
+    plus the `compile` dict), made once per model and options and kept in the model's __dict__ (not a
+    submodule): a later generate call finds dynamo's graph for its shapes instead of compiling again
+    (each torch.compile call is a new backend, which dynamo's guards would not match)."""
+    options = dict(compile) if isinstance(compile, dict) else (
+        {"mode": "reduce-overhead"} if device.type == "cuda" else {})
+    options = {"fullgraph": True, "dynamic": False, **options}
+    steps = model.__dict__.setdefault("_llmzoo_compiled_steps", {})
+    key = repr(sorted(options.items()))
+    if key not in steps:
+        steps[key] = torch.compile(model, **options)
+    return steps[key]
+
+
+def reused_cache(model: torch.nn.Module, batch: int, max_len: int) -> StaticCache:
+    """A StaticCache kept on the model per (batch, max_len, dtype, device): a compiled step replays
+    over the same buffers (CUDA graphs keep their addresses). Its keys and values are zeroed, so a call
+    sees the fresh cache it would have had."""
+    p = next(model.parameters())
+    caches = model.__dict__.setdefault("_llmzoo_caches", {})
+    key = (batch, max_len, p.dtype, p.device)
+    if key not in caches:
+        if len(caches) >= MAX_REUSED_CACHES:  # the oldest goes: a model serving many shapes stays bounded
+            caches.pop(next(iter(caches)))
+        caches[key] = StaticCache.for_model(model, batch, max_len)
+    cache = caches[key]
+    for t in [*cache.k, *cache.v]:
+        t.zero_()
+    return cache
 
 
 def decoder_start_id(decoder_start_token_id: int | None, pad_token_id: int | None) -> int:

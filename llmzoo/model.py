@@ -99,8 +99,9 @@ class LanguageModel(nn.Module):
             x = x + pos.to(x.dtype)
         return (norm or self.embed_norm)(x)
 
-    def logits(self, x: Tensor) -> Tensor:
-        return self.head_cap(self._logits(x))
+    def logits(self, x: Tensor, keep: int = 0) -> Tensor:
+        """Logits of the last `keep` positions of x (B, T, D) (0: all; generation's prefill needs 1)."""
+        return self.head_cap(self._logits(x[:, -keep:] if keep else x))
 
     def _logits(self, x: Tensor) -> Tensor:
         x = self.embed_out(self.final_norm(x))
@@ -117,7 +118,8 @@ class CausalLM(LanguageModel):
     """A decoder-only LM assembled from a ModelConfig.
 
     forward(input_ids (B, T), attention_mask (B, S) with 1 for real tokens, position_ids (B, T),
-    prefix_len (B,) for prefix-LM layers, cache) -> logits (B, T, vocab)."""
+    prefix_len (B,) for prefix-LM layers, cache, logits_to_keep: the last n positions only (0: all,
+    transformers' argument)) -> logits (B, T or n, vocab)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -187,6 +189,7 @@ class CausalLM(LanguageModel):
         position_ids: Tensor | None = None,
         prefix_len: Tensor | None = None,
         cache: object | None = None,
+        logits_to_keep: int = 0,
     ) -> Tensor:
         ctx = self.context(input_ids, attention_mask, position_ids, prefix_len, cache)
         x = self.embed_tokens(input_ids, ctx.positions)
@@ -194,4 +197,4 @@ class CausalLM(LanguageModel):
             x = block(x, ctx)
         if cache is not None:
             cache.advance(input_ids.shape[1])
-        return self.logits(x)
+        return self.logits(x, logits_to_keep)

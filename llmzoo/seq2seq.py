@@ -144,12 +144,14 @@ class EncoderDecoderLM(LanguageModel):
         decoder_attention_mask: Tensor | None = None,
         cache: object | None = None,
         cross_kv: list[tuple[Tensor, Tensor]] | None = None,
+        logits_to_keep: int = 0,
     ) -> Tensor:
         """Logits (B, T, vocab) of the decoder over `memory`; attention_mask marks the real source tokens.
 
         cache: a StaticCache for the decoder's self-attention; decoder_input_ids are then the next T
         tokens after those it holds (decoder_attention_mask, if given, covers at least those T).
-        cross_kv: `cross_kv(memory)`, to skip projecting the memory again at every step."""
+        cross_kv: `cross_kv(memory)`, to skip projecting the memory again at every step.
+        logits_to_keep: the last n positions only (0: all)."""
         B, T = decoder_input_ids.shape
         S = memory.shape[1]
         _check_mask("attention_mask", attention_mask, (B, S))
@@ -171,7 +173,7 @@ class EncoderDecoderLM(LanguageModel):
             x = block(x, ctx, memory, cross, cross_kv[i] if cross_kv is not None else None)
         if cache is not None:
             cache.advance(T)
-        return self.logits(x)
+        return self.logits(x, logits_to_keep)
 
     def decoding(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> "Decoding":
         """The source encoded once (memory and every layer's cross-attention K/V), as a decoder-only
@@ -212,10 +214,12 @@ class Decoding(nn.Module):
         position_ids: Tensor | None = None,
         prefix_len: Tensor | None = None,
         cache: object | None = None,
+        logits_to_keep: int = 0,
     ) -> Tensor:
         if position_ids is not None or prefix_len is not None:
             raise ValueError("an encoder-decoder decoder takes no position_ids / prefix_len (positions are its slots)")
-        return self.model.decode(input_ids, self.memory, self.source_mask, attention_mask, cache, self.kv)
+        return self.model.decode(input_ids, self.memory, self.source_mask, attention_mask, cache, self.kv,
+                                 logits_to_keep)
 
 
 def _check_mask(name: str, mask: Tensor | None, shape: tuple[int, int]) -> None:

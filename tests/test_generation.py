@@ -224,6 +224,53 @@ def test_compiled_decode_is_one_graph(kind):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("kind", ["sinks-alternating-window-moe", "chunked-nope-temperature-moe", "deepseek-v2-lite"])
+def test_compiled_moe_decode_is_one_graph(kind):
+    """MoE routing and grouped experts trace as one graph (no host read of the routes): GPT-OSS's
+    biased clamped experts, Llama-4's sigmoid top-1 with a shared expert, DeepSeek's groups + MLA."""
+    cfg = KINDS.get(kind) or llmzoo.scale_down(kind, "tiny", n_layers=2)
+    model = loud(llmzoo.build(cfg))
+    ids, mask = left_padded(model.config.vocab_size, (9, 5))
+    want = generate(model, ids, mask, max_new_tokens=6)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = generate(model, ids, mask, max_new_tokens=6, compile={"backend": "eager"})
+    torch._dynamo.reset()
+    assert torch.equal(got, want)
+
+
+def test_compiled_step_is_reused_across_calls():
+    """Later generate calls run the first call's graph (the backend compiles once) over the same cache
+    buffers: the inputs marked static (the cache's, torch._dynamo.mark_static_address) keep their
+    addresses from call to call, which is what lets a CUDA graph replay instead of re-record."""
+    model = loud(llmzoo.build(KINDS["sliding-window"]))
+    ids, mask = left_padded(model.config.vocab_size, (9, 5))
+    want = generate(model, ids, mask, max_new_tokens=6)
+    graphs, calls = [], []
+
+    def counting(gm, example_inputs):  # a torch.compile backend: count, then run the graph as traced
+        graphs.append(gm)
+
+        def run(*args):
+            calls[-1].append([a.data_ptr() for a in args if hasattr(a, "_dynamo_static_input_type")])
+            return gm.forward(*args)
+
+        return run
+
+    torch._dynamo.reset()
+    outs = []
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            calls.append([])
+            outs.append(generate(model, ids, mask, max_new_tokens=6, compile={"backend": counting}))
+    torch._dynamo.reset()
+    assert len(graphs) == 1
+    assert all(torch.equal(o, want) for o in outs)
+    static = calls[0][0]
+    assert len(static) >= 2 * model.config.n_layers  # at least every layer's keys and values
+    assert all(step == static for steps in calls for step in steps)
+
+
 # ------------------------------------------------------------------------------ sampling
 
 
