@@ -345,7 +345,7 @@ def run_backend(backend: str, folder: str, cfg, a, device, dtype, check_ids) -> 
             for _ in range(a.warmup):  # compiles the decode step when asked
                 try:
                     generate_stamped(backend, model, ids, a.new_tokens, compile, device)
-                except Exception as e:  # a step that does not compile (MoE's data-dependent routing today)
+                except Exception as e:  # a step that does not compile: recorded, decode measured eager
                     if not compile:
                         raise
                     r["compile_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"

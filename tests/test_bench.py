@@ -72,5 +72,5 @@ def test_bench_cuda_plan_dry_run(tmp_path):
     assert json.loads(out.read_text())["results"] == json.loads(json.dumps(got["results"]))
     for r in got["results"]:
         check_result(r, ["1x8", "4x32"], [1, 32])
-    dense = [r for r in got["results"] if not r["shape"].startswith("deepseek")]
-    assert all(r["llmzoo"]["compiled_decode"] for r in dense), [r["llmzoo"].get("compile_error") for r in dense]
+    # MoE too: the grouped experts read no route count back to the host
+    assert all(r["llmzoo"]["compiled_decode"] for r in got["results"]), [r["llmzoo"].get("compile_error") for r in got["results"]]
