@@ -22,7 +22,8 @@ the spread before the ratio. Ratios >1: llmzoo faster (peak mem: llmzoo / transf
 left out) and decode's share of HBM bandwidth
 ((weight bytes + KV-cache bytes read per step) · steps/s / --peak-gbps).
 
-Shapes: a zoo name (the full shape) or name@tiny / name@small (llmzoo.scale_down preset).
+Shapes: a zoo name (the full shape), name@tiny / name@small (llmzoo.scale_down preset), or one of DERIVED
+(zoo entries narrowed to a few hundred million parameters: mistral-7b@0.2b, deepseek-v2-lite@0.4b).
   python scripts/bench.py                                   # CPU defaults, ~1 minute
   python scripts/bench.py --dtype float32 bfloat16          # both dtypes in one run
   python scripts/bench.py --device cuda --out results.json  # the GPU plan: llama-2-7b, mistral-7b, deepseek-v2-lite
@@ -52,6 +53,7 @@ from typing import Callable
 import torch
 
 import llmzoo
+from llmzoo.config import deep_merge
 
 CPU_SHAPES = ["llama-2-7b@small", "mistral-7b@small", "deepseek-v2-lite@small"]
 CUDA_SHAPES = ["llama-2-7b", "mistral-7b", "deepseek-v2-lite"]
@@ -89,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backends", nargs="+", default=["llmzoo", "transformers"], choices=["llmzoo", "transformers"])
     p.add_argument("--tmpdir", help="where the checkpoint is written (needs ~2 bytes/param in bf16); default $TMPDIR")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--markdown", nargs="+", metavar="JSON",
+                   help="print the ratio table of saved results (docs/performance.md) and exit")
     a = p.parse_args(argv)
     a.plan = a.plan or ("cuda" if a.device.startswith("cuda") else "cpu")
     cuda = a.plan == "cuda"
@@ -115,7 +119,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+# Zoo entries narrowed to a few hundred million parameters, structure kept (CPU table, docs/performance.md):
+# a sliding window shorter than the prompt, and MLA + DeepSeekMoE (64 experts, top-6, 2 shared, dense layer 0)
+DERIVED = {
+    "mistral-7b@0.2b": ("mistral-7b", {"d_model": 768, "n_layers": 12, "block": {
+        "attention": {"n_heads": 12, "n_kv_heads": 4, "head_dim": 64, "window": 32}, "mlp": {"d_ff": 2048}}}),
+    "deepseek-v2-lite@0.4b": ("deepseek-v2-lite", {"d_model": 1024, "n_layers": 4, "block": {
+        "attention": {"n_heads": 8}, "mlp": {"d_expert": 192}}, "overrides": [
+        {"layers": "0:1", "block": {"mlp": {"type": "glu", "activation": "silu", "d_ff": 2816, "bias": False}}}]}),
+}
+
+
 def shape_config(shape: str) -> llmzoo.ModelConfig:
+    """A zoo name, name@tiny / name@small (llmzoo.scale_down), or a DERIVED name."""
+    if shape in DERIVED:
+        base, patch = DERIVED[shape]
+        return llmzoo.get_config(deep_merge(llmzoo.get_config(base).model_dump(), {**patch, "name": shape}))
     name, _, preset = shape.partition("@")
     if preset[:-1].isdigit() and preset.endswith("l"):  # full widths, the first N layers
         cfg = llmzoo.get_config(name)
@@ -473,8 +492,39 @@ def table(results: list[dict]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def markdown(results: list[dict]) -> str:
+    """The docs/performance.md table: per shape and dtype, each ratio as median (quartile spread) and
+    llmzoo's own median; decode also as tokens/s."""
+    def cell(res: dict, key: str, z_value: str) -> str:
+        q = res.get("ratios", {}).get(key)
+        return "-" if q is None else f"**{q['median']:.2f}×** ({q['low']:.2f}–{q['high']:.2f})<br>{z_value}"
+
+    grids = sorted({k for r in results for k in r["llmzoo"]["prefill_s"]})
+    batches = sorted({k for r in results for k in r["llmzoo"]["decode_step_s"]}, key=int)
+    head = ["shape (params)", "dtype", "load", "TTFT", *(f"prefill {g}" for g in grids),
+            *(f"decode b={b}" for b in batches), "peak RSS"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        z = r["llmzoo"]
+        cells = [f"{r['shape']} ({r['params'] / 1e6:.0f} M)", r["dtype"],
+                 cell(r, "load", f"{z['load_s']['median']:.2f} s"),
+                 cell(r, "ttft", f"{1e3 * z['ttft_s']['median']:.0f} ms")]
+        cells += [cell(r, f"prefill_{g}", f"{1e3 * z['prefill_s'][g]['median']:.0f} ms") if g in z["prefill_s"] else "-"
+                  for g in grids]
+        cells += [cell(r, f"decode_b{b}", f"{1e3 * z['decode_step_s'][b]['median']:.1f} ms/step, "
+                       f"{z['decode_tps'][b]:.1f} tok/s") if b in z["decode_step_s"] else "-" for b in batches]
+        q = r.get("ratios", {}).get("peak_mem")
+        cells.append("-" if q is None else f"**{q['median']:.2f}×**<br>{z['peak_mem_bytes'] / 2**20:,.0f} MiB")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
+    if a.markdown:
+        results = [r for path in a.markdown for r in json.load(open(path))["results"]]
+        print(markdown(results))
+        return {"results": results}
     torch.manual_seed(a.seed)
     t0 = time.perf_counter()
     out = dict(

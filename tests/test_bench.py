@@ -29,9 +29,10 @@ def check_result(r, grid, batches):
             assert s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"] and s["n"] >= 1, s
 
 
-def test_bench_smoke(tmp_path):
+def test_bench_smoke(tmp_path, capsys):
     out = tmp_path / "r.json"
-    load_bench().main(["--shapes", "llama-2-7b@tiny", "--device", "cpu", "--new-tokens", "3", "--prompt-len", "8",
+    bench = load_bench()
+    bench.main(["--shapes", "llama-2-7b@tiny", "--device", "cpu", "--new-tokens", "3", "--prompt-len", "8",
                        "--prefill-grid", "1x8", "--decode-batch", "2", "--repeats", "2", "--out", str(out),
                        "--dtype", "float32", "bfloat16"])
     results = json.loads(out.read_text())["results"]
@@ -39,6 +40,13 @@ def test_bench_smoke(tmp_path):
     for r in results:
         check_result(r, ["1x8"], [1, 2])
         assert r["llmzoo"]["decode_step_s"]["1"]["n"] == 2 * (3 - 1)
+    capsys.readouterr()
+    bench.main(["--markdown", str(out)])  # the docs/performance.md table from the saved JSON
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 + len(results) and "prefill 1x8" in lines[0] and "decode b=2" in lines[0]
+    for line, r in zip(lines[2:], results):
+        assert line.count("×") == 6 and r["dtype"] in line  # load, ttft, prefill, decode ×2, peak RSS
+        assert f"{r['ratios']['decode_b1']['median']:.2f}×" in line
 
 
 def test_bench_only_load(tmp_path):
@@ -74,3 +82,27 @@ def test_bench_cuda_plan_dry_run(tmp_path):
         check_result(r, ["1x8", "4x32"], [1, 32])
     # MoE too: the grouped experts read no route count back to the host
     assert all(r["llmzoo"]["compiled_decode"] for r in got["results"]), [r["llmzoo"].get("compile_error") for r in got["results"]]
+
+
+def load_scaling():
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_scaling.py"
+    spec = importlib.util.spec_from_file_location("bench_scaling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scaling_smoke(tmp_path):
+    """scripts/bench_scaling.py on tiny shapes and two lengths past the window: JSON and PNG written."""
+    got = load_scaling().main(["--preset", "tiny", "--window", "8", "--lengths", "12", "24", "--new-tokens", "2",
+                               "--repeats", "1", "--out-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "scaling.json").read_text())
+    assert saved["shapes"] == json.loads(json.dumps(got["shapes"]))
+    assert set(saved["shapes"]) == {"dense", "sliding window", "MLA"}
+    for entry in saved["shapes"].values():
+        for key in ("prefill_s_per_token", "decode_step_s"):
+            assert [s["n"] for s in entry[key]] == [1, 1]  # one call (one step) per length
+            assert all(0 < s["min"] <= s["median"] <= s["max"] for s in entry[key])
+    assert saved["shapes"]["sliding window"]["config"]["window"] == 8
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
