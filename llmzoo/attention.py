@@ -78,7 +78,10 @@ class Context:
     # and the position bias recomputed over them: bias_fn(q_pos, k_pos) -> (B, H, T, S) or None
     keys: Callable[[int | None, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None
     bias_fn: Callable[[Tensor, Tensor], Tensor | None] | None = None
+    # the position module's relative(q_pos, k_pos) -> (table (R, D), row (B, T, S)) or None (DeBERTa)
+    relative: Callable[[Tensor, Tensor], tuple[Tensor, Tensor] | None] | None = None
     _masks: dict = field(default_factory=dict)
+    _relative: dict = field(default_factory=dict)
 
     def rotary(self, layer: int) -> tuple[Tensor, Tensor] | None:
         """The cos/sin that `layer` rotates queries and keys by (None: that layer has no rotary)."""
@@ -97,6 +100,14 @@ class Context:
         if self.keys is None:
             return self.positions
         return self.keys(window, self.q_index)[2]
+
+    def relative_embeddings(self, window: int | None = None) -> tuple[Tensor, Tensor] | None:
+        """The position module's relative table (R, D) and the row (B, T, S) of each query and key a
+        layer with this window attends to; computed once per forward and shared across layers."""
+        if window not in self._relative:
+            rel = self.relative(self.positions, self.key_positions(window)) if self.relative is not None else None
+            self._relative[window] = rel
+        return self._relative[window]
 
     def mask(self, window: int | None, chunk: int | None = None) -> Tensor | None:
         """SDPA attn_mask for a layer with this window (and chunk); None means plain causal (is_causal)."""
@@ -448,6 +459,115 @@ class RelativeXLAttention(AttentionModule):
         if mask is None:
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
         scores = scores.masked_fill(~mask, float("-inf"))
+        y = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)  # (B, H, T, Dh)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+    def beta_scaled(self) -> list[nn.Module]:
+        return [self.v, self.o]
+
+
+# ------------------------------------------------------------------- DeBERTa disentangled
+
+
+class DisentangledSpec(AttentionSpecBase):
+    """DeBERTa's disentangled attention (He et al., arXiv:2006.03654, §3.1, eq. 2-4; v2/v3)."""
+
+    type: Literal["disentangled"] = "disentangled"
+    takes_score_bias: ClassVar[bool] = False  # its position terms come from the relative table
+    reads_relative_table: ClassVar[bool] = True
+    n_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    bias: bool = Field(True, description="biases on q, k, v, o and the position projections (DeBERTa: all)")
+    pos_att_type: list[Literal["c2p", "p2c"]] = Field(
+        min_length=1, max_length=2, description="position terms: c2p content→position, p2c position→content")
+    share_att_key: bool = Field(
+        description="position keys / queries from the content k / q projections (v2/v3), else own ones")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DisentangledSpec":
+        if len(set(self.pos_att_type)) != len(self.pos_att_type):
+            raise ValueError(f"pos_att_type: {self.pos_att_type} names a term twice")
+        return self
+
+    @property
+    def scale_factor(self) -> int:
+        """1 + number of position terms: scores are divided by sqrt(head_dim · scale_factor) (§3.1)."""
+        return 1 + len(self.pos_att_type)
+
+    def n_params(self, d_model: int) -> int:
+        inner = self.n_heads * self.head_dim
+        own = 0 if self.share_att_key else len(self.pos_att_type)  # pos_key_proj (c2p), pos_query_proj (p2c)
+        b = 1 if self.bias else 0
+        return (3 + own) * (d_model + b) * inner + inner * d_model + b * d_model
+
+    def kv_layout(self, latent: bool = True) -> KVLayout:
+        return KVLayout(self.n_heads, self.head_dim, self.head_dim)  # content keys and values
+
+    def scaled(self, s) -> "DisentangledSpec":
+        h, _ = s.heads(self.n_heads, self.n_heads)
+        return self.updated(n_heads=h, head_dim=s.head_dim)
+
+
+@register("attention", "disentangled", DisentangledSpec)
+class DisentangledAttention(AttentionModule):
+    """DeBERTa disentangled attention (He et al., arXiv:2006.03654, eq. 2-4) over the model's shared
+    relative table P (position `relative_embedding`, which gives each query/key pair its row δ(i, j)):
+
+        Ã_ij = q_iᵀ k_j (c2c) + q_iᵀ K^r_δ(i,j) (c2p) + k_jᵀ Q^r_δ(i,j) (p2c),  scaled 1/sqrt(Dh · (1 + terms)),
+        K^r = P W_k,r, Q^r = P W_q,r (share_att_key: the content k / q projections, biases included).
+
+    The p2c row is δ(i, j) as transformers' deberta_v2 (and the authors' code) index it: bucket(i - j) + k,
+    the same row as c2p, since the log buckets are odd in i - j. Rows come from position ids, so the KV
+    cache (keys of earlier steps) and left padding use the same rule; the mask is the model's."""
+
+    def __init__(self, spec: DisentangledSpec, d_model: int, layer: int = 0, scale_mult: float = 1.0):
+        super().__init__()
+        self.spec, self.layer, self.head_dim = spec, layer, spec.head_dim
+        inner = spec.n_heads * spec.head_dim
+        self.q = nn.Linear(d_model, inner, bias=spec.bias)
+        self.k = nn.Linear(d_model, inner, bias=spec.bias)
+        self.v = nn.Linear(d_model, inner, bias=spec.bias)
+        self.o = nn.Linear(inner, d_model, bias=spec.bias)
+        terms = spec.pos_att_type
+        if not spec.share_att_key and "c2p" in terms:
+            self.pos_k = nn.Linear(d_model, inner, bias=spec.bias)
+        if not spec.share_att_key and "p2c" in terms:
+            self.pos_q = nn.Linear(d_model, inner, bias=spec.bias)
+        # names, not modules: a shared projection must not appear twice in the state dict
+        self.c2p = ("k" if spec.share_att_key else "pos_k") if "c2p" in terms else None
+        self.p2c = ("q" if spec.share_att_key else "pos_q") if "p2c" in terms else None
+        self.scale = (spec.head_dim * spec.scale_factor) ** -0.5 * scale_mult
+
+    def forward(self, x: Tensor, ctx: Context) -> Tensor:  # (B, T, D)
+        B, T, _ = x.shape
+        Dh = self.head_dim
+        q = self.q(x).view(B, T, -1, Dh).transpose(1, 2)  # (B, H, T, Dh); -1: this rank's heads under TP
+        k = self.k(x).view(B, T, -1, Dh).transpose(1, 2)
+        v = self.v(x).view(B, T, -1, Dh).transpose(1, 2)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer, k, v)  # (B, H, S, Dh)
+        rel = ctx.relative_embeddings(None)
+        if rel is None:
+            raise UnsupportedError(f"blocks.{self.layer}.attn: 'disentangled' attention needs the model's "
+                                   "position type 'relative_embedding'")
+        table, row = rel  # (R, D), (B, T, S)
+        table = table.to(x.dtype)
+        row = row[:, None].expand(-1, q.shape[1], -1, -1)  # (B, H, T, S)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # c2c (B, H, T, S)
+        if self.c2p is not None:  # c2p: q_i · K^r[δ(i, j)]
+            pk = getattr(self, self.c2p)(table).view(table.shape[0], -1, Dh)  # (R, H, Dh)
+            scores = scores + torch.einsum("bhtd,rhd->bhtr", q, pk).gather(-1, row)
+        if self.p2c is not None:  # p2c: k_j · Q^r[δ(i, j)]
+            pq = getattr(self, self.p2c)(table).view(table.shape[0], -1, Dh)
+            scores = scores + torch.einsum("bhsd,rhd->bhrs", k, pq).gather(-2, row)
+        scores = scores.float() * self.scale
+        mask = ctx.mask(None)
+        if mask is None:
+            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.float()
         y = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)  # (B, H, T, Dh)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 

@@ -123,6 +123,7 @@ class StaticCache:
             latent_kv=self.absorbed,
             keys=self.keys,
             bias_fn=model.positions.bias,
+            relative=model.positions.relative,
         )
 
     def advance(self, n: int) -> None:

@@ -165,6 +165,7 @@ class CausalLM(LanguageModel):
             layer_rope=layer_rope,
             rope_layout=self.rope_layout,
             bias=self.positions.bias(position_ids, key_pos),
+            relative=self.positions.relative,
             key_padding=attention_mask.bool() if attention_mask is not None else None,
             prefix_len=prefix_len,
             cache=cache,

@@ -296,6 +296,7 @@ class PagedCache:
             latent_kv=self.absorbed,
             keys=self._keys,
             bias_fn=model.positions.bias,
+            relative=model.positions.relative,
             q_slot=step["q_slot"],
             prefix_slots=prefix,
         )

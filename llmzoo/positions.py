@@ -1,8 +1,10 @@
-"""Position encodings: learned, sinusoidal, RoPE (with its scalings), ALiBi, T5 relative buckets.
+"""Position encodings: learned, sinusoidal, RoPE (with its scalings), ALiBi, T5 relative buckets,
+DeBERTa's relative embedding table.
 
-One position module per model. It may contribute in three places, each optional:
+One position module per model. It may contribute in four places, each optional:
 `embed(pos)` adds to the token embeddings, `rotary(pos)` gives the cos/sin that attention applies
-to queries and keys, `bias(q_pos, k_pos)` gives an additive per-head score bias.
+to queries and keys, `bias(q_pos, k_pos)` gives an additive per-head score bias, `relative(q_pos,
+k_pos)` gives a table of relative-position embeddings and each (query, key) pair's row in it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from .config import MAX_SEQ_LEN
 from .protocol import Module, PositionSpecBase
-from .registry import Spec, register
+from .registry import Component, Spec, build, register
 
 # ----------------------------------------------------------------------------------- specs
 
@@ -239,6 +242,46 @@ class RelativeBucketSpec(PositionSpecBase):
         return self.updated(num_buckets=min(self.num_buckets, 32), max_distance=min(self.max_distance, s.max_seq_len))
 
 
+class RelativeEmbeddingSpec(PositionSpecBase):
+    """DeBERTa's relative position embeddings (He et al., arXiv:2006.03654, §3.1; v2's log buckets):
+    one table of 2k rows shared by every layer, row k + δ for the (bucketed) distance δ = i - j."""
+
+    type: Literal["relative_embedding"] = "relative_embedding"
+    relative_table: ClassVar[bool] = True
+    max_relative_positions: int = Field(
+        gt=0, le=MAX_SEQ_LEN, description="k without buckets; the log buckets' far end (HF: -1 means "
+        "max_position_embeddings)")
+    position_buckets: int | None = Field(
+        None, gt=1, le=MAX_SEQ_LEN, description="k with log buckets (DeBERTa-v2/v3 position_buckets: 256); "
+        "None: distances clipped to ±k exactly")
+    norm: Component("norm") | None = Field(  # type: ignore[valid-type]
+        None, description="norm on the table before use (norm_rel_ebd: layer_norm)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RelativeEmbeddingSpec":
+        if self.position_buckets is not None and self.max_relative_positions - 1 <= self.position_buckets // 2:
+            # the log buckets divide by log((max_relative_positions - 1) / (position_buckets // 2))
+            raise ValueError(f"max_relative_positions: {self.max_relative_positions} must exceed "
+                             f"position_buckets // 2 + 1 = {self.position_buckets // 2 + 1} (log buckets)")
+        return self
+
+    @property
+    def span(self) -> int:
+        """k: the table has rows for δ + k, δ in [-k, k)."""
+        return self.position_buckets if self.position_buckets is not None else self.max_relative_positions
+
+    def n_params(self, d_model: int, n_heads: int) -> int:
+        return 2 * self.span * d_model + (self.norm.n_params(d_model) if self.norm is not None else 0)
+
+    def scaled(self, s) -> "RelativeEmbeddingSpec":
+        # 8 buckets (exact to ±4, log-spaced beyond) reaching out to the tiny context
+        if self.position_buckets is None:
+            return self.updated(max_relative_positions=min(self.max_relative_positions, s.max_seq_len))
+        buckets = min(self.position_buckets, 8)
+        return self.updated(position_buckets=buckets,
+                            max_relative_positions=max(min(self.max_relative_positions, s.max_seq_len), buckets))
+
+
 # --------------------------------------------------------------------------------- modules
 
 
@@ -281,6 +324,11 @@ class PositionEncoding(Module):
         return None
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:  # -> (B, H, T, S)
+        return None
+
+    def relative(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(table (R, D), row (B, T, S) of each query/key pair) for attention that projects the
+        relative embeddings itself (DeBERTa); None: this encoding has none."""
         return None
 
 
@@ -559,3 +607,32 @@ class RelativeBucketBias(PositionEncoding):
         rel = k_pos[:, None, :] - q_pos[:, :, None]  # (B, T, S)
         b = relative_bucket(rel, self.spec.num_buckets, self.spec.max_distance, self.spec.bidirectional)
         return nn.functional.embedding(b, self.weight).permute(0, 3, 1, 2)  # (B, H, T, S)
+
+
+def log_bucket(rel: Tensor, buckets: int, max_position: int) -> Tensor:
+    """DeBERTa-v2's log buckets of distances rel = i - j (transformers' make_log_bucket_position, in
+    float32 as it computes them): rel itself for |rel| ≤ mid = buckets // 2, beyond that
+    sign(rel) · (mid + ⌈log(|rel| / mid) / log((max_position - 1) / mid) · (mid - 1)⌉)."""
+    mid = buckets // 2
+    far = torch.where(rel.abs() < mid, torch.full_like(rel, mid - 1), rel.abs())  # the exact range: unused
+    log_pos = torch.ceil(torch.log(far / mid) / torch.log(torch.tensor((max_position - 1) / mid)) * (mid - 1)) + mid
+    return torch.where(far <= mid, rel.float(), log_pos * torch.sign(rel)).long()
+
+
+@register("position", "relative_embedding", RelativeEmbeddingSpec)
+class RelativeEmbedding(PositionEncoding):
+    """DeBERTa's shared relative-position table (arXiv:2006.03654, §3.1): P (2k, D), normed once per
+    forward (norm_rel_ebd), row δ(i, j) = clamp(bucket(i - j) + k, 0, 2k - 1) for query i, key j."""
+
+    def __init__(self, spec: RelativeEmbeddingSpec, *, d_model: int, n_heads: int, rotary_dim: int):
+        super().__init__()
+        self.spec, self.span = spec, spec.span
+        self.weight = nn.Parameter(torch.empty(2 * spec.span, d_model))
+        nn.init.normal_(self.weight, std=0.02)
+        self.norm = build("norm", spec.norm, d_model) if spec.norm is not None else nn.Identity()
+
+    def relative(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        rel = q_pos[:, :, None] - k_pos[:, None, :]  # (B, T, S): i - j
+        if self.spec.position_buckets is not None:
+            rel = log_bucket(rel, self.spec.position_buckets, self.spec.max_relative_positions)
+        return self.norm(self.weight), (rel + self.span).clamp(0, 2 * self.span - 1)

@@ -43,6 +43,7 @@ class NormSpecBase(KindSpec):
 
 class PositionSpecBase(KindSpec):
     score_bias: ClassVar[bool] = False  # adds a per-head bias to the scores (ALiBi, T5 buckets)
+    relative_table: ClassVar[bool] = False  # gives attention a relative-embedding table (DeBERTa)
 
     def n_params(self, d_model: int, n_heads: int) -> int:
         return 0
@@ -59,12 +60,17 @@ class PositionSpecBase(KindSpec):
         """Raise ValueError if layer `layer`'s attention cannot apply this encoding."""
         if self.score_bias and not attention.takes_score_bias:
             raise ValueError(f"{where}.type: {self.type!r} is not defined for {attention.type.upper()} attention")
+        if self.relative_table != attention.reads_relative_table:
+            need = "needs" if attention.reads_relative_table else "has no use for"
+            raise ValueError(f"{where}.type: {attention.type!r} attention (layer {layer}) {need} a relative "
+                             f"embedding table (position type 'relative_embedding'), got {self.type!r}")
 
 
 class AttentionSpecBase(KindSpec):
     n_heads: int  # query heads (ALiBi slopes and relative-bias tables count them)
     takes_score_bias: ClassVar[bool] = True
     own_positions: ClassVar[str | None] = None  # names the position scheme it computes itself (Transformer-XL)
+    reads_relative_table: ClassVar[bool] = False  # projects the position's relative embeddings (DeBERTa)
 
     @property
     def rotary_head_dim(self) -> int:

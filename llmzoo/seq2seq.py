@@ -41,6 +41,7 @@ def stack_context(
         rope=positions.rotary(pos),
         rope_layout=rope_layout,
         bias=positions.bias(pos, pos),
+        relative=positions.relative,
         key_padding=padding.bool() if padding is not None else None,
         causal=causal,
     )

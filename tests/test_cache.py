@@ -88,6 +88,14 @@ KINDS = {
 }
 for _k in ("mla", "mla-full-rank-q"):  # MLA specs have no GQA keys
     KINDS[_k]["block"]["attention"] = {**MLA, **({"q_lora_rank": None} if "full" in _k else {})}
+# DeBERTa: post-LN, disentangled attention over a shared log-bucketed relative table (exact to ±4,
+# log-spaced to 12, clamped beyond: the 20-token test sequences pass all three), used causally here
+KINDS["disentangled-log-buckets"] = tiny(
+    {"type": "relative_embedding", "position_buckets": 8, "max_relative_positions": 12, "norm": LN},
+    block={"placement": "post", "norm": LN, "mlp": {"type": "mlp", "d_ff": 48, "bias": True}}, final_norm=None)
+KINDS["disentangled-log-buckets"]["block"]["attention"] = {
+    "type": "disentangled", "n_heads": 4, "head_dim": 8, "bias": True, "pos_att_type": ["p2c", "c2p"],
+    "share_att_key": True}
 
 
 def loud(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -198,7 +198,8 @@ def test_zoo_greedy_equals_cache_free_greedy(name):
     torch.testing.assert_close(got, greedy_without_cache(model, ids, mask, 12), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["sliding-window", "alibi-6-heads", "mla", "prefix-lm-deepnorm"])
+@pytest.mark.parametrize("kind", ["sliding-window", "alibi-6-heads", "mla", "prefix-lm-deepnorm",
+                                  "disentangled-log-buckets"])
 def test_kinds_greedy_equals_cache_free_greedy(kind):
     model = loud(llmzoo.build(KINDS[kind]))
     ids, mask = left_padded(model.config.vocab_size, (9, 5))

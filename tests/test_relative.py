@@ -3,6 +3,7 @@
 and against the paper's four-term formula computed naively here."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -103,3 +104,116 @@ def test_relative_xl_cached_decode_equals_full_forward_with_left_padding():
     got = torch.cat(steps, dim=1)
     torch.testing.assert_close(got[0], full[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got[1, 3:], full[1, 3:], atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------- DeBERTa disentangled
+
+from llmzoo.attention import DisentangledAttention, DisentangledSpec  # noqa: E402
+from llmzoo.positions import RelativeEmbedding, RelativeEmbeddingSpec, log_bucket  # noqa: E402
+
+DT = 24  # longer than the buckets' exact range (±4) and than max_relative_positions (20): both clamp
+
+
+def deberta_pair(terms: list[str], share: bool, buckets: int | None, max_rel: int, seed: int = 0):
+    """transformers' DebertaV2Encoder (one layer, loud weights: its shared relative table and the
+    layer's DebertaV2Attention) and our RelativeEmbedding + DisentangledAttention with mapped weights."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Encoder
+
+    config = transformers.DebertaV2Config(
+        hidden_size=D, num_attention_heads=H, intermediate_size=48, num_hidden_layers=1, relative_attention=True,
+        pos_att_type=terms, share_att_key=share, position_buckets=buckets or -1, max_relative_positions=max_rel,
+        norm_rel_ebd="layer_norm", layer_norm_eps=1e-7, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        max_position_embeddings=64)
+    enc = DebertaV2Encoder(config)
+    with torch.no_grad():
+        loud_init_(enc, seed)
+    enc.eval()
+    ref = enc.layer[0].attention
+    ref.output.LayerNorm = torch.nn.Identity()  # compare the attention itself: dense(attn(x)) + x
+    pos = RelativeEmbedding(RelativeEmbeddingSpec(
+        position_buckets=buckets, max_relative_positions=max_rel, norm={"type": "layernorm", "eps": 1e-7}),
+        d_model=D, n_heads=H, rotary_dim=0)
+    ours = DisentangledAttention(DisentangledSpec(n_heads=H, head_dim=DH, pos_att_type=terms, share_att_key=share), D)
+    names = {"q": "query_proj", "k": "key_proj", "v": "value_proj", "pos_k": "pos_key_proj", "pos_q": "pos_query_proj"}
+    with torch.no_grad():
+        pos.weight.copy_(enc.rel_embeddings.weight)
+        pos.norm.load_state_dict(enc.LayerNorm.state_dict())
+        for name, hf_name in names.items():
+            if hasattr(ours, name):
+                getattr(ours, name).load_state_dict(getattr(ref.self, hf_name).state_dict())
+        ours.o.load_state_dict(ref.output.dense.state_dict())
+    assert not any(hasattr(ref.self, hf) != hasattr(ours, n) for n, hf in names.items())  # same projections
+    return enc, ref, pos, ours.eval()
+
+
+@pytest.mark.parametrize("terms", [["c2p", "p2c"], ["p2c", "c2p"], ["c2p"], ["p2c"]], ids="+".join)
+@pytest.mark.parametrize("share", [True, False], ids=["share_att_key", "own_pos_proj"])
+@pytest.mark.parametrize("buckets", [8, None], ids=["log_buckets", "clipped"])
+def test_disentangled_matches_deberta_v2_attention(terms, share, buckets):
+    """Bidirectional with right padding (DeBERTa's encoder) and causal: max |Δ| ≤ 1e-5 on real tokens."""
+    max_rel = 20 if buckets else 6  # without buckets: distances clipped at ±6, inside the 24-token sequence
+    enc, ref, pos, ours = deberta_pair(terms, share, buckets, max_rel)
+    torch.manual_seed(0)
+    x = torch.randn(B, DT, D)
+    mask = torch.ones(B, DT, dtype=torch.long)
+    mask[1, -5:] = 0
+    ar = torch.arange(DT)
+    with torch.no_grad():
+        table = enc.get_rel_embedding()
+        want = ref(x, enc.get_attention_mask(mask), rel_embeddings=table)[0] - x
+        ctx = Context(positions=ar.expand(B, DT), q_index=ar, k_index=ar, key_padding=mask.bool(), causal=False,
+                      relative=pos.relative)
+        got = ours(x, ctx)
+        causal = torch.ones(DT, DT).tril()[None, None].expand(B, 1, DT, DT)
+        want_causal = ref(x, causal, rel_embeddings=table)[0] - x
+        got_causal = ours(x, Context(positions=ar.expand(B, DT), q_index=ar, k_index=ar, relative=pos.relative))
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1, :-5], want[1, :-5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_causal, want_causal, atol=1e-5, rtol=1e-5)
+
+
+def test_log_bucket_is_transformers_make_log_bucket_position():
+    pytest.importorskip("transformers")
+    from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
+
+    rel = torch.arange(-1500, 1501)
+    for buckets, max_pos in [(256, 512), (8, 20), (2, 5), (3, 40)]:
+        want = make_log_bucket_position(rel, buckets, max_pos).long()
+        assert torch.equal(log_bucket(rel, buckets, max_pos), want), (buckets, max_pos)
+    # DeBERTa-v3 (256 buckets to 512): exact to ±128, then log-spaced; 1500 tokens apart lands past the table
+    got = log_bucket(torch.tensor([128, 129, 511, 1500]), 256, 512)
+    assert got[0] == 128 and 128 < got[1] < got[2] <= 255 < got[3]
+
+
+def test_disentangled_counts_its_projections():
+    for terms, share in [(["c2p", "p2c"], True), (["c2p", "p2c"], False), (["p2c"], False)]:
+        spec = DisentangledSpec(n_heads=H, head_dim=DH, pos_att_type=terms, share_att_key=share)
+        attn = DisentangledAttention(spec, D)
+        extra = 0 if share else len(terms)
+        assert spec.n_params(D) == sum(p.numel() for p in attn.parameters()) == (4 + extra) * (D * D + D)
+        assert set(attn.state_dict()) == {f"{n}.{w}" for n in ["q", "k", "v", "o"] + (
+            [] if share else [{"c2p": "pos_k", "p2c": "pos_q"}[t] for t in terms]) for w in ("weight", "bias")}
+    spec = RelativeEmbeddingSpec(position_buckets=8, max_relative_positions=20, norm={"type": "layernorm"})
+    assert spec.n_params(D, H) == sum(p.numel() for p in RelativeEmbedding(spec, d_model=D, n_heads=H,
+                                                                           rotary_dim=0).parameters()) == 16 * D + 2 * D
+
+
+def test_disentangled_and_relative_table_come_together():
+    from llmzoo.errors import ConfigError
+    from test_cache import KINDS
+
+    cfg = KINDS["disentangled-log-buckets"]
+    for position, attention, words in [
+        ({"type": "none"}, None, "'disentangled' attention (layer 0) needs a relative embedding table"),
+        (None, {"type": "mha", "n_heads": 4, "head_dim": 8}, "'mha' attention (layer 0) has no use for"),
+    ]:
+        bad = {**cfg, "position": position or cfg["position"],
+               "block": {**cfg["block"], "attention": attention or cfg["block"]["attention"]}}
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            llmzoo.get_config(bad)
+    with pytest.raises(ConfigError, match="max_relative_positions: 5 must exceed position_buckets // 2 \\+ 1 = 5"):
+        llmzoo.get_config({**cfg, "position": {**cfg["position"], "max_relative_positions": 5}})
+    with pytest.raises(ConfigError, match="pos_att_type"):
+        llmzoo.get_config({**cfg, "block": {**cfg["block"], "attention": {
+            **cfg["block"]["attention"], "pos_att_type": ["c2p", "c2p"]}}})
