@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import ConfigError
+from .masked_lm import MaskedLM
 from .model import CausalLM
 from .protocol import init_module
 from .scaling import scale_down
@@ -49,10 +50,12 @@ def check_size(config: ModelConfig) -> None:
                           f"({parts}); check vocab_size, d_model, n_layers, head and expert sizes")
 
 
-def model_class(config: ModelConfig) -> type[CausalLM] | type[EncoderDecoderLM]:
-    """The module class a config describes: EncoderDecoderLM with an `encoder` section, else CausalLM.
-    Refuses (ConfigError) a config beyond MAX_PARAMS before anything is built."""
+def model_class(config: ModelConfig) -> type[CausalLM] | type[EncoderDecoderLM] | type[MaskedLM]:
+    """The module class a config describes: EncoderDecoderLM with an `encoder` section, MaskedLM when
+    encoder_only, else CausalLM. Refuses (ConfigError) a config beyond MAX_PARAMS before anything is built."""
     check_size(config)
+    if config.encoder_only:
+        return MaskedLM
     return EncoderDecoderLM if config.encoder is not None else CausalLM
 
 
@@ -96,9 +99,9 @@ def build(
     dtype: str | torch.dtype | None = None,
     scale: str | None = None,
     seed: int | None = 0,
-) -> CausalLM | EncoderDecoderLM:
+) -> CausalLM | EncoderDecoderLM | MaskedLM:
     """Build a model from a zoo name, YAML path, mapping or ModelConfig (with an `encoder` section:
-    an EncoderDecoderLM).
+    an EncoderDecoderLM; encoder_only: a MaskedLM).
 
     device="meta" allocates nothing; scale="tiny" builds the scaled-down config instead; weights are
     initialised from `seed` (None keeps the global RNG state)."""

@@ -58,6 +58,17 @@ class EmbeddingSpec(Spec):
         return _check_scale(v, "scale")
 
 
+class HeadTransformSpec(Spec):
+    """A dense layer (d_model → d_model, with bias), activation and norm between the final hidden state
+    and the output matrix: BERT's and DeBERTa's masked-LM prediction head (dense → act → LayerNorm)."""
+
+    activation: Literal["relu", "gelu", "gelu_tanh", "silu"]  # llmzoo.mlp.ACTIVATIONS
+    norm: NormField  # type: ignore[valid-type]
+
+    def n_params(self, d_model: int) -> int:
+        return d_model * d_model + d_model + self.norm.n_params(d_model)
+
+
 class HeadSpec(Spec):
     tied: bool = Field(description="output projection shares the token embedding matrix")
     bias: bool = False
@@ -66,6 +77,8 @@ class HeadSpec(Spec):
         "none", description="multiply the final hidden state before the head (T5 v1.0, tied: inv_sqrt_d_model)"
     )
     softcap: float | None = Field(None, gt=0, description="logits → cap·tanh(logits/cap) (Gemma-2 final_logit_softcapping)")
+    transform: HeadTransformSpec | None = Field(None, description="dense → act → norm before the output "
+                                                "matrix (masked-LM heads: BERT, DeBERTa)")
 
     @field_validator("scale")
     @classmethod
@@ -211,6 +224,9 @@ class ModelConfig(Spec):
     head: HeadSpec
     encoder: EncoderSpec | None = Field(None, description="encoder stack: makes this an encoder-decoder model")
     mtp: MTPSpec | None = Field(None, description="multi-token prediction modules (DeepSeek-V3); None: not built")
+    encoder_only: bool = Field(
+        False, description="every token sees every non-padding token and the head predicts tokens in place "
+        "(masked LM: BERT, DeBERTa); built as a MaskedLM, which has no KV cache and no generate")
 
     _blocks: list[BlockSpec] = PrivateAttr(default_factory=list)
 
@@ -250,6 +266,8 @@ class ModelConfig(Spec):
             raise ValueError(f"block.cross_attention (layers {crossing}) needs an `encoder` section to attend to")
         if crossing:
             raise ValueError(f"block.cross_attention: every decoder layer needs one; layers {crossing} have none")
+        if self.encoder_only and (self.encoder is not None or self.mtp is not None):
+            raise ValueError("encoder_only: a masked LM has no `encoder` section (encoder-decoder) or `mtp` modules")
         if self.head.tied and self.head.normalize:
             raise ValueError("head.normalize needs an untied head (its own weight)")
         for where, pos in (("position", self.position), ("encoder.position", getattr(self.encoder, "position", None))):

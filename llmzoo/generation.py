@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .cache import StaticCache
+from .errors import UnsupportedError
 
 
 def _ids(x: int | Iterable[int] | None) -> list[int]:
@@ -90,6 +91,9 @@ def stream(
     pad_token_id if given, else 0: T5's pad) and the cache holds the decoder's self-attention."""
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if model.config.encoder_only:
+        raise UnsupportedError(f"{model.config.name} is an encoder-only masked LM (encoder_only: true): it "
+                               "predicts tokens in place and cannot generate")
     if model.config.encoder is not None:  # the prompt is the source; the decoder starts from one token
         model = model.decoding(input_ids, attention_mask)
         start = decoder_start_id(decoder_start_token_id, pad_token_id)

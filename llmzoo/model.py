@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from .attention import Context
 from .positions import PositionEncoding
 from .block import Block
-from .config import ModelConfig, rotary_dim
+from .config import HeadTransformSpec, ModelConfig, rotary_dim
+from .mlp import activation
 from .mtp import MTPLayer
 from .parallel import plan as styles
 from .registry import build
@@ -28,6 +29,19 @@ class SoftCap(nn.Module):
         return torch.tanh(x / self.cap) * self.cap
 
 
+class HeadTransform(nn.Module):
+    """Masked-LM prediction transform (BERT, arXiv:1810.04805; DeBERTa): x → norm(act(W x + b))."""
+
+    def __init__(self, spec: HeadTransformSpec, d_model: int):
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+        self.act = activation(spec.activation)
+        self.norm = build("norm", spec.norm, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.act(self.dense(x)))
+
+
 class LanguageModel(nn.Module):
     """What every LM here shares: token embedding (scale, project-in, norm), the position module,
     final norm, project-out and the (tied, biased, scaled or normalised) head."""
@@ -42,6 +56,7 @@ class LanguageModel(nn.Module):
         )
         self.embed_norm = build("norm", c.embedding.norm, c.d_model) if c.embedding.norm else nn.Identity()
         self.final_norm = build("norm", c.final_norm, c.d_model) if c.final_norm else nn.Identity()
+        self.head_transform = HeadTransform(c.head.transform, c.d_model) if c.head.transform else nn.Identity()
         self.embed_out = nn.Linear(c.d_model, c.d_embed, bias=False) if c.d_embed != c.d_model else nn.Identity()
         self.head = None if c.head.tied else nn.Linear(c.d_embed, c.vocab_size, bias=c.head.bias)
         self.head_cap = SoftCap(c.head.softcap) if c.head.softcap is not None else nn.Identity()
@@ -104,7 +119,7 @@ class LanguageModel(nn.Module):
         return self.head_cap(self._logits(x[:, -keep:] if keep else x))
 
     def _logits(self, x: Tensor) -> Tensor:
-        x = self.embed_out(self.final_norm(x))
+        x = self.embed_out(self.head_transform(self.final_norm(x)))
         if self.head_scale != 1.0:
             x = x * self.head_scale
         if self.head is None:

@@ -82,6 +82,8 @@ def count_params(source: str | dict | ModelConfig) -> ParamCount:
             n.add("norms", c.embedding.norm.n_params(d))
         if c.encoder.final_norm is not None:
             n.add("norms", c.encoder.final_norm.n_params(d))
+    if c.head.transform is not None:  # masked-LM prediction transform (dense, norm)
+        n.add("head", c.head.transform.n_params(d))
     if not c.head.tied:
         n.add("head", c.vocab_size * e + (c.vocab_size if c.head.bias else 0))
     elif c.head.bias:

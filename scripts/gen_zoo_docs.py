@@ -20,6 +20,8 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "zoo.md"
 def arch_type(c: llmzoo.ModelConfig) -> str:
     if getattr(c, "encoder", None) is not None:
         return "encoder-decoder"
+    if getattr(c, "encoder_only", False):
+        return "encoder (MLM)"
     return "prefix decoder" if any(b.attention.sees_prefix() for b in c.blocks) else "causal decoder"
 
 

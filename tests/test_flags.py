@@ -318,6 +318,28 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"rope_scaling": {**LONGROPE, "type": "su"}}, None),  # the first Phi-3 config.json files
         ({"hidden_act": "gelu"}, None),
     ],
+    "deberta-v2": [  # tiny: 8 log buckets to 20, LayerNormed table, [p2c, c2p], shared keys, legacy head
+        ({"pos_att_type": "p2c|c2p"}, None),  # the string form of microsoft/deberta-v2-* / v3-* config.json
+        ({"pos_att_type": ["c2p"]}, None),
+        ({"pos_att_type": ["p2c"]}, None),
+        ({"share_att_key": False}, None),  # own pos_key_proj / pos_query_proj
+        ({"max_relative_positions": -1}, None),  # DeBERTa-v3: -1 reads as max_position_embeddings
+        ({"position_buckets": -1, "max_relative_positions": 6}, None),  # no buckets: clipped at ±6
+        ({"norm_rel_ebd": "none"}, None),
+        ({"legacy": False}, None),  # the lm_predictions.lm_head spelling of the released checkpoints
+        ({"attention_head_size": 8}, None),  # = hidden_size / heads
+        ({"attention_head_size": 12}, (R, "attention_head_size")),  # transformers' output dense cannot take it
+        ({"hidden_act": "gelu_new"}, None),
+        ({"layer_norm_eps": 1e-2}, None),
+        ({"relative_attention": False}, (R, "relative_attention")),  # no released v2/v3 config
+        ({"position_biased_input": True}, (R, "position_biased_input")),
+        ({"type_vocab_size": 2}, (R, "type_vocab_size")),
+        # microsoft/deberta-v2-xlarge / -xxlarge use conv_kernel_size 3: not built, refused by name
+        ({"conv_kernel_size": 3}, (R, "conv_kernel_size")),
+        ({"embedding_size": 24}, (R, "embedding_size")),
+        ({"tie_word_embeddings": False}, (R, "tie_word_embeddings")),
+        ({"pos_att_type": None}, (R, "pos_att_type")),
+    ],
     "smollm3": [
         ({"no_rope_layer_interval": 4}, None),  # SmolLM3-3B
         ({"no_rope_layers": [1, 1, 1, 1]}, None),
@@ -341,7 +363,9 @@ NO_EFFECT = {"attention_dropout", "hidden_dropout", "classifier_dropout", "attn_
              "embed_dropout", "resid_dropout", "emb_pdrop", "dropout", "layerdrop", "initializer_range", "init_std",
              "initializer_factor", "init_device", "use_cache", "output_router_logits", "router_aux_loss_coef",
              "bos_token_id", "eos_token_id", "pad_token_id", "is_decoder", "pretraining_tp",
-             "summary_activation", "summary_first_dropout", "summary_proj_to_labels", "summary_type", "summary_use_proj"}
+             "summary_activation", "summary_first_dropout", "summary_proj_to_labels", "summary_type", "summary_use_proj",
+             "hidden_dropout_prob", "attention_probs_dropout_prob", "pooler_dropout",
+             "pooler_hidden_act", "pooler_hidden_size"}  # DeBERTa's classification pooler: not in the masked LM
 DERIVED = {"rope_parameters": "rope_theta / rope_scaling", "layer_types": "use_sliding_window, max_window_layers",
            "attention_layers": "attention_types", "dense_act_fn": "feed_forward_proj",
            "is_gated_act": "feed_forward_proj", "head_dim": "qk_rope_head_dim (DeepSeek)",

@@ -11,7 +11,7 @@ import torch
 
 import llmzoo
 from llmzoo.hf import get_adapter, supported_model_types
-from llmzoo.parity import forward_logits, make_batch, parity, tolerance_notes, verify
+from llmzoo.parity import boundary_pairs, forward_logits, make_batch, parity, tolerance_notes, verify
 from variants import LOUD_BUFFERS, VARIANTS
 
 TYPES = supported_model_types()
@@ -182,4 +182,8 @@ def test_first_divergence_is_located_for_every_type(model_type, tiny_checkpoint)
         o[: o.shape[0] // 2].mul_(1.5)
     report = parity(model=ours, reference=ref)
     d = report.first_divergence
-    assert d is not None and (d.layer, d.sublayer) == (1, "attention"), str(report)
+    # a BERT-layout reference (DeBERTa) holds the post-attention LayerNorm inside its attention module:
+    # no module of it computes the attention alone, so the divergence is located to the layer
+    rules = get_adapter(model_type).rules(ours.config)
+    alone = any(o == "blocks.1.attn" for o, _ in boundary_pairs(rules, ours, ref))
+    assert d is not None and (d.layer, d.sublayer) == (1, "attention" if alone else "block"), str(report)

@@ -63,8 +63,10 @@ PROPERTIES = {
     ),
     "biases": (
         lambda c: getattr(attn(c), "qkv_bias", False) or getattr(c.block.mlp, "bias", False),
-        lambda c, t: (attn(t).qkv_bias, attn(t).o_bias, getattr(t.block.mlp, "bias", None))
-        == (attn(c).qkv_bias, attn(c).o_bias, getattr(c.block.mlp, "bias", None)),
+        lambda c, t: [getattr(x, k, None) for x, k in ((attn(t), "qkv_bias"), (attn(t), "o_bias"), (attn(t), "bias"),
+                                                      (t.block.mlp, "bias"))]
+        == [getattr(x, k, None) for x, k in ((attn(c), "qkv_bias"), (attn(c), "o_bias"), (attn(c), "bias"),
+                                            (c.block.mlp, "bias"))],
     ),
     "tied head": (lambda c: c.head.tied, lambda c, t: t.head == c.head),
     "norm kind and placement": (

@@ -44,6 +44,7 @@ ADAPTER_MODULES = [
     "qwen3_moe",
     "glm4_moe",
     "llama4",
+    "deberta_v2",
 ]
 # modules that register other checkpoint sources (loader.register_source) and their verify rows
 SOURCE_MODULES = ["glm"]
