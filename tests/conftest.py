@@ -52,3 +52,29 @@ def tiny_checkpoint(tmp_path):
         return folder, ref
 
     return make
+
+
+@pytest.fixture
+def hf_warnings(caplog):
+    """hf_warnings() as a context manager yields a list that, on exit, holds every warning transformers
+    logged or raised inside the block. warning_once's cache is cleared first, so a warning an earlier
+    test already triggered is seen again."""
+    import contextlib
+    import logging
+    import warnings
+
+    @contextlib.contextmanager
+    def collect():
+        for once in ("warning_once", "info_once"):
+            cached = getattr(logging.Logger, once, None)
+            if hasattr(cached, "cache_clear"):
+                cached.cache_clear()
+        said: list[str] = []
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="transformers"), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield said
+        said += [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        said += [f"{w.category.__name__}: {w.message}" for w in caught]
+
+    return collect

@@ -46,21 +46,15 @@ def test_reference_save_load_export_is_byte_identical(model_type, tiny_checkpoin
 
 
 @pytest.mark.parametrize("model_type", TYPES)
-def test_export_loads_in_reference(model_type, tiny_checkpoint, tmp_path, caplog):
+def test_export_loads_in_reference(model_type, tiny_checkpoint, tmp_path, hf_warnings):
     """llmzoo export → the reference implementation (transformers, or the published-code reference)
     loads it without a warning → same logits."""
-    import logging
-    import warnings
-
     folder, _ = tiny_checkpoint(model_type)
     ours = llmzoo.from_pretrained(folder)
     ours.hf_model_type = None  # export must find the type from the config's family / content
     out = llmzoo.save_pretrained(ours, tmp_path / "export", model_type=model_type)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="transformers"), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with hf_warnings() as said:
         ref = get_adapter(model_type).load_reference(str(out), torch.float32)
-    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] + [str(w.message) for w in caught]
     assert not said, f"transformers warned loading the export: {said[:3]}"
     ids, mask = make_batch(ours.config.vocab_size, 20, seed=3)
     keep = mask.bool()
@@ -83,9 +77,9 @@ def _one_zoo_entry_per_family():
 
 
 @pytest.mark.parametrize("name, model_type", _one_zoo_entry_per_family())
-def test_tiny_zoo_export_loads_in_reference(name, model_type, tmp_path):
+def test_tiny_zoo_export_loads_in_reference(name, model_type, tmp_path, hf_warnings):
     """`llmzoo tiny NAME --out DIR`: a scaled-down zoo config becomes a checkpoint that transformers
-    itself (or the published-code reference) loads, with the same logits."""
+    itself (or the published-code reference) loads without a warning, with the same logits."""
     from llmzoo.cli import main
     from llmzoo.scaling import scale_down
 
@@ -93,7 +87,9 @@ def test_tiny_zoo_export_loads_in_reference(name, model_type, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == model_type
     ours = llmzoo.from_pretrained(tmp_path)
     assert ours.config.d_model == scale_down(llmzoo.get_config(name), preset="tiny").d_model
-    ref = get_adapter(model_type).load_reference(str(tmp_path), torch.float32)
+    with hf_warnings() as said:
+        ref = get_adapter(model_type).load_reference(str(tmp_path), torch.float32)
+    assert not said, f"transformers warned loading the tiny {name}: {said[:3]}"
     ids, mask = make_batch(ours.config.vocab_size, 20, seed=4)
     keep = mask.bool()
     assert (logits(ours, ids, mask)[keep] - logits(ref, ids, mask, like=ours)[keep]).abs().max() <= 1e-4

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import register_adapter
-from .adapter import Adapter
+from .adapter import NO_TOKEN_IDS, Adapter
 from .llama import LLAMA, head_rules, llama_like_dict, llama_like_hf
 from .qwen3 import QK_NORM
 from .rules import Rule
@@ -33,7 +33,7 @@ class Olmo2Adapter(Adapter):
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         return {"architectures": ["Olmo2ForCausalLM"], **llama_like_hf(config),
-                "attention_bias": config.block.attention.qkv_bias}
+                "attention_bias": config.block.attention.qkv_bias, **NO_TOKEN_IDS}
 
     def rules(self, config: ModelConfig) -> list[Rule]:
         return OLMO2 + head_rules(config)
@@ -44,4 +44,5 @@ class Olmo2Adapter(Adapter):
             "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,  # 32B: GQA
             "max_position_embeddings": 128, "rms_norm_eps": 1e-6, "rope_theta": 500000.0,
             "tie_word_embeddings": False, "attention_bias": False,
+            "pad_token_id": 1, "eos_token_id": 2,  # inside the tiny vocabulary (the class default eos is 50279)
         }

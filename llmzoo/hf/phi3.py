@@ -42,7 +42,12 @@ class Phi3Adapter(Adapter):
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
         pos = config.position
         scaling = getattr(pos, "scaling", None)
-        return {"architectures": ["Phi3ForCausalLM"], **llama_like_hf(config),
+        out = llama_like_hf(config)
+        if getattr(scaling, "type", None) == "longrope" and config.max_seq_len >= scaling.original_max_positions:
+            # the context ratio transformers derives when `factor` is absent (and warns about deriving);
+            # the attention_factor written beside it is what both sides use
+            out["rope_scaling"]["factor"] = config.max_seq_len / scaling.original_max_positions
+        return {"architectures": ["Phi3ForCausalLM"], **out,
                 "sliding_window": one_window(config, self.model_type, every_layer=True),
                 "partial_rotary_factor": getattr(pos, "fraction", 1.0),
                 "original_max_position_embeddings": getattr(scaling, "original_max_positions", config.max_seq_len),
@@ -66,7 +71,8 @@ class Phi3Adapter(Adapter):
             "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "partial_rotary_factor": 0.75,  # Phi-4-mini
             "max_position_embeddings": 64, "original_max_position_embeddings": 16,  # the parity batch crosses 16
             "rope_scaling": {"type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(rot)],
-                             "long_factor": [2.0 + 1.5 * i for i in range(rot)]},
+                             "long_factor": [2.0 + 1.5 * i for i in range(rot)],
+                             "factor": 4.0},  # max / original, stated as transformers asks (its default)
             "sliding_window": 8, "tie_word_embeddings": False,
             "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,  # inside the tiny vocabulary
         }
