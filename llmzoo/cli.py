@@ -29,7 +29,7 @@ from .parallel import memory_estimate
 from .params import count_params, kv_cache_bytes
 from .parity import parity, tolerance_notes, verify, verify_rows
 from .plot import plot_kv_cache, plot_params
-from .progress import set_quiet
+from .progress import quiet
 from .scaling import PRESETS, scale_down
 from .serve import serve
 from .tokenizer import Tokenizer
@@ -637,7 +637,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # argparse would blame the top-level parser; the verb's usage is the helpful one
         args.subparser.error(f"unrecognized arguments: {' '.join(extra)}")
 
-    set_quiet(args.quiet)
+    with quiet(args.quiet):  # --quiet lasts for this call only (tests and scripts call main in-process)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The verb, every error one line on stderr (the traceback with --debug)."""
     try:
         return args.func(args)
     except (LLMZooError, KeyError, ValueError, FileNotFoundError, ImportError, NotImplementedError) as e:

@@ -567,7 +567,7 @@ def verify(model_types: list[str] | None = None, seed: int = 0, dtype: str = "fl
 
     bar = progress(wanted, desc="verify", unit="row")
     for mt in bar:
-        bar.set_postfix_str(mt)
+        bar.set_postfix_str(mt, refresh=False)  # drawn with the next update, once past the delay
         t0 = time.perf_counter()
         try:
             with quiet():  # this bar is the progress; no nested load / export bars

@@ -13,16 +13,11 @@ from typing import Any, Iterable, Iterator
 _QUIET = [False]
 
 
-def set_quiet(value: bool) -> None:
-    """Silence (True) or allow (False) every llmzoo progress bar in this process."""
-    _QUIET[0] = bool(value)
-
-
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """No llmzoo progress bars inside the block."""
+def quiet(on: bool = True) -> Iterator[None]:
+    """No llmzoo progress bars inside the block (on=False: the state outside it, unchanged)."""
     before = _QUIET[0]
-    _QUIET[0] = True
+    _QUIET[0] = before or bool(on)
     try:
         yield
     finally:
