@@ -22,7 +22,7 @@ from . import __version__
 from .builder import DTYPE_ALIASES, build
 from .errors import LLMZooError
 from .generation import stream
-from .hf import from_pretrained, get_adapter, load_plugins
+from .hf import from_pretrained, load_plugins
 from .hf.export import save_config, save_tiny
 from .hf.loader import resolve_source
 from .parallel import memory_estimate
@@ -297,11 +297,9 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
     folder = save_tiny(config, args.out, seed=args.seed, model_type=args.model_type)
-    hf_type = json.loads((folder / "config.json").read_text())["model_type"]
-    print(f"wrote {config.name} to {folder} (config.json, generation_config.json, model.safetensors, tokenizer.json)")
-    if get_adapter(hf_type).remote_code:
-        print(f"note: {hf_type} is remote code: transformers opens this folder only with the model's own "
-              f"modeling file (trust_remote_code); llmzoo generate / parity / verify open it as it is")
+    code = sorted(p.name for p in folder.glob("*.py"))  # remote-code types: transformers needs trust_remote_code
+    print(f"wrote {config.name} to {folder} (config.json, generation_config.json, model.safetensors, tokenizer.json"
+          f"{''.join(', ' + c for c in code)})")
     return 0
 
 

@@ -52,6 +52,8 @@ class Adapter:
     aliases: tuple[str, ...] = ()
     families: tuple[str, ...] = ()
     remote_code: bool = False
+    # remote-code types: the hub repo's configuration/modeling files, written with every export (hub_code.py)
+    hub_code: Any = None
     # quantization_config.quant_method values this type reads besides fp8 (which every type reads)
     quant_methods: tuple[str, ...] = ()
     # tiny_hf_config() keys the half-precision parity row (`llmzoo verify --dtype bfloat16`, tests)

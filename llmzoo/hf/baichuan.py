@@ -14,8 +14,9 @@ from typing import Any
 from torch import nn
 
 from ..config import ModelConfig
-from . import register_adapter
+from . import register_adapter, remote_reference
 from .adapter import RemoteCodeAdapter
+from .hub_code import HubCode
 from .llama import llama_like_config, llama_like_hf
 from .remote_reference import BaichuanReference
 from .rules import IGNORE, Rule, Split
@@ -29,6 +30,8 @@ def uses_alibi(hf: dict[str, Any]) -> bool:
 class BaichuanAdapter(RemoteCodeAdapter):
     model_type = "baichuan"
     families = ("baichuan-2",)
+    hub_code = HubCode(remote_reference, "BaichuanReference", "BaichuanReference(c, alibi=uses_alibi(c))",
+                       "BaichuanForCausalLM", helpers=(uses_alibi,))
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         hf = dict(hf)

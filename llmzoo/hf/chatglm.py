@@ -23,9 +23,11 @@ from typing import Any
 from torch import nn
 
 from ..config import ModelConfig
+from ..reference import glm130b
 from ..reference.glm130b import ChatGLMReference
 from . import register_adapter
 from .adapter import RemoteCodeAdapter, config_base, config_json_base, require
+from .hub_code import HubCode
 from .rules import IGNORE, Rule, SplitInterleavedQKV, Transform, weight_bias
 
 ALPHA = (2 * 28) ** 0.5  # GLMBlock(num_layers=28) default, never overridden
@@ -55,6 +57,8 @@ class ChatGLMAdapter(RemoteCodeAdapter):
     model_type = "chatglm"
     families = ("chatglm",)
     skipped_on_load = ("rotary_emb.inv_freq",)  # ignored on load upstream too
+    hub_code = HubCode(glm130b, "ChatGLMReference", "ChatGLMReference(c)", "ChatGLMForConditionalGeneration",
+                       tied={"lm_head.weight": "transformer.word_embeddings.weight"})
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         if hf.get("pre_seq_len"):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..errors import UnsupportedError
 from ..progress import progress
 from . import adapter_for_config, get_adapter
+from .hub_code import write_hub_code
 from .rules import plan_export
 from ..builder import build
 from ..tokenizer import save_tiny_tokenizer
@@ -139,6 +140,8 @@ def save_pretrained(
     folder = Path(folder)
     write_shards(folder, entries, max_shard_size)
     (folder / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    if adapter.hub_code is not None:  # a remote-code type: the modeling files transformers needs to open it
+        write_hub_code(folder, adapter.model_type, adapter.hub_code)
     return folder
 
 

@@ -12,8 +12,9 @@ from typing import Any
 from torch import nn
 
 from ..config import ModelConfig
-from . import register_adapter
+from . import register_adapter, remote_reference
 from .adapter import RemoteCodeAdapter
+from .hub_code import HubCode
 from .llama import llama_like_config, llama_like_hf
 from .remote_reference import InternLM2Reference
 from .rules import IGNORE, Rule, SplitInterleavedQKV, weight_bias
@@ -23,6 +24,8 @@ from .rules import IGNORE, Rule, SplitInterleavedQKV, weight_bias
 class InternLM2Adapter(RemoteCodeAdapter):
     model_type = "internlm2"
     families = ("internlm-2",)
+    hub_code = HubCode(remote_reference, "InternLM2Reference", "InternLM2Reference(c)", "InternLM2ForCausalLM",
+                       tied={"output.weight": "model.tok_embeddings.weight"})
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         # configuration_internlm2.py defaults `bias` to True; released checkpoints set it false
