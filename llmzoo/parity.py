@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -452,6 +453,7 @@ def parity(
         if seq_len < 6 or (table is not None and seq_len > table):  # one sequence is right-padded by 5
             raise UnsupportedError(f"parity: seq_len {seq_len} is outside 6..{table or '∞'} "
                                    f"({folder or model.config.name}: position.max_positions {table})")
+        _check_score_memory(model.config, seq_len, folder or model.config.name)
         input_ids, mask = make_batch(model.config.vocab_size, seq_len, seed=seed)
         attention_mask = mask if attention_mask is None else attention_mask
     elif attention_mask is None:
@@ -461,6 +463,19 @@ def parity(
     report.tolerance_rule = f"{report.dtype}{', routed' if report.routed else ''} (llmzoo.parity.TOLERANCES)"
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _check_score_memory(config, seq_len: int, where: object) -> None:
+    """Refuse a batch whose attention scores alone would not fit: an eager reference holds one layer's
+    (2, heads, T, T) float32 scores (and the softmax a second copy), so T = 100k would be killed for memory
+    instead of failing with a message."""
+    heads = max(b.attention.n_heads for b in config.blocks)
+    need = 2 * 2 * heads * seq_len * seq_len * 4
+    have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > have // 2:
+        raise UnsupportedError(f"parity: seq_len {seq_len} needs ~{need / 2**30:.1f} GiB for one layer's attention "
+                               f"scores (2 × {heads} heads × {seq_len}² × 2 copies × 4 bytes), more than half of "
+                               f"this machine's {have / 2**30:.1f} GiB ({where})")
 
 
 def tolerance_notes(reports: list[ParityReport]) -> list[str]:

@@ -271,6 +271,13 @@ def gpt2_folder(tmp_path_factory) -> Path:  # learned positions: a table with a 
     return folder
 
 
+@pytest.fixture(scope="module")
+def rope_folder(tmp_path_factory) -> Path:  # computed positions: no table bounds seq_len, memory does
+    folder = tmp_path_factory.mktemp("llama")
+    assert main(["tiny", "llama-3.2-1b", "--out", str(folder)]) == 0
+    return folder
+
+
 # (verb's argv, text stderr must contain); each must exit 2 with one short line and no traceback
 BAD = [
     (["parity", "some/folder", "--dtype", "int8"], "invalid choice: 'int8'"),
@@ -285,15 +292,17 @@ BAD = [
     (["verify", "lama"], "did you mean llama"),
     (["generate", "{tmp}/missing", "--prompt", "x"], "missing"),
     (["parity", "{gpt2}", "--seq-len", "100000"], "seq_len 100000"),
+    (["parity", "{rope}", "--seq-len", "100000"], "attention scores"),
     (["list", "nothing-like-this"], "no zoo entry matches"),
     (["plot", "nope-7b"], "no zoo model named"),
 ]
 
 
 @pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a[:2]) + f" {i}" for i, (a, _) in enumerate(BAD)])
-def test_bad_invocation_is_one_line_and_exit_2(argv, message, tmp_path, t5_folder, gpt2_folder):
-    argv = [a.replace("{tmp}", str(tmp_path)).replace("{t5}", str(t5_folder)).replace("{gpt2}", str(gpt2_folder))
-            for a in argv]
+def test_bad_invocation_is_one_line_and_exit_2(argv, message, tmp_path, t5_folder, gpt2_folder, rope_folder):
+    folders = {"{tmp}": tmp_path, "{t5}": t5_folder, "{gpt2}": gpt2_folder, "{rope}": rope_folder}
+    for key, folder in folders.items():
+        argv = [a.replace(key, str(folder)) for a in argv]
     p = cli(*argv)
     assert p.returncode == 2, p.stderr
     assert message in p.stderr and "Traceback" not in p.stderr and "Traceback" not in p.stdout
