@@ -79,6 +79,15 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100)
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out and write the figure as a PNG (no Software tag: the bytes depend on the data only)."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})
+    return path
+
+
 def _human_bytes(x: float, _pos: Any = None) -> str:
     for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
         if x >= size:
@@ -104,11 +113,7 @@ def draw_kv_cache(data: dict[str, Any], path: str | Path) -> Path:
     ax.set_title("KV cache per token: MHA vs GQA vs MQA vs MLA vs sliding window")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
-    return path
+    return _save(fig, path)
 
 
 def draw_params(data: dict[str, Any], path: str | Path) -> Path:
@@ -135,11 +140,7 @@ def draw_params(data: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel("share of the entry's total parameters (%)")
     ax.set_title("Where the parameters are: total vs active per token")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
-    return path
+    return _save(fig, path)
 
 
 def plot_kv_cache(names: list[str], path: str | Path, max_context: int = 131072, dtype: str = "bfloat16") -> Path:
