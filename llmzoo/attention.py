@@ -185,15 +185,20 @@ def softcapped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, s
     if k.shape[1] != q.shape[1]:  # GQA: repeat each KV head for its group of query heads
         k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, T, S)
-    scores = torch.tanh(scores / cap) * cap
+    return masked_softmax(torch.tanh(scores / cap) * cap, mask, v)
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None, v: Tensor) -> Tensor:
+    """softmax(scores + mask) v, the softmax in float32; scores (B, H, T, S), mask bool (allowed) or
+    additive, None: causal over the last T of S slots. The eager path of the score-transforming kinds."""
+    T, S = scores.shape[-2:]
     if mask is None:
-        T, S = scores.shape[-2:]
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        mask = torch.ones(T, S, dtype=torch.bool, device=scores.device).tril(S - T)
     if mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
     else:
         scores = scores + mask.to(scores.dtype)
-    return torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v)
+    return torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)  # (B, H, T, Dh)
 
 
 # ---------------------------------------------------------------------- MHA / GQA / MQA
@@ -454,12 +459,7 @@ class RelativeXLAttention(AttentionModule):
         ac = torch.einsum("bthd,bhsd->bhts", q + self.content_u, k)  # (a) + (c)
         bd = torch.einsum("bthd,lhd->bhtl", q + self.position_v, r)  # (b) + (d) per distance l
         bd = bd.gather(-1, dist[:, None].expand(-1, bd.shape[1], -1, -1))  # (B, H, T, S): l = i - j
-        scores = (ac + bd).float() * self.scale
-        mask = ctx.mask(None)
-        if mask is None:
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        y = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)  # (B, H, T, Dh)
+        y = masked_softmax((ac + bd).float() * self.scale, ctx.mask(None), v)  # (B, H, T, Dh)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
     def beta_scaled(self) -> list[nn.Module]:
@@ -560,15 +560,7 @@ class DisentangledAttention(AttentionModule):
         if self.p2c is not None:  # p2c: k_j · Q^r[δ(i, j)]
             pq = getattr(self, self.p2c)(table).view(table.shape[0], -1, Dh)
             scores = scores + torch.einsum("bhsd,rhd->bhrs", k, pq).gather(-2, row)
-        scores = scores.float() * self.scale
-        mask = ctx.mask(None)
-        if mask is None:
-            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask.float()
-        y = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)  # (B, H, T, Dh)
+        y = masked_softmax(scores.float() * self.scale, ctx.mask(None), v)  # (B, H, T, Dh)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
     def beta_scaled(self) -> list[nn.Module]:
