@@ -110,21 +110,7 @@ class StaticCache:
         flat = position_ids if position_ids.dim() == 2 else position_ids[:, 0]  # GLM 2-D: (B, 2, T)
         self.pos.index_copy_(1, write, flat.to(self.pos.dtype))
         self.seen.add_(real.long().sum(-1))
-        rope, layer_rope = model.rotary_tables(position_ids)
-        return Context(
-            positions=position_ids,
-            q_index=write,
-            k_index=self.slots,
-            rope=rope,
-            layer_rope=layer_rope,
-            rope_layout=model.rope_layout,
-            prefix_len=prefix_len,
-            cache=self,
-            latent_kv=self.absorbed,
-            keys=self.keys,
-            bias_fn=model.positions.bias,
-            relative=model.positions.relative,
-        )
+        return model.cache_context(self, position_ids, write, self.slots, self.keys, prefix_len=prefix_len)
 
     def advance(self, n: int) -> None:
         self.length.add_(n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,41 @@ from .mlp import activation
 from .mtp import MTPLayer
 from .parallel import plan as styles
 from .registry import build
+
+
+def stack_context(
+    positions: PositionEncoding, ids: Tensor, padding: Tensor | None, causal: bool, rope_layout: str,
+    key_pos: Tensor | None = None, query_pos: Tensor | None = None, tables: Callable | None = None,
+    prefix_len: Tensor | None = None,
+) -> Context:
+    """Self-attention context of one stack over ids (B, T), without a cache: slots 0..T-1.
+
+    key_pos (B, T): key positions, the slots by default (T5 computes its relative buckets from slots,
+    not counted past padding). query_pos: query positions, key_pos by default. tables(pos) -> (rope,
+    layer_rope): the rotary tables (LanguageModel.rotary_tables), by default `positions`' own only."""
+    B, T = ids.shape
+    index = torch.arange(T, device=ids.device)
+    key_pos = index.expand(B, T) if key_pos is None else key_pos
+    pos = key_pos if query_pos is None else query_pos
+    rope, layer_rope = tables(pos) if tables is not None else (positions.rotary(pos), {})
+    return Context(
+        positions=pos,
+        q_index=index,
+        k_index=index,
+        rope=rope,
+        layer_rope=layer_rope,
+        rope_layout=rope_layout,
+        bias=positions.bias(pos, key_pos),
+        relative=positions.relative,
+        key_padding=padding.bool() if padding is not None else None,
+        prefix_len=prefix_len,
+        causal=causal,
+    )
+
+
+def _check_mask(name: str, mask: Tensor | None, shape: tuple[int, int]) -> None:
+    if mask is not None and tuple(mask.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {shape}")
 
 
 class SoftCap(nn.Module):
@@ -97,6 +133,15 @@ class LanguageModel(nn.Module):
         tables = [m.rotary(positions) for m in self.layer_positions]
         return self.positions.rotary(positions), {i: tables[k] for i, k in self.layer_position.items()}
 
+    def cache_context(self, cache, position_ids: Tensor, q_index: Tensor, k_index: Tensor, keys: Callable,
+                      cls: type[Context] = Context, **fields) -> Context:
+        """The Context of a forward over a cache's slots (cache.context): queries at q_index, keys at
+        k_index and keys(); this model's rotary tables, position bias and relative table."""
+        rope, layer_rope = self.rotary_tables(position_ids)
+        return cls(positions=position_ids, q_index=q_index, k_index=k_index, rope=rope, layer_rope=layer_rope,
+                   rope_layout=self.rope_layout, cache=cache, latent_kv=cache.absorbed, keys=keys,
+                   bias_fn=self.positions.bias, relative=self.positions.relative, **fields)
+
     def embed_tokens(
         self,
         input_ids: Tensor,
@@ -162,29 +207,11 @@ class CausalLM(LanguageModel):
             raise ValueError(f"prefix_len given, but no attention layer of {self.config.name} is prefix_lm")
         if cache is not None:  # the cache knows the slots, padding and positions of its keys
             return cache.context(self, input_ids, attention_mask, position_ids, prefix_len)
-        S = T
-        if attention_mask is not None and attention_mask.shape != (B, S):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, S)}")
-        if attention_mask is not None:
-            key_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # padding-aware positions
-        else:
-            key_pos = torch.arange(S, device=dev).expand(B, S)
-        if position_ids is None:
-            position_ids = key_pos
-        rope, layer_rope = self.rotary_tables(position_ids)
-        return Context(
-            positions=position_ids,
-            q_index=torch.arange(S, device=dev),
-            k_index=torch.arange(S, device=dev),
-            rope=rope,
-            layer_rope=layer_rope,
-            rope_layout=self.rope_layout,
-            bias=self.positions.bias(position_ids, key_pos),
-            relative=self.positions.relative,
-            key_padding=attention_mask.bool() if attention_mask is not None else None,
-            prefix_len=prefix_len,
-            cache=cache,
-        )
+        _check_mask("attention_mask", attention_mask, (B, T))
+        # padding-aware positions: count the real tokens before each slot
+        key_pos = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return stack_context(self.positions, input_ids, attention_mask, True, self.rope_layout,
+                             key_pos, position_ids, self.rotary_tables, prefix_len)
 
     def tp_plan(self, tp: int, ep: bool = False) -> dict:
         """Tensor-parallel plan of the whole model (llmzoo.parallel.parallelize): vocab-parallel embedding

@@ -284,22 +284,9 @@ class PagedCache:
             phys, k_slot, valid, _ = g.view
             g.view = (phys, k_slot, valid, g.pos[phys])
         prefix = step["prefix"] if model.prefix_lm else None
-        rope, layer_rope = model.rotary_tables(position_ids)
-        return PagedContext(
-            positions=position_ids,
-            q_index=torch.arange(T, device=input_ids.device),  # unused: the mask reads q_slot
-            k_index=torch.arange(T, device=input_ids.device),
-            rope=rope,
-            layer_rope=layer_rope,
-            rope_layout=model.rope_layout,
-            cache=self,
-            latent_kv=self.absorbed,
-            keys=self._keys,
-            bias_fn=model.positions.bias,
-            relative=model.positions.relative,
-            q_slot=step["q_slot"],
-            prefix_slots=prefix,
-        )
+        index = torch.arange(T, device=input_ids.device)  # as q_index unused: the mask reads q_slot
+        return model.cache_context(self, position_ids, index, index, self._keys, PagedContext,
+                                   q_slot=step["q_slot"], prefix_slots=prefix)
 
     def _keys(self, window: int | None, q_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         _, k_slot, valid, k_pos = self.group_of(window).view

@@ -21,30 +21,8 @@ from torch import Tensor, nn
 from .attention import Attention, Context, sdpa
 from .block import Block
 from .config import BlockSpec, EncoderSpec, ModelConfig
-from .model import LanguageModel
-from .positions import PositionEncoding
+from .model import LanguageModel, _check_mask, stack_context  # noqa: F401 (masked_lm imports both from here)
 from .registry import build
-
-
-def stack_context(
-    positions: PositionEncoding, ids: Tensor, padding: Tensor | None, causal: bool, rope_layout: str
-) -> Context:
-    """Self-attention context of one stack over ids (B, T). Positions are slots 0..T-1, not counted
-    past padding: T5 computes its relative buckets from slots."""
-    B, T = ids.shape
-    index = torch.arange(T, device=ids.device)
-    pos = index.expand(B, T)
-    return Context(
-        positions=pos,
-        q_index=index,
-        k_index=index,
-        rope=positions.rotary(pos),
-        rope_layout=rope_layout,
-        bias=positions.bias(pos, pos),
-        relative=positions.relative,
-        key_padding=padding.bool() if padding is not None else None,
-        causal=causal,
-    )
 
 
 class CrossAttention(Attention):
@@ -222,7 +200,3 @@ class Decoding(nn.Module):
         return self.model.decode(input_ids, self.memory, self.source_mask, attention_mask, cache, self.kv,
                                  logits_to_keep)
 
-
-def _check_mask(name: str, mask: Tensor | None, shape: tuple[int, int]) -> None:
-    if mask is not None and tuple(mask.shape) != shape:
-        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {shape}")
