@@ -8,6 +8,7 @@ partial block specs deep-merged onto `block` for the layers they select.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +68,37 @@ class HeadTransformSpec(Spec):
 
     def n_params(self, d_model: int) -> int:
         return d_model * d_model + d_model + self.norm.n_params(d_model)
+
+
+class LayerConvSpec(Spec):
+    """DeBERTa-v2's convolution beside one layer (transformers' deberta_v2 `ConvLayer`, config.json
+    conv_kernel_size / conv_groups / conv_act; microsoft/deberta-v2-xlarge, -xxlarge): the layer's
+    input x (the embedding output, padding rows zero) goes through a Conv1d over the sequence
+    (d_model → d_model, `kernel_size`, zero padding (kernel_size - 1) / 2, `groups`, with bias),
+    padding rows set to 0, then `activation`; the layer's output h becomes norm(h + act(conv(x))),
+    padding rows zero. Encoder-only: the kernel sees later tokens."""
+
+    kernel_size: int = Field(gt=0, le=1023, description="odd: transformers' padding keeps the length only then")
+    groups: int = Field(1, gt=0, description="conv_groups: d_model must be a multiple")
+    activation: Literal["relu", "gelu", "gelu_tanh", "silu", "tanh"]  # llmzoo.mlp.ACTIVATIONS; conv_act
+    norm: NormField  # type: ignore[valid-type]
+    layer: int = Field(0, ge=0, description="the layer whose input is convolved and whose output it joins")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"kernel_size: {v} is even; padding (k - 1) / 2 keeps the sequence length only for "
+                             "an odd kernel")
+        return v
+
+    def n_params(self, d_model: int) -> int:
+        return d_model * (d_model // self.groups) * self.kernel_size + d_model + self.norm.n_params(d_model)
+
+    def scaled(self, s: Any) -> "LayerConvSpec":
+        """Same kernel and activation; groups kept where they divide the scaled width (else their gcd)."""
+        return LayerConvSpec.model_validate({**self.model_dump(), "norm": self.norm.scaled(s),
+                                             "groups": math.gcd(self.groups, s.d_model)})
 
 
 class HeadSpec(Spec):
@@ -227,6 +259,8 @@ class ModelConfig(Spec):
     encoder_only: bool = Field(
         False, description="every token sees every non-padding token and the head predicts tokens in place "
         "(masked LM: BERT, DeBERTa); built as a MaskedLM, which has no KV cache and no generate")
+    layer_conv: LayerConvSpec | None = Field(
+        None, description="DeBERTa-v2 xlarge's convolution beside one layer (encoder_only models)")
 
     _blocks: list[BlockSpec] = PrivateAttr(default_factory=list)
 
@@ -268,6 +302,14 @@ class ModelConfig(Spec):
             raise ValueError(f"block.cross_attention: every decoder layer needs one; layers {crossing} have none")
         if self.encoder_only and (self.encoder is not None or self.mtp is not None):
             raise ValueError("encoder_only: a masked LM has no `encoder` section (encoder-decoder) or `mtp` modules")
+        if self.layer_conv is not None:
+            lc = self.layer_conv
+            if not self.encoder_only:
+                raise ValueError("layer_conv: needs encoder_only: true (its kernel sees later tokens)")
+            if lc.layer >= self.n_layers:
+                raise ValueError(f"layer_conv.layer: {lc.layer} is not a layer of {self.n_layers}")
+            if self.d_model % lc.groups:
+                raise ValueError(f"layer_conv.groups: {lc.groups} does not divide d_model {self.d_model}")
         if self.head.tied and self.head.normalize:
             raise ValueError("head.normalize needs an untied head (its own weight)")
         for where, pos in (("position", self.position), ("encoder.position", getattr(self.encoder, "position", None))):

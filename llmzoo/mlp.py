@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,  # exact erf form (Hendrycks & Gimpel, arXiv:1606.08415)
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2, BLOOM, Gemma
     "silu": F.silu,  # SwiGLU's Swish_1 (Shazeer, arXiv:2002.05202)
+    "tanh": torch.tanh,  # DeBERTa-v2's conv_act default (llmzoo.config.LayerConvSpec)
 }
 
 

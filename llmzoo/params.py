@@ -58,7 +58,7 @@ def count_params(source: str | dict | ModelConfig) -> ParamCount:
     """Count parameters from the config alone; equals sum(p.numel()) of the built model.
 
     Parts: embedding (tokens, project in/out), positions, attention, mlp (dense FFNs and shared
-    experts), moe_router, moe_experts (routed; only top_k of them active), norms, head."""
+    experts), moe_router, moe_experts (routed; only top_k of them active), norms, conv (layer_conv), head."""
     c = get_config(source) if not isinstance(source, ModelConfig) else source
     n = ParamCount()
     d, e = c.d_model, c.d_embed
@@ -82,6 +82,8 @@ def count_params(source: str | dict | ModelConfig) -> ParamCount:
             n.add("norms", c.embedding.norm.n_params(d))
         if c.encoder.final_norm is not None:
             n.add("norms", c.encoder.final_norm.n_params(d))
+    if c.layer_conv is not None:  # DeBERTa-v2 xlarge's convolution: kernel, bias, its norm
+        n.add("conv", c.layer_conv.n_params(d))
     if c.head.transform is not None:  # masked-LM prediction transform (dense, norm)
         n.add("head", c.head.transform.n_params(d))
     if not c.head.tied:

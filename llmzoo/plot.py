@@ -65,7 +65,7 @@ def param_data(names: list[str]) -> dict[str, Any]:
             PARTS[1]: p.get("attention", 0),
             PARTS[2]: p.get("mlp", 0),
             PARTS[3]: p.get("moe_experts", 0),
-            PARTS[4]: p.get("norms", 0) + p.get("moe_router", 0) + p.get("positions", 0),
+            PARTS[4]: p.get("norms", 0) + p.get("moe_router", 0) + p.get("positions", 0) + p.get("conv", 0),
         }
         active = {**total, PARTS[3]: n.active - (n.total - p.get("moe_experts", 0))}
         out[name] = {"total": total, "active": active}

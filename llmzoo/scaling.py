@@ -153,6 +153,9 @@ def _scale_down(source: str | dict | ModelConfig, preset: str = "tiny", **overri
          "block": _patch(base, BlockSpec.model_validate(deep_merge(raw, o.block)).scaled(s).model_dump(mode="json"))}
         for o in c.overrides
     ]
+    if c.layer_conv is not None:
+        d["layer_conv"] = {**c.layer_conv.scaled(s).model_dump(mode="json"),
+                           "layer": min(c.layer_conv.layer, n_layers - 1)}
     if d.get("mtp"):
         d["mtp"]["n_layers"] = min(d["mtp"]["n_layers"], 2)
     d.update(overrides)

@@ -334,8 +334,11 @@ MATRIX: dict[str, list[tuple[dict, tuple[str, str] | None]]] = {
         ({"relative_attention": False}, (R, "relative_attention")),  # no released v2/v3 config
         ({"position_biased_input": True}, (R, "position_biased_input")),
         ({"type_vocab_size": 2}, (R, "type_vocab_size")),
-        # microsoft/deberta-v2-xlarge / -xxlarge use conv_kernel_size 3: not built, refused by name
-        ({"conv_kernel_size": 3}, (R, "conv_kernel_size")),
+        # microsoft/deberta-v2-xlarge / -xxlarge: conv_kernel_size 3, conv_act gelu, no conv_groups
+        ({"conv_kernel_size": 3, "conv_act": "gelu"}, None),
+        ({"conv_kernel_size": 3}, None),  # conv_act default tanh
+        ({"conv_kernel_size": 5, "conv_groups": 4, "conv_act": "gelu_new"}, None),
+        ({"conv_kernel_size": 2}, (R, "kernel_size")),  # even: transformers' padding shortens the sequence
         ({"embedding_size": 24}, (R, "embedding_size")),
         ({"tie_word_embeddings": False}, (R, "tie_word_embeddings")),
         ({"pos_att_type": None}, (R, "pos_att_type")),

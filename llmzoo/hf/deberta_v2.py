@@ -8,12 +8,11 @@ Layout: post-LN BERT layers (`attention.self` q/k/v and position projections, `a
 `encoder.LayerNorm` (norm_rel_ebd) shared by all layers; the embedding LayerNorm; the masked-LM head
 dense → act → LayerNorm → tied embedding + bias, spelled `cls.predictions.*` (transformers' legacy
 head, its default) or `lm_predictions.lm_head.*` (legacy: false, the released checkpoints): the same
-computation, both read. transformers multiplies the embedding output by the mask; that touches the
-padding rows only, which no real token attends to.
+computation, both read. deberta-v2-xlarge / -xxlarge's convolution after layer 0 (conv_kernel_size,
+conv_groups, conv_act: `layer_conv`, llmzoo/conv.py) is `encoder.conv.conv` + `encoder.conv.LayerNorm`.
 
 Refused by name: relative_attention false, absolute positions on top of relative ones
-(position_biased_input with relative_attention), token types (type_vocab_size > 0), the convolution
-layer of deberta-v2-xlarge / -xxlarge (conv_kernel_size > 0), embedding_size ≠ hidden_size,
+(position_biased_input with relative_attention), token types (type_vocab_size > 0), embedding_size ≠ hidden_size,
 attention_head_size ≠ hidden_size / heads (transformers cannot run it), an untied head, an empty
 pos_att_type.
 """
@@ -27,7 +26,7 @@ from . import register_adapter
 from .adapter import NO_TOKEN_IDS, Adapter, activation_name, clean_name, layer_count, require
 from .rules import IGNORE, Rule
 
-HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu", "tanh": "tanh"}
 L = "deberta.encoder.layer.{i}"
 DEBERTA = [  # hf tensor                                      llmzoo tensor
     Rule("deberta.embeddings.word_embeddings.weight",          "embed.weight"),
@@ -44,6 +43,8 @@ DEBERTA = [  # hf tensor                                      llmzoo tensor
     Rule(f"{L}.intermediate.dense.{{weight,bias}}",             "blocks.{i}.mlp.up.{weight,bias}"),
     Rule(f"{L}.output.dense.{{weight,bias}}",                   "blocks.{i}.mlp.down.{weight,bias}"),
     Rule(f"{L}.output.LayerNorm.{{weight,bias}}",               "blocks.{i}.mlp_norm.{weight,bias}"),
+    Rule("deberta.encoder.conv.conv.{weight,bias}",             "conv.conv.{weight,bias}"),  # conv_kernel_size > 0
+    Rule("deberta.encoder.conv.LayerNorm.{weight,bias}",        "conv.norm.{weight,bias}"),
     Rule("cls.predictions.transform.dense.{weight,bias}",       "head_transform.dense.{weight,bias}"),
     Rule("cls.predictions.transform.LayerNorm.{weight,bias}",   "head_transform.norm.{weight,bias}"),
     Rule("cls.predictions.bias",                                "head_bias"),
@@ -64,10 +65,32 @@ def pos_att_type(hf: dict[str, Any]) -> list[str]:
     return terms
 
 
+def layer_conv(hf: dict[str, Any], norm: dict) -> dict[str, Any] | None:
+    """transformers' `ConvLayer` after layer 0 when conv_kernel_size > 0 (conv_groups default 1, conv_act
+    default "tanh"; its LayerNorm takes layer_norm_eps)."""
+    k = int(hf.get("conv_kernel_size", 0) or 0)
+    if k <= 0:
+        return None
+    act = str(hf.get("conv_act", "tanh"))
+    return {"kernel_size": k, "groups": int(hf.get("conv_groups", 1)), "norm": norm, "layer": 0,
+            "activation": "tanh" if act == "tanh" else activation_name(act, "conv_act")}
+
+
+def conv_keys(config: ModelConfig) -> dict[str, Any]:
+    """config.json's conv_* keys (conv_kernel_size 0: none); transformers runs the conv after layer 0 only."""
+    lc = config.layer_conv
+    if lc is None:
+        return {"conv_kernel_size": 0}
+    if lc.layer != 0:
+        raise ValueError(f"layer_conv.layer: {lc.layer}; transformers' DeBERTa-v2 convolves beside layer 0 only")
+    return {"conv_kernel_size": lc.kernel_size, "conv_groups": lc.groups,
+            "conv_act": HF_ACT.get(lc.activation, lc.activation)}
+
+
 @register_adapter
 class DebertaV2Adapter(Adapter):
     model_type = "deberta-v2"
-    families = ("deberta-v3",)
+    families = ("deberta-v3", "deberta-v2")
 
     def to_config(self, hf: dict[str, Any]) -> ModelConfig:
         refused = [
@@ -75,7 +98,6 @@ class DebertaV2Adapter(Adapter):
             (hf.get("position_biased_input", True), "position_biased_input: true (absolute positions added to the "
              "relative ones)"),
             (int(hf.get("type_vocab_size", 0) or 0) > 0, "type_vocab_size > 0 (token type embeddings)"),
-            (int(hf.get("conv_kernel_size", 0) or 0) > 0, "conv_kernel_size > 0 (the deberta-v2-xlarge convolution)"),
             (hf.get("embedding_size", hf.get("hidden_size")) != hf.get("hidden_size"), "embedding_size ≠ hidden_size"),
             (hf.get("tie_word_embeddings", True) is False, "tie_word_embeddings: false"),
             # transformers' attention output dense is hidden_size wide: another head size cannot run there
@@ -114,6 +136,7 @@ class DebertaV2Adapter(Adapter):
                               "bias": True}},
             "final_norm": None,
             "head": {"tied": True, "bias": True, "transform": {"activation": act, "norm": norm}},
+            "layer_conv": layer_conv(hf, norm),
         })
 
     def from_config(self, config: ModelConfig) -> dict[str, Any]:
@@ -141,6 +164,7 @@ class DebertaV2Adapter(Adapter):
             "share_att_key": a.share_att_key,
             "legacy": True,
             "tie_word_embeddings": True,
+            **conv_keys(config),
         }
 
     def rules(self, config: ModelConfig) -> list[Rule]:
