@@ -78,7 +78,7 @@ class LayerConvSpec(Spec):
     padding rows set to 0, then `activation`; the layer's output h becomes norm(h + act(conv(x))),
     padding rows zero. Encoder-only: the kernel sees later tokens."""
 
-    kernel_size: int = Field(gt=0, le=1023, description="odd: transformers' padding keeps the length only then")
+    kernel_size: int = Field(gt=0, le=1023, description="odd: only then padding (k-1)/2 keeps the length")
     groups: int = Field(1, gt=0, description="conv_groups: d_model must be a multiple")
     activation: Literal["relu", "gelu", "gelu_tanh", "silu", "tanh"]  # llmzoo.mlp.ACTIVATIONS; conv_act
     norm: NormField  # type: ignore[valid-type]
@@ -88,8 +88,8 @@ class LayerConvSpec(Spec):
     @classmethod
     def _odd(cls, v: int) -> int:
         if v % 2 == 0:
-            raise ValueError(f"kernel_size: {v} is even; padding (k - 1) / 2 keeps the sequence length only for "
-                             "an odd kernel")
+            raise ValueError(f"kernel_size: {v} is even; padding (k - 1) / 2 keeps the sequence length "
+                             "only for an odd kernel")
         return v
 
     def n_params(self, d_model: int) -> int:

@@ -4,8 +4,8 @@ bidirectional blocks → final norm → prediction head, with the tensor names o
 Every token sees every non-padding token. Positions are token slots 0…T-1 (transformers' DeBERTa
 computes its relative positions from slots, not from the padding mask), so right padding leaves
 every real token's output unchanged; padding rows of the embedding output are zero (what
-`layer_conv`'s kernel sees past the last real token). There is no KV cache and no generation: a masked LM predicts
-the tokens at the positions it is given (`llmzoo.generate` refuses it by name).
+`layer_conv`'s kernel sees past the last real token). There is no KV cache and no generation: a
+masked LM predicts the tokens at the positions it is given (`llmzoo.generate` refuses it by name).
 """
 
 from __future__ import annotations

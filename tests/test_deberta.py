@@ -64,9 +64,9 @@ def test_deberta_v2_xlarge_count_adds_up_from_the_config_json_sizes():
 
 @pytest.mark.parametrize("groups, act", [(1, "gelu"), (2, "tanh")])
 def test_layer_conv_matches_transformers_and_exports_back(groups, act, tmp_path):
-    """transformers' ConvLayer (conv of the masked embedding output → padding rows 0 → act → LayerNorm(layer
-    0's output + it) × mask), conv_kernel_size 3, right padding in the batch: logits ≤ 1e-4 (float32); then
-    llmzoo's export loads in transformers with the same tensors and logits."""
+    """transformers' ConvLayer (conv of the masked embedding output → padding rows 0 → act →
+    LayerNorm(layer 0's output + it) × mask), conv_kernel_size 3, right padding in the batch: logits
+    ≤ 1e-4 (float32); then llmzoo's export loads in transformers with the same tensors and logits."""
     ref = tiny_reference("deberta-v2", seed=3, overrides={"conv_kernel_size": 3, "conv_groups": groups,
                                                             "conv_act": act})
     w = ref.deberta.encoder.conv.conv.weight

@@ -12,8 +12,8 @@ computation, both read. deberta-v2-xlarge / -xxlarge's convolution after layer 0
 conv_groups, conv_act: `layer_conv`, llmzoo/conv.py) is `encoder.conv.conv` + `encoder.conv.LayerNorm`.
 
 Refused by name: relative_attention false, absolute positions on top of relative ones
-(position_biased_input with relative_attention), token types (type_vocab_size > 0), embedding_size ≠ hidden_size,
-attention_head_size ≠ hidden_size / heads (transformers cannot run it), an untied head, an empty
+(position_biased_input with relative_attention), token types (type_vocab_size > 0), embedding_size ≠
+hidden_size, attention_head_size ≠ hidden_size / heads (transformers cannot run it), an untied head, an empty
 pos_att_type.
 """
 
@@ -43,7 +43,7 @@ DEBERTA = [  # hf tensor                                      llmzoo tensor
     Rule(f"{L}.intermediate.dense.{{weight,bias}}",             "blocks.{i}.mlp.up.{weight,bias}"),
     Rule(f"{L}.output.dense.{{weight,bias}}",                   "blocks.{i}.mlp.down.{weight,bias}"),
     Rule(f"{L}.output.LayerNorm.{{weight,bias}}",               "blocks.{i}.mlp_norm.{weight,bias}"),
-    Rule("deberta.encoder.conv.conv.{weight,bias}",             "conv.conv.{weight,bias}"),  # conv_kernel_size > 0
+    Rule("deberta.encoder.conv.conv.{weight,bias}",             "conv.conv.{weight,bias}"),
     Rule("deberta.encoder.conv.LayerNorm.{weight,bias}",        "conv.norm.{weight,bias}"),
     Rule("cls.predictions.transform.dense.{weight,bias}",       "head_transform.dense.{weight,bias}"),
     Rule("cls.predictions.transform.LayerNorm.{weight,bias}",   "head_transform.norm.{weight,bias}"),
@@ -82,7 +82,7 @@ def conv_keys(config: ModelConfig) -> dict[str, Any]:
     if lc is None:
         return {"conv_kernel_size": 0}
     if lc.layer != 0:
-        raise ValueError(f"layer_conv.layer: {lc.layer}; transformers' DeBERTa-v2 convolves beside layer 0 only")
+        raise ValueError(f"layer_conv.layer: {lc.layer}; transformers' DeBERTa-v2 convolves beside layer 0")
     return {"conv_kernel_size": lc.kernel_size, "conv_groups": lc.groups,
             "conv_act": HF_ACT.get(lc.activation, lc.activation)}
 
