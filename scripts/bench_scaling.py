@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lengths", nargs="+", type=int, default=LENGTHS)
     p.add_argument("--new-tokens", type=int, default=12, help="tokens per call (≥ 2: decode is timed between them)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="a subset of the shapes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default=str(ROOT / "docs" / "img"), help="where scaling.json and scaling.png go")
     a = p.parse_args(argv)
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
                 dtype="float32", preset=a.preset, window=a.window, lengths=a.lengths, new_tokens=a.new_tokens,
                 repeats=a.repeats, shapes={})
     for label, c in shapes(a.preset, a.window, longest).items():
+        if label not in a.kinds:
+            continue
         print(f"[{label}] {c.name}", file=sys.stderr, flush=True)
         data["shapes"][label] = dict(config=describe(c), **measure(c, a.lengths, a.new_tokens, a.repeats, a.seed))
     data["wall_s"] = time.perf_counter() - t0

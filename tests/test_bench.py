@@ -106,3 +106,15 @@ def test_scaling_smoke(tmp_path):
     assert saved["shapes"]["sliding window"]["config"]["window"] == 8
     assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+
+def test_scaling_plot_is_current():
+    """docs/img/scaling.json was measured on the shapes bench_scaling.py defines now, and
+    docs/performance.md shows its plot."""
+    root = Path(__file__).resolve().parent.parent
+    data = json.loads((root / "docs" / "img" / "scaling.json").read_text())
+    mod = load_scaling()
+    configs = mod.shapes(data["preset"], data["window"], max(data["lengths"]) + data["new_tokens"])
+    assert {k: v["config"] for k, v in data["shapes"].items()} == {k: mod.describe(c) for k, c in configs.items()}, \
+        "re-run: python scripts/bench_scaling.py"
+    assert (root / "docs" / "img" / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "img/scaling.png" in (root / "docs" / "performance.md").read_text()
