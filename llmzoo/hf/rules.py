@@ -23,6 +23,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from . import hugepages
+
 
 IGNORE = None  # llmzoo side of a rule for checkpoint tensors that have no place in the model
 
@@ -31,6 +33,16 @@ IGNORE = None  # llmzoo side of a rule for checkpoint tensors that have no place
 
 
 Region = tuple  # one slice(start, stop) per dim (step 1): a block of a tensor
+
+
+def _fresh(shape: tuple[int, ...], xs: list[Tensor]) -> Tensor | None:
+    """The output buffer of a joining transform: huge-page CPU memory (see hugepages.py), or None
+    (torch allocates) off the CPU, where the inputs' dtypes or devices differ, or under autograd."""
+    if xs[0].device.type != "cpu" or any(x.dtype != xs[0].dtype or x.device != xs[0].device for x in xs):
+        return None
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):  # out= does not record autograd
+        return None
+    return hugepages.empty(shape, xs[0].dtype)
 
 
 class Lazy:
@@ -156,7 +168,9 @@ class Concat(Transform):
         self.dim, self.sizes = dim, sizes
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
-        return [torch.cat(xs, dim=self.dim)]
+        d = self.dim % xs[0].dim()
+        shape = (*xs[0].shape[:d], sum(x.shape[d] for x in xs), *xs[0].shape[d + 1:])
+        return [torch.cat(xs, dim=d, out=_fresh(shape, xs))]
 
     def lazy(self, xs: list[Lazy]) -> list[Lazy]:
         d = self.dim % len(xs[0].shape)
@@ -275,7 +289,9 @@ class StackExperts(Transform):
         self.dim = dim
 
     def forward(self, xs: list[Tensor]) -> list[Tensor]:
-        return [torch.stack(xs, dim=self.dim)]
+        d = self.dim % (xs[0].dim() + 1)
+        shape = (*xs[0].shape[:d], len(xs), *xs[0].shape[d:])
+        return [torch.stack(xs, dim=d, out=_fresh(shape, xs))]
 
     def lazy(self, xs: list[Lazy]) -> list[Lazy]:
         if self.dim != 0:
