@@ -16,6 +16,7 @@ from .config import ModelConfig, load_config
 from .errors import CheckpointError, ConfigError, LLMZooError
 from .generation import generate, stream
 from .hf import from_pretrained, save_pretrained
+from .layout import tune_layout
 from .model import CausalLM
 from . import parallel
 from .params import ParamCount, count_params, kv_cache_bytes
@@ -47,6 +48,7 @@ __all__ = [
     "save_pretrained",
     "scale_down",
     "stream",
+    "tune_layout",
     "verify",
 ]
 __version__ = "0.1.0"

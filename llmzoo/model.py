@@ -163,6 +163,12 @@ class LanguageModel(nn.Module):
         """Logits of the last `keep` positions of x (B, T, D) (0: all; generation's prefill needs 1)."""
         return self.head_cap(self._logits(x[:, -keep:] if keep else x))
 
+    def linear_weights(self) -> list[nn.Parameter]:
+        """Every matrix the forward multiplies by through F.linear: each nn.Linear's weight and, for a
+        tied head, the token embedding (`head.tied`); see layout.tune_layout."""
+        ws = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
+        return ws + ([self.embed.weight] if self.head is None else [])
+
     def _logits(self, x: Tensor) -> Tensor:
         x = self.embed_out(self.head_transform(self.final_norm(x)))
         if self.head_scale != 1.0:

@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the repeats")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="llmzoo.generate(compile=...): auto = on for the CUDA plan, off on CPU")
+    p.add_argument("--tune-layout", choices=["auto", "on", "off"], default="auto",
+                   help="llmzoo.tune_layout(model, rows=(1, decode batch)) after the load, timed apart from it: "
+                        "auto = on on CPU")
     p.add_argument("--compile-backend", help="torch.compile backend (default inductor; 'eager' for a quick dry run)")
     p.add_argument("--tol", type=float, help="max|Δlogits| allowed; default 1e-3 (fp32) or 0.05·max|logits| (16-bit)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense bf16 TFLOP/s (H100 SXM: 989)")
@@ -105,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.repeats = a.repeats or (5 if a.only == "load" else 3)
     a.load_repeats = a.load_repeats or (2 if cuda else a.repeats)
     a.compile = a.compile == "on" or (a.compile == "auto" and cuda)
+    a.tune_layout = a.tune_layout == "on" or (a.tune_layout == "auto" and not cuda)
     if a.dry_run:
         a.shapes = [s.partition("@")[0] + "@tiny" for s in a.shapes]
         a.prefill_grid = [f"{b}x{max(1, int(n) // 64)}" for b, _, n in (g.lower().partition("x") for g in a.prefill_grid)]
@@ -353,6 +357,11 @@ def run_backend(backend: str, folder: str, cfg, a, device, dtype, check_ids) -> 
 
     with PeakMemory(device) as mem, torch.inference_mode():  # load time and RSS: measure_load's child
         model = load(backend, folder, device, dtype)
+        if backend == "llmzoo" and a.tune_layout and a.only != "load":
+            t0 = time.perf_counter()
+            choices = llmzoo.tune_layout(model, rows=tuple(sorted({1, a.decode_batch})))
+            r["layout_s"] = time.perf_counter() - t0
+            r["layout_column_major"] = [list(c.shape) for c in choices if c.column_major]
         logits = forward(backend, model, check_ids).float().cpu()
         r["prefill_s"] = {}
         for b, n in (() if a.only == "load" else a.grid):
@@ -473,6 +482,8 @@ def table(results: list[dict]) -> str:
         r0 = z or h
         row("load ms", lambda r: r["load_s"], lambda v: f"{1e3 * v:.0f}", "load")
         row("load peak MiB", lambda r: r["load_peak_bytes"], lambda v: f"{v / 2**20:,.0f}", "load_peak")
+        if z is not None and "layout_s" in z:
+            rows.append([*head, "layout tuning ms", f"{1e3 * z['layout_s']:.0f}", "-", "-"])
         row("load peak / model bytes", lambda r: r["load_peak_bytes"] / max(r["model_bytes"], 1), lambda v: f"{v:.3f}")
         if r0.get("ttft_s") is not None:
             row("ttft ms (b=1)", lambda r: r["ttft_s"], lambda v: f"{1e3 * v:.1f}", "ttft")
@@ -507,7 +518,8 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         z = r["llmzoo"]
         cells = [f"{r['shape']} ({r['params'] / 1e6:.0f} M)", r["dtype"],
-                 cell(r, "load", f"{z['load_s']['median']:.2f} s"),
+                 cell(r, "load", f"{z['load_s']['median']:.2f} s"
+                      + (f" + {z['layout_s']:.2f} s layout" if "layout_s" in z else "")),
                  cell(r, "ttft", f"{1e3 * z['ttft_s']['median']:.0f} ms")]
         cells += [cell(r, f"prefill_{g}", f"{1e3 * z['prefill_s'][g]['median']:.0f} ms") if g in z["prefill_s"] else "-"
                   for g in grids]
