@@ -83,9 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before the repeats")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="llmzoo.generate(compile=...): auto = on for the CUDA plan, off on CPU")
-    p.add_argument("--tune-layout", choices=["auto", "on", "off"], default="auto",
-                   help="llmzoo.tune_layout(model, rows=(1, decode batch)) after the load, timed apart from it: "
-                        "auto = on on CPU")
+    p.add_argument("--tune-layout", choices=["on", "off"], default="off",
+                   help="llmzoo side: llmzoo.tune_layout(model, rows=(1, decode batch)) after the load, timed "
+                        "apart from it (docs/performance.md: what it buys on CPU and what it costs)")
     p.add_argument("--compile-backend", help="torch.compile backend (default inductor; 'eager' for a quick dry run)")
     p.add_argument("--tol", type=float, help="max|Δlogits| allowed; default 1e-3 (fp32) or 0.05·max|logits| (16-bit)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense bf16 TFLOP/s (H100 SXM: 989)")
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.repeats = a.repeats or (5 if a.only == "load" else 3)
     a.load_repeats = a.load_repeats or (2 if cuda else a.repeats)
     a.compile = a.compile == "on" or (a.compile == "auto" and cuda)
-    a.tune_layout = a.tune_layout == "on" or (a.tune_layout == "auto" and not cuda)
+    a.tune_layout = a.tune_layout == "on"
     if a.dry_run:
         a.shapes = [s.partition("@")[0] + "@tiny" for s in a.shapes]
         a.prefill_grid = [f"{b}x{max(1, int(n) // 64)}" for b, _, n in (g.lower().partition("x") for g in a.prefill_grid)]

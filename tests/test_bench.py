@@ -34,12 +34,14 @@ def test_bench_smoke(tmp_path, capsys):
     bench = load_bench()
     bench.main(["--shapes", "llama-2-7b@tiny", "--device", "cpu", "--new-tokens", "3", "--prompt-len", "8",
                        "--prefill-grid", "1x8", "--decode-batch", "2", "--repeats", "2", "--out", str(out),
-                       "--dtype", "float32", "bfloat16"])
+                       "--dtype", "float32", "bfloat16", "--tune-layout", "on"])
     results = json.loads(out.read_text())["results"]
     assert [r["dtype"] for r in results] == ["float32", "bfloat16"]
     for r in results:
         check_result(r, ["1x8"], [1, 2])
         assert r["llmzoo"]["decode_step_s"]["1"]["n"] == 2 * (3 - 1)
+        assert r["llmzoo"]["layout_s"] > 0 and isinstance(r["llmzoo"]["layout_column_major"], list)  # --tune-layout on
+        assert "layout_s" not in r["transformers"]
     capsys.readouterr()
     bench.main(["--markdown", str(out)])  # the docs/performance.md table from the saved JSON
     lines = capsys.readouterr().out.strip().splitlines()

@@ -70,3 +70,19 @@ def test_generation_after_tuning_is_the_same(loud):
     before = llmzoo.generate(model, ids, max_new_tokens=6)
     tune_layout(model, rows=(1, 2), repeats=1, min_gain=ALWAYS_COLUMN)
     assert torch.equal(llmzoo.generate(model, ids, max_new_tokens=6), before)
+
+
+def test_layout_ab_script_runs(tmp_path, loud):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_layout.py"
+    spec = importlib.util.spec_from_file_location("bench_layout", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    llmzoo.save_pretrained(loud(llmzoo.build("llama-2-7b", scale="tiny"), seed=5), tmp_path / "ckpt")
+    res = script.main([str(tmp_path / "ckpt"), "--batches", "1", "2", "--prompt-len", "4", "--new-tokens", "3",
+                       "--rounds", "2", "--out", str(tmp_path / "ab.json")])
+    assert set(res["batches"]) == {"1", "2"} and (tmp_path / "ab.json").exists()
+    for r in res["batches"].values():
+        assert r["loaded_ms"] > 0 and r["tuned_ms"] > 0 and r["spread"][0] <= r["spread"][1]
