@@ -20,7 +20,7 @@ def _row_major(w: torch.Tensor) -> bool:
     return w.stride() == (w.shape[1], 1)
 
 
-@pytest.mark.parametrize("name", ["gpt-2-small", "qwen-2.5-0.5b", "llama-2-7b"])
+@pytest.mark.parametrize("name", ["gpt-2-small", "qwen-2.5-0.5b", "llama-2-7b", "deepseek-v2-lite"])
 def test_layout_changes_strides_not_logits(name, loud):
     model = loud(llmzoo.build(name, scale="tiny"), seed=3).eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
@@ -64,8 +64,9 @@ def test_column_major_model_exports_and_reloads(tmp_path, loud):
         torch.testing.assert_close(again(ids), model(ids), rtol=1e-5, atol=1e-5)
 
 
-def test_generation_after_tuning_is_the_same(loud):
-    model = loud(llmzoo.build("mistral-7b", scale="tiny"), seed=4).eval()
+@pytest.mark.parametrize("name", ["mistral-7b", "deepseek-v2-lite"])  # deepseek: the absorbed MLA path reads kv_b raw
+def test_generation_after_tuning_is_the_same(name, loud):
+    model = loud(llmzoo.build(name, scale="tiny"), seed=4).eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(2))
     before = llmzoo.generate(model, ids, max_new_tokens=6)
     tune_layout(model, rows=(1, 2), repeats=1, min_gain=ALWAYS_COLUMN)
