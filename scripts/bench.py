@@ -84,8 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="llmzoo.generate(compile=...): auto = on for the CUDA plan, off on CPU")
     p.add_argument("--tune-layout", choices=["on", "off"], default="off",
-                   help="llmzoo side: llmzoo.tune_layout(model, rows=(1, decode batch)) after the load, timed "
+                   help="llmzoo side: llmzoo.tune_layout(model, rows=--tune-rows) after the load, timed "
                         "apart from it (docs/performance.md: what it buys on CPU and what it costs)")
+    p.add_argument("--tune-rows", nargs="+", type=int, default=[1],
+                   help="the row counts tune_layout times (its choice minimises their sum); default 1 (decode b=1)")
     p.add_argument("--compile-backend", help="torch.compile backend (default inductor; 'eager' for a quick dry run)")
     p.add_argument("--tol", type=float, help="max|Δlogits| allowed; default 1e-3 (fp32) or 0.05·max|logits| (16-bit)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense bf16 TFLOP/s (H100 SXM: 989)")
@@ -359,7 +361,7 @@ def run_backend(backend: str, folder: str, cfg, a, device, dtype, check_ids) -> 
         model = load(backend, folder, device, dtype)
         if backend == "llmzoo" and a.tune_layout and a.only != "load":
             t0 = time.perf_counter()
-            choices = llmzoo.tune_layout(model, rows=tuple(sorted({1, a.decode_batch})))
+            choices = llmzoo.tune_layout(model, rows=tuple(a.tune_rows))
             r["layout_s"] = time.perf_counter() - t0
             r["layout_column_major"] = [list(c.shape) for c in choices if c.column_major]
         logits = forward(backend, model, check_ids).float().cpu()
