@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hf.hugepages import empty
+from .hugepages import empty
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,12 @@ def tune_layout(
         t_col = sum(_median_time(x, col, repeats) for x in xs)
         use_col = t_col < (1 - min_gain) * t_row
         choices.append(LayoutChoice(shape, dtype, t_row, t_col, use_col, len(ws)))
-        del row, col
+        timed = col if use_col else row  # the first matrix's copy in the chosen layout: kept, not made again
         for p in ws:
             if use_col != _is_column_major(p):
-                stored = column_major(p) if use_col else p.contiguous()
+                stored = timed if p is w else column_major(p) if use_col else p.contiguous()
                 new[id(p)] = nn.Parameter(stored, requires_grad=p.requires_grad)
+        del row, col, timed
     for module in model.modules():  # every reference to a moved parameter, tied ones included
         for name, p in module._parameters.items():
             if p is not None and id(p) in new:

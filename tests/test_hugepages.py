@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from llmzoo.hf import hugepages
+from llmzoo import hugepages
 from llmzoo.hf.rules import Concat, StackExperts
 
 

@@ -31,7 +31,7 @@ from ..model import CausalLM
 from ..progress import progress
 from ..zoo import closest_zoo_entry, get_config
 from . import get_adapter, load_plugins
-from . import hugepages
+from ..hugepages import copy_to
 from .fp8 import Dequantize, dequantize_loaded, fp8_block_size, split_scales
 from .jsontypes import check_hf_types
 from .rules import Group, Lazy, plan_load
@@ -470,7 +470,7 @@ def load_weights(
             placed = set()
             for ours, t in zip(g.our_names, outs):
                 target_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
-                placed.add(_assign(modules, ours, hugepages.copy_to(t, target_dtype, device)).untyped_storage().data_ptr())
+                placed.add(_assign(modules, ours, copy_to(t, target_dtype, device)).untyped_storage().data_ptr())
             del outs
             for n, src in zip(g.hf_names, sources):
                 if src.untyped_storage().data_ptr() not in placed:  # copied away: its pages are not needed

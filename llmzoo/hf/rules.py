@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from . import hugepages
+from ..hugepages import empty
 
 
 IGNORE = None  # llmzoo side of a rule for checkpoint tensors that have no place in the model
@@ -42,7 +42,7 @@ def _fresh(shape: tuple[int, ...], xs: list[Tensor]) -> Tensor | None:
         return None
     if torch.is_grad_enabled() and any(x.requires_grad for x in xs):  # out= does not record autograd
         return None
-    return hugepages.empty(shape, xs[0].dtype)
+    return empty(shape, xs[0].dtype)
 
 
 class Lazy:
