@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .config import MAX_SCALE, MAX_SEQ_LEN
 from .errors import UnsupportedError
+from .linear import Linear
 from .norms import LayerNormSpec, RMSNormSpec
 from .parallel import plan
 from .positions import apply_rope, sinusoid_table
@@ -320,10 +321,10 @@ class Attention(AttentionModule):
         super().__init__()
         self.spec, self.layer = spec, layer
         self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
-        self.q = nn.Linear(d_model, self.n_heads * self.head_dim, bias=spec.qkv_bias)
-        self.k = nn.Linear(d_model, self.n_kv * self.head_dim, bias=spec.qkv_bias)
-        self.v = nn.Linear(d_model, self.n_kv * self.head_dim, bias=spec.qkv_bias)
-        self.o = nn.Linear(self.n_heads * self.head_dim, d_model, bias=spec.o_bias)
+        self.q = Linear(d_model, self.n_heads * self.head_dim, bias=spec.qkv_bias)
+        self.k = Linear(d_model, self.n_kv * self.head_dim, bias=spec.qkv_bias)
+        self.v = Linear(d_model, self.n_kv * self.head_dim, bias=spec.qkv_bias)
+        self.o = Linear(self.n_heads * self.head_dim, d_model, bias=spec.o_bias)
         # the norms read (B, T, ·, width): width head_dim per head, or the whole projection
         self.q_width, k_width = spec.qk_norm_dims
         self.k_width = k_width
@@ -434,11 +435,11 @@ class RelativeXLAttention(AttentionModule):
         self.spec, self.layer, self.d_model = spec, layer, d_model
         self.n_heads, self.head_dim = spec.n_heads, spec.head_dim
         inner = spec.n_heads * spec.head_dim
-        self.q = nn.Linear(d_model, inner, bias=False)
-        self.k = nn.Linear(d_model, inner, bias=False)
-        self.v = nn.Linear(d_model, inner, bias=False)
-        self.r = nn.Linear(d_model, inner, bias=False)  # W_k,R: relative encodings -> position keys
-        self.o = nn.Linear(inner, d_model, bias=False)
+        self.q = Linear(d_model, inner, bias=False)
+        self.k = Linear(d_model, inner, bias=False)
+        self.v = Linear(d_model, inner, bias=False)
+        self.r = Linear(d_model, inner, bias=False)  # W_k,R: relative encodings -> position keys
+        self.o = Linear(inner, d_model, bias=False)
         self.content_u = nn.Parameter(torch.empty(spec.n_heads, spec.head_dim))
         self.position_v = nn.Parameter(torch.empty(spec.n_heads, spec.head_dim))
         self.scale = spec.head_dim**-0.5 * scale_mult
@@ -524,15 +525,15 @@ class DisentangledAttention(AttentionModule):
         super().__init__()
         self.spec, self.layer, self.head_dim = spec, layer, spec.head_dim
         inner = spec.n_heads * spec.head_dim
-        self.q = nn.Linear(d_model, inner, bias=spec.bias)
-        self.k = nn.Linear(d_model, inner, bias=spec.bias)
-        self.v = nn.Linear(d_model, inner, bias=spec.bias)
-        self.o = nn.Linear(inner, d_model, bias=spec.bias)
+        self.q = Linear(d_model, inner, bias=spec.bias)
+        self.k = Linear(d_model, inner, bias=spec.bias)
+        self.v = Linear(d_model, inner, bias=spec.bias)
+        self.o = Linear(inner, d_model, bias=spec.bias)
         terms = spec.pos_att_type
         if not spec.share_att_key and "c2p" in terms:
-            self.pos_k = nn.Linear(d_model, inner, bias=spec.bias)
+            self.pos_k = Linear(d_model, inner, bias=spec.bias)
         if not spec.share_att_key and "p2c" in terms:
-            self.pos_q = nn.Linear(d_model, inner, bias=spec.bias)
+            self.pos_q = Linear(d_model, inner, bias=spec.bias)
         # names, not modules: a shared projection must not appear twice in the state dict
         self.c2p = ("k" if spec.share_att_key else "pos_k") if "c2p" in terms else None
         self.p2c = ("q" if spec.share_att_key else "pos_q") if "p2c" in terms else None
@@ -684,10 +685,10 @@ class LightningIndexer(Module):
     def __init__(self, spec: IndexerSpec, d_model: int, q_lora_rank: int, rope_dims: int):
         super().__init__()
         self.spec, self.rope_dims = spec, rope_dims
-        self.q = nn.Linear(q_lora_rank, spec.n_heads * spec.head_dim, bias=False)
-        self.k = nn.Linear(d_model, spec.head_dim, bias=False)
+        self.q = Linear(q_lora_rank, spec.n_heads * spec.head_dim, bias=False)
+        self.k = Linear(d_model, spec.head_dim, bias=False)
         self.k_norm = build("norm", spec.key_norm, spec.head_dim)
-        self.weights = nn.Linear(d_model, spec.n_heads, bias=False)
+        self.weights = Linear(d_model, spec.n_heads, bias=False)
 
     def _rotate(self, x: Tensor, ctx: Context, layer: int) -> Tensor:
         rope = ctx.rotary(layer)
@@ -752,16 +753,16 @@ class MLAttention(AttentionModule):
         h, qk = spec.n_heads, spec.qk_nope_head_dim + spec.qk_rope_head_dim
         self.n_heads, self.qk_dim = h, qk
         if spec.q_lora_rank is None:
-            self.q = nn.Linear(d_model, h * qk, bias=False)  # HF DeepSeek: q_proj never has a bias
+            self.q = Linear(d_model, h * qk, bias=False)  # HF DeepSeek: q_proj never has a bias
         else:
-            self.q_a = nn.Linear(d_model, spec.q_lora_rank, bias=spec.bias)
+            self.q_a = Linear(d_model, spec.q_lora_rank, bias=spec.bias)
             self.q_norm = build("norm", spec.latent_norm, spec.q_lora_rank)
-            self.q_b = nn.Linear(spec.q_lora_rank, h * qk, bias=False)
-        self.kv_a = nn.Linear(d_model, spec.kv_lora_rank + spec.qk_rope_head_dim, bias=spec.bias)
+            self.q_b = Linear(spec.q_lora_rank, h * qk, bias=False)
+        self.kv_a = Linear(d_model, spec.kv_lora_rank + spec.qk_rope_head_dim, bias=spec.bias)
         self.kv_norm = build("norm", spec.latent_norm, spec.kv_lora_rank)
         # no bias: the absorbed path folds kv_b into the query and the output (see `absorbed`)
-        self.kv_b = nn.Linear(spec.kv_lora_rank, h * (spec.qk_nope_head_dim + spec.v_head_dim), bias=False)
-        self.o = nn.Linear(h * spec.v_head_dim, d_model, bias=spec.bias)
+        self.kv_b = Linear(spec.kv_lora_rank, h * (spec.qk_nope_head_dim + spec.v_head_dim), bias=False)
+        self.o = Linear(h * spec.v_head_dim, d_model, bias=spec.bias)
         self.scale = qk**-0.5 * scale_mult
         self.window = spec.window
         self.indexer = None if spec.indexer is None else LightningIndexer(

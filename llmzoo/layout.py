@@ -3,11 +3,12 @@
 `F.linear(x, W)` computes x Wᵀ from a (out, in) matrix stored either way — row-major (strides
 (in, 1), as a checkpoint stores it) or column-major (strides (1, out): the (in, out) transpose,
 contiguous) — and gives the same values (summation order aside). The BLAS kernels behind it are not
-equally fast on both: on the CPU of docs/performance.md, MKL's fp32 product of one row with a
-(151936, 896) matrix streams a column-major matrix at ~22 GB/s and a row-major one at ~12 GB/s, while
-a (896, 4864) matrix is faster row-major. No rule of thumb holds across CPUs, BLAS builds, dtypes
-and thread counts, so `tune_layout` times both storages of every distinct (shape, dtype) at the row
-counts a caller will run (decode: its batch) and keeps the faster. Only strides change: a parameter
+equally fast on both: on a Zen 4 CPU (docs/performance.md), MKL's fp32 product of one row with a
+(151936, 896) matrix streamed a column-major matrix at ~22 GB/s and a row-major one at ~12 GB/s, while
+a (896, 4864) matrix was faster row-major. No rule of thumb holds across CPUs, BLAS builds, dtypes
+and thread counts, so `tune_layout` times both storages of every distinct (shape, dtype) with the
+product the forward runs (`llmzoo.linear`: few-row float32 products split across threads) at the
+row counts a caller will run (decode: its batch) and keeps the faster. Only strides change: a parameter
 keeps its shape, name, dtype and values, so state_dict, export and parity read it as before.
 """
 
@@ -17,15 +18,15 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .hugepages import empty
+from .linear import linear
 
 
 @dataclass(frozen=True)
 class LayoutChoice:
-    """One (out, in, dtype) shape's timings (median seconds per F.linear, summed over the row counts)."""
+    """One (out, in, dtype) shape's timings (median seconds per product, summed over the row counts)."""
 
     shape: tuple[int, int]
     dtype: torch.dtype
@@ -36,11 +37,11 @@ class LayoutChoice:
 
 
 def _median_time(x: Tensor, w: Tensor, repeats: int) -> float:
-    F.linear(x, w)  # warm: first-call allocations, BLAS dispatch
+    linear(x, w)  # warm: first-call allocations, BLAS dispatch
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        F.linear(x, w)
+        linear(x, w)
         ts.append(time.perf_counter() - t0)
     return sorted(ts)[len(ts) // 2]
 
@@ -59,7 +60,7 @@ def tune_layout(
     model: nn.Module, rows: tuple[int, ...] = (1,), repeats: int = 3, min_gain: float = 0.1
 ) -> list[LayoutChoice]:
     """Store each CPU matrix of `model.linear_weights()` in the faster of its two layouts, timed per
-    distinct (shape, dtype) with F.linear on `rows`-row inputs (decode: the batch sizes it will run;
+    distinct (shape, dtype) with the product the forward runs (llmzoo.linear) on `rows`-row inputs (decode: the batch sizes it will run;
     the sum over them decides). A matrix goes column-major only when that is `min_gain` faster;
     otherwise it is stored row-major. Tied matrices (a head that is the embedding) move together.
     Returns one LayoutChoice per shape. Matrices off the CPU are left as they are."""

@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from .parallel import plan
+from .linear import Linear
 from .protocol import MLPSpecBase, Module
 from .registry import register
 
@@ -58,8 +59,8 @@ class MLP(Module):
 
     def __init__(self, spec: MLPSpec, d_model: int, layer: int = 0):
         super().__init__()
-        self.up = nn.Linear(d_model, spec.d_ff, bias=spec.bias)
-        self.down = nn.Linear(spec.d_ff, d_model, bias=spec.bias)
+        self.up = Linear(d_model, spec.d_ff, bias=spec.bias)
+        self.down = Linear(spec.d_ff, d_model, bias=spec.bias)
         self.act = activation(spec.activation)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -78,9 +79,9 @@ class GLU(Module):
 
     def __init__(self, spec: GLUSpec, d_model: int, layer: int = 0):
         super().__init__()
-        self.gate = nn.Linear(d_model, spec.d_ff, bias=spec.bias)
-        self.up = nn.Linear(d_model, spec.d_ff, bias=spec.bias)
-        self.down = nn.Linear(spec.d_ff, d_model, bias=spec.bias)
+        self.gate = Linear(d_model, spec.d_ff, bias=spec.bias)
+        self.up = Linear(d_model, spec.d_ff, bias=spec.bias)
+        self.down = Linear(spec.d_ff, d_model, bias=spec.bias)
         self.act = activation(spec.activation)
 
     def forward(self, x: Tensor) -> Tensor:

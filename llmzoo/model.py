@@ -13,6 +13,7 @@ from .attention import Context
 from .positions import PositionEncoding
 from .block import Block
 from .config import HeadTransformSpec, ModelConfig, rotary_dim
+from .linear import Linear, linear
 from .mlp import activation
 from .mtp import MTPLayer
 from .parallel import plan as styles
@@ -70,7 +71,7 @@ class HeadTransform(nn.Module):
 
     def __init__(self, spec: HeadTransformSpec, d_model: int):
         super().__init__()
-        self.dense = nn.Linear(d_model, d_model)
+        self.dense = Linear(d_model, d_model)
         self.act = activation(spec.activation)
         self.norm = build("norm", spec.norm, d_model)
 
@@ -86,15 +87,15 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_embed)
-        self.embed_in = nn.Linear(c.d_embed, c.d_model, bias=False) if c.d_embed != c.d_model else nn.Identity()
+        self.embed_in = Linear(c.d_embed, c.d_model, bias=False) if c.d_embed != c.d_model else nn.Identity()
         self.positions = build(
             "position", c.position, d_model=c.d_model, n_heads=c.n_heads, rotary_dim=c.rotary_dim
         )
         self.embed_norm = build("norm", c.embedding.norm, c.d_model) if c.embedding.norm else nn.Identity()
         self.final_norm = build("norm", c.final_norm, c.d_model) if c.final_norm else nn.Identity()
         self.head_transform = HeadTransform(c.head.transform, c.d_model) if c.head.transform else nn.Identity()
-        self.embed_out = nn.Linear(c.d_model, c.d_embed, bias=False) if c.d_embed != c.d_model else nn.Identity()
-        self.head = None if c.head.tied else nn.Linear(c.d_embed, c.vocab_size, bias=c.head.bias)
+        self.embed_out = Linear(c.d_model, c.d_embed, bias=False) if c.d_embed != c.d_model else nn.Identity()
+        self.head = None if c.head.tied else Linear(c.d_embed, c.vocab_size, bias=c.head.bias)
         self.head_cap = SoftCap(c.head.softcap) if c.head.softcap is not None else nn.Identity()
         if c.head.tied and c.head.bias:
             self.head_bias = nn.Parameter(torch.zeros(c.vocab_size))
@@ -174,9 +175,9 @@ class LanguageModel(nn.Module):
         if self.head_scale != 1.0:
             x = x * self.head_scale
         if self.head is None:
-            return F.linear(x, self.embed.weight, getattr(self, "head_bias", None))
+            return linear(x, self.embed.weight, getattr(self, "head_bias", None))
         if self.config.head.normalize:
-            return F.linear(x, F.normalize(self.head.weight, dim=-1), self.head.bias)
+            return linear(x, F.normalize(self.head.weight, dim=-1), self.head.bias)
         return self.head(x)
 
 

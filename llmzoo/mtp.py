@@ -11,11 +11,11 @@ The embedding and output head are the main model's (the checkpoint's copies are 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .block import Block
 from .config import ModelConfig
+from .linear import Linear, linear
 from .registry import build
 
 
@@ -27,7 +27,7 @@ class MTPLayer(nn.Module):
         d = config.d_model
         self.enorm = build("norm", config.block.norm, d)
         self.hnorm = build("norm", config.block.norm, d)
-        self.eh_proj = nn.Linear(2 * d, d, bias=False)
+        self.eh_proj = Linear(2 * d, d, bias=False)
         self.block = Block(config.block, d, config.n_layers + k, scale_mult)
         self.head_norm = build("norm", config.final_norm or config.block.norm, d)
 
@@ -54,5 +54,5 @@ def predict_ahead(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | 
         mask = attention_mask[:, k:] if attention_mask is not None else None
         ctx_k = model.context(ids, mask)
         h = layer(model.embed_tokens(ids, ctx_k.positions), h[:, : ids.shape[1]], ctx_k)
-        out.append(F.linear(layer.head_norm(h), head))
+        out.append(linear(layer.head_norm(h), head))
     return out

@@ -53,6 +53,7 @@ from typing import Callable
 import torch
 
 import llmzoo
+import llmzoo.linear
 from llmzoo.config import deep_merge
 
 CPU_SHAPES = ["llama-2-7b@small", "mistral-7b@small", "deepseek-v2-lite@small"]
@@ -88,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "apart from it (docs/performance.md: what it buys on CPU and what it costs)")
     p.add_argument("--tune-rows", nargs="+", type=int, default=[1],
                    help="the row counts tune_layout times (its choice minimises their sum); default 1 (decode b=1)")
+    p.add_argument("--split-linear", choices=["on", "off"], default="on",
+                   help="llmzoo side: few-row float32 CPU products split across threads (llmzoo.linear.SPLIT); "
+                        "off = plain F.linear, for an A/B")
     p.add_argument("--compile-backend", help="torch.compile backend (default inductor; 'eager' for a quick dry run)")
     p.add_argument("--tol", type=float, help="max|Δlogits| allowed; default 1e-3 (fp32) or 0.05·max|logits| (16-bit)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak dense bf16 TFLOP/s (H100 SXM: 989)")
@@ -111,6 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.load_repeats = a.load_repeats or (2 if cuda else a.repeats)
     a.compile = a.compile == "on" or (a.compile == "auto" and cuda)
     a.tune_layout = a.tune_layout == "on"
+    a.split_linear = a.split_linear == "on"
     if a.dry_run:
         a.shapes = [s.partition("@")[0] + "@tiny" for s in a.shapes]
         a.prefill_grid = [f"{b}x{max(1, int(n) // 64)}" for b, _, n in (g.lower().partition("x") for g in a.prefill_grid)]
@@ -533,8 +538,19 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def cpu_name() -> str | None:
+    """The CPU as /proc/cpuinfo names it, with its family and model numbers (a VM may say only "AMD EPYC")."""
+    try:
+        info = dict(line.split(":", 1) for line in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        return None
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
+
+
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
+    llmzoo.linear.SPLIT.enabled = a.split_linear
     if a.markdown:
         results = [r for path in a.markdown for r in json.load(open(path))["results"]]
         print(markdown(results))
@@ -547,6 +563,8 @@ def main(argv: list[str] | None = None) -> dict:
                       only=a.only, cast=a.cast,
                       repeats=a.repeats, load_repeats=a.load_repeats, warmup=a.warmup, compile=a.compile,
                       compile_backend=a.compile_backend, peak_tflops=a.peak_tflops, peak_gbps=a.peak_gbps,
+                      tune_layout=a.tune_layout, split_linear=a.split_linear, cpu=cpu_name(),
+                      cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads(),
                       torch=torch.__version__, gpu=torch.cuda.get_device_name() if a.device.startswith("cuda") else None),
         results=[],
         wall_s=0.0,

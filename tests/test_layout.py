@@ -73,17 +73,19 @@ def test_generation_after_tuning_is_the_same(name, loud):
     assert torch.equal(llmzoo.generate(model, ids, max_new_tokens=6), before)
 
 
-def test_layout_ab_script_runs(tmp_path, loud):
+@pytest.mark.parametrize("variant, arms", [("layout", ("loaded", "tuned")), ("split", ("plain", "split"))])
+def test_ab_script_runs(tmp_path, loud, variant, arms):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_layout.py"
-    spec = importlib.util.spec_from_file_location("bench_layout", path)
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_ab.py"
+    spec = importlib.util.spec_from_file_location("bench_ab", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     llmzoo.save_pretrained(loud(llmzoo.build("llama-2-7b", scale="tiny"), seed=5), tmp_path / "ckpt")
-    res = script.main([str(tmp_path / "ckpt"), "--batches", "1", "2", "--prompt-len", "4", "--new-tokens", "3",
-                       "--rounds", "2", "--out", str(tmp_path / "ab.json")])
-    assert set(res["batches"]) == {"1", "2"} and (tmp_path / "ab.json").exists()
+    res = script.main([str(tmp_path / "ckpt"), "--variant", variant, "--batches", "1", "2", "--prompt-len", "4",
+                       "--new-tokens", "3", "--rounds", "2", "--out", str(tmp_path / "ab.json")])
+    assert res["arms"] == list(arms) and set(res["batches"]) == {"1", "2"} and (tmp_path / "ab.json").exists()
     for r in res["batches"].values():
-        assert r["loaded_ms"] > 0 and r["tuned_ms"] > 0 and r["spread"][0] <= r["spread"][1]
+        assert r[f"{arms[0]}_ms"] > 0 and r[f"{arms[1]}_ms"] > 0 and r["spread"][0] <= r["spread"][1]
+    assert llmzoo.linear.SPLIT.enabled  # the split arm's switch is put back
