@@ -2,11 +2,12 @@
 
 Decode multiplies one row per sequence by every matrix of the model, so on a CPU its step is a
 stream of few-row products, memory-bound: at best each reads its matrix once at the bandwidth the
-threads can pull. MKL's float32 sgemm does not get there for a handful of rows: on the CPU of
+threads can pull. MKL's float32 sgemm does not get there for a handful of rows: on the Zen 3 CPU of
 docs/performance.md a (1, 768) × (768, 50257)ᵀ product runs on one thread (the same time with 1 or 2
 threads) at ~10 GB/s where a `sum` over the same bytes reads 22 GB/s. Cutting W into blocks of
 output features and running them as one `bmm` (each block its own small sgemm, the blocks spread
-over the threads) reads the same bytes in 1.4–3× less time for 1–64 rows. `linear` does that where it
+over the threads) reads the same bytes faster: median 1.2–1.8× over the matrices it splits at 1–64
+rows (up to 2.8×; scripts/bench_linear.py). `linear` does that where it
 pays (float32 on a CPU, at most `SPLIT.max_rows` rows, a weight of at least `SPLIT.min_numel`
 elements, more than one thread, plain tensors, no autograd, not under torch.compile) and is
 `F.linear` everywhere else; each output element is the same dot product, summed in another order.

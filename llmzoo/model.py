@@ -165,7 +165,7 @@ class LanguageModel(nn.Module):
         return self.head_cap(self._logits(x[:, -keep:] if keep else x))
 
     def linear_weights(self) -> list[nn.Parameter]:
-        """Every matrix the forward multiplies by through F.linear: each nn.Linear's weight and, for a
+        """Every matrix the forward multiplies by through llmzoo.linear: each nn.Linear's weight and, for a
         tied head, the token embedding (`head.tied`); see layout.tune_layout."""
         ws = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
         return ws + ([self.embed.weight] if self.head is None else [])

@@ -88,7 +88,7 @@ def test_linear_module_is_nn_linear(policy):
 
 
 @pytest.mark.parametrize("name", ["gpt-2-small", "qwen-2.5-0.5b", "deepseek-v2-lite"])
-def test_model_logits_and_generation_with_split(policy, loud, name):
+def test_model_logits_and_generation_with_split(policy, monkeypatch, loud, name):
     """A tiny model with every linear (and the tied head) split: the logits of F.linear, the same greedy tokens."""
     model = loud(llmzoo.build(name, scale="tiny"), seed=5).eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
@@ -106,13 +106,10 @@ def test_model_logits_and_generation_with_split(policy, loud, name):
         plain = model(ids)
     want = llmzoo.generate(model, ids[:1], max_new_tokens=6)
     policy()
-    lin._blocks = spy
-    try:
-        with torch.no_grad():
-            split = model(ids)
-        got = llmzoo.generate(model, ids[:1], max_new_tokens=6)
-    finally:
-        lin._blocks = real
+    monkeypatch.setattr(lin, "_blocks", spy)
+    with torch.no_grad():
+        split = model(ids)
+    got = llmzoo.generate(model, ids[:1], max_new_tokens=6)
     wide = {id(w) for w in model.linear_weights() if w.shape[0] >= 128}  # ≥ 2 blocks of 64 features
     assert wide and split_weights == wide  # every such matrix, the tied head included, went through the split
     torch.testing.assert_close(split, plain, rtol=1e-4, atol=1e-4)
